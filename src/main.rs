@@ -1,1 +1,231 @@
-fn main() {}
+//! `dataflow`: run, validate and draw streaming graphs of image semantic-communication stages.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use dataflow_engine::{GraphSource, Override, Registry, RunOptions};
+
+#[derive(Parser)]
+#[command(name = "dataflow", version, about = "Actor-based streaming dataflow engine for image semantic communication")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Dot,
+    Mermaid,
+}
+
+#[derive(clap::Args, Clone, Default)]
+struct OverrideArgs {
+    /// Override a key: `stage.<id>.<key>=<value>`, `channel.snr_db=3`, `graph.seed=1`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Channel SNR in dB for every channel stage (short for `--set channel.snr_db=DB`).
+    #[arg(long, value_name = "DB", allow_hyphen_values = true)]
+    snr: Option<f64>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a graph until its sources end (or Ctrl-C), then print a summary.
+    Run {
+        /// The graph file.
+        graph: PathBuf,
+        #[command(flatten)]
+        overrides: OverrideArgs,
+        /// Folder every sink writes under (default runs/<graph>-<time>/).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Prometheus endpoint address, or `off` (default: the graph's [metrics] listen, else 127.0.0.1:9464).
+        #[arg(long, value_name = "ADDR|off")]
+        metrics: Option<String>,
+        /// No progress bar.
+        #[arg(long)]
+        no_progress: bool,
+        /// Seconds a drain after Ctrl-C may take before the run is aborted.
+        #[arg(long, default_value_t = 30.0)]
+        drain_timeout: f64,
+    },
+    /// Check graph files and report every error at once (exit 1 on errors).
+    Validate {
+        /// Graph files.
+        #[arg(required = true)]
+        graphs: Vec<PathBuf>,
+        #[command(flatten)]
+        overrides: OverrideArgs,
+    },
+    /// Print a graph as Graphviz dot or Mermaid.
+    Graph {
+        /// The graph file.
+        graph: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Dot)]
+        format: Format,
+    },
+    /// Print the JSON Schema of graph files (for editor completion).
+    Schema,
+    /// List the stage kinds.
+    Kinds,
+}
+
+fn registry() -> Registry {
+    dataflow_actors::registry()
+}
+
+fn overrides(args: &OverrideArgs, src_text: Option<&toml::Table>, registry: &Registry) -> Result<Vec<Override>> {
+    let mut out = Vec::new();
+    for s in &args.set {
+        out.push(Override::parse(s).map_err(anyhow::Error::msg)?);
+    }
+    if let Some(db) = args.snr {
+        out.push(Override { path: vec!["channel".into(), "snr_db".into()], value: toml::Value::Float(db) });
+        // Channel stages that set their own SNR follow --snr too.
+        if let Some(stages) = src_text.and_then(|t| t.get("stage")).and_then(|s| s.as_table()) {
+            for (id, st) in stages {
+                let kind = st.get("kind").and_then(|k| k.as_str()).and_then(|k| registry.get(k));
+                if kind.is_some_and(|k| k.channel()) && st.get("snr_db").is_some() {
+                    out.push(Override {
+                        path: vec!["stage".into(), id.clone(), "snr_db".into()],
+                        value: toml::Value::Float(db),
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn load(path: &Path, args: &OverrideArgs, registry: &Registry) -> Result<GraphSource, String> {
+    let raw: Option<toml::Table> = std::fs::read_to_string(path).ok().and_then(|t| toml::from_str(&t).ok());
+    let ov = overrides(args, raw.as_ref(), registry).map_err(|e| e.to_string())?;
+    GraphSource::load(path, &ov).map_err(|d| d.to_string())
+}
+
+fn default_out(name: &str) -> PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    PathBuf::from("runs").join(format!(
+        "{name}-{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    ))
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,dataflow=info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match real_main(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn real_main(cli: Cli) -> Result<ExitCode> {
+    let registry = registry();
+    match cli.command {
+        Command::Validate { graphs, overrides } => {
+            let mut bad = 0;
+            for g in &graphs {
+                match load(g, &overrides, &registry).and_then(|src| dataflow_engine::plan(&src, &registry).map_err(|d| d.to_string())) {
+                    Ok(p) => println!("{}: ok ({} stages)", g.display(), p.stages.len()),
+                    Err(e) => {
+                        bad += 1;
+                        eprintln!("{e}");
+                    }
+                }
+            }
+            Ok(if bad > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+        }
+        Command::Graph { graph, format } => {
+            let src = load(&graph, &OverrideArgs::default(), &registry).map_err(anyhow::Error::msg)?;
+            let plan = dataflow_engine::plan(&src, &registry).map_err(|d| anyhow::anyhow!("{d}"))?;
+            match format {
+                Format::Dot => print!("{}", dataflow_engine::render::dot(&plan)),
+                Format::Mermaid => print!("{}", dataflow_engine::render::mermaid(&plan)),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schema => {
+            println!("{}", serde_json::to_string_pretty(&dataflow_engine::render::schema(&registry))?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Kinds => {
+            for k in registry.kinds() {
+                println!("{:<16} {:<10} {}", k.name(), format!("{:?}", k.role()).to_lowercase(), k.doc());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { graph, overrides, out, metrics, no_progress, drain_timeout } => {
+            let src = match load(&graph, &overrides, &registry) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            let plan = match dataflow_engine::plan(&src, &registry) {
+                Ok(p) => p,
+                Err(d) => {
+                    eprintln!("{d}");
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            let out_dir = out.unwrap_or_else(|| default_out(&plan.name));
+            if let Err(d) = dataflow_engine::plan::check_resources(&plan, &out_dir) {
+                eprintln!("{d}");
+                return Ok(ExitCode::from(1));
+            }
+            let _ = metrics;
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+            let mut opts = RunOptions::new(out_dir.clone());
+            opts.progress = !no_progress;
+            opts.drain_timeout = Duration::from_secs_f64(drain_timeout.max(0.0));
+            let summary = rt.block_on(dataflow_engine::run(&plan, opts)).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let _ = std::fs::write(out_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?);
+            eprint!("{}", summary.render());
+            Ok(if summary.failed() { ExitCode::from(2) } else { ExitCode::SUCCESS })
+        }
+    }
+}

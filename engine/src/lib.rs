@@ -1,1 +1,27 @@
-//! stub
+//! The dataflow engine: graph files, validation, the stage API and the bounded
+//! actor runtime. It knows nothing of ONNX or of any particular stage kind.
+//!
+//! # Layout
+//! - [`message`]: frames, parts and shared payloads.
+//! - [`stage`]: the [`stage::StageKind`], [`stage::Stage`] and [`stage::Source`] traits.
+//! - [`registry`]: stage kinds by name, type-erased.
+//! - [`graph`]: graph files with positions, overrides and diagnostics.
+//! - [`plan`]: validation into a [`plan::Plan`].
+//! - [`render`]: `dot` and `mermaid` pictures of a plan, and the graph JSON Schema.
+//! - [`runtime`]: actors, bounded edges, joins, replicas, shutdown.
+
+mod edge;
+pub mod graph;
+pub mod message;
+pub mod plan;
+pub mod registry;
+pub mod render;
+pub mod runtime;
+pub mod stage;
+
+pub use graph::{Diagnostic, Diagnostics, GraphSource, Override};
+pub use message::{Fields, FrameId, Image, Message, Part, PixelFormat, Rect, Value};
+pub use plan::{plan, Plan, Restart, WhenFull};
+pub use registry::Registry;
+pub use runtime::{run, RunOptions, RunSummary};
+pub use stage::{BuildContext, Built, Input, Joined, OutPort, Outputs, Ports, Role, Source, SourceItem, Stage, StageError, StageKind, StopFlag};

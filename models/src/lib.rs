@@ -1,1 +1,27 @@
-//! stub
+//! Model runtime and model families for `dataflow`: a leaf crate with no engine dependency.
+//!
+//! ONNX Runtime is loaded at run time (`ort` with `load-dynamic`) from the library that
+//! `scripts/setup-assets` unpacks into `assets/`; nothing is downloaded at run time.
+//!
+//! # Layout
+//!
+//! - [`error`]: [`ModelError`](error::ModelError), the one error type of the crate.
+//! - [`runtime`]: finds and loads the ONNX Runtime library once per process ([`runtime::runtime`]).
+//! - [`provider`]: execution providers and per-session options ([`provider::SessionOptions`]).
+//! - [`session`]: loading a model with its inputs/outputs checked ([`session::load_session`]).
+//! - [`assets`]: where `assets/` is and whether its files match the manifest.
+//! - [`isnet`]: ISNet salient-object segmentation (offline tier of `segment`).
+//! - [`channel`]: digital channel maths (modulation, AWGN).
+
+pub mod assets;
+pub mod attributes;
+pub mod channel;
+pub mod colors;
+pub mod composite;
+pub mod error;
+pub mod isnet;
+pub mod provider;
+pub mod quality;
+pub mod runtime;
+pub mod session;
+pub mod symspell;

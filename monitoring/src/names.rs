@@ -31,6 +31,9 @@ pub const CHANNEL_BITS: &str = "dataflow_channel_bits_total";
 pub const CHANNEL_BIT_ERRORS: &str = "dataflow_channel_bit_errors_total";
 /// Channel SNR in dB currently configured. Labels: `stage`.
 pub const CHANNEL_SNR_DB: &str = "dataflow_channel_snr_db";
+/// Always 1, with the dataflow version as a label; lets a dashboard tell "exporter
+/// up, nothing flowing" from "exporter down". Labels: `version`.
+pub const EXPORTER_INFO: &str = "dataflow_build_info";
 /// Reconstruction PSNR in dB. Labels: `graph`.
 pub const QUALITY_PSNR_DB: &str = "dataflow_quality_psnr_db";
 /// Reconstruction SSIM. Labels: `graph`.
@@ -62,3 +65,245 @@ pub const LABEL_MODEL: &str = "model";
 pub const LABEL_PROVIDER: &str = "provider";
 /// Label key: modulation.
 pub const LABEL_MODULATION: &str = "modulation";
+/// Label key: build version (only on [`EXPORTER_INFO`]).
+pub const LABEL_VERSION: &str = "version";
+
+/// What a metric is, as the exporter and Prometheus see it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MetricKind {
+    /// Monotonic count (name ends in `_total`).
+    Counter,
+    /// Value that goes up and down.
+    Gauge,
+    /// Distribution with explicit bucket upper bounds (see [`crate::buckets`]).
+    Histogram {
+        /// Upper bounds of the buckets, strictly increasing.
+        buckets: &'static [f64],
+    },
+}
+
+/// One row of the metrics table in DESIGN §8: name, type, unit, label keys, help.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MetricSpec {
+    /// Full metric name, one of the constants above.
+    pub name: &'static str,
+    /// Counter, gauge or histogram (with its buckets).
+    pub kind: MetricKind,
+    /// Unit registered with the description; `None` for ratios, dB and scores.
+    pub unit: Option<metrics::Unit>,
+    /// Label keys every sample carries, from the `LABEL_*` constants.
+    pub labels: &'static [&'static str],
+    /// One-line description, exported as `# HELP`.
+    pub help: &'static str,
+}
+
+use crate::buckets;
+use MetricKind::{Counter, Gauge, Histogram};
+
+/// Every metric the project emits, with its type, unit, labels and help text.
+/// [`crate::describe_all`] registers these; [`ALL`] is the list of their names.
+pub const METRICS: &[MetricSpec] = &METRIC_TABLE;
+
+const METRIC_TABLE: [MetricSpec; 21] = [
+    spec(
+        STAGE_MESSAGES_RECEIVED,
+        Counter,
+        Some(metrics::Unit::Count),
+        &[LABEL_STAGE, LABEL_KIND],
+        "Messages a stage took from its inputs.",
+    ),
+    spec(
+        STAGE_MESSAGES_SENT,
+        Counter,
+        Some(metrics::Unit::Count),
+        &[LABEL_STAGE, LABEL_KIND],
+        "Messages a stage sent downstream, one per output message before fan-out.",
+    ),
+    spec(
+        STAGE_ERRORS,
+        Counter,
+        Some(metrics::Unit::Count),
+        &[LABEL_STAGE, LABEL_KIND, LABEL_ERROR],
+        "Frames a stage failed on, by error class.",
+    ),
+    spec(
+        STAGE_DROPPED,
+        Counter,
+        Some(metrics::Unit::Count),
+        &[LABEL_STAGE, LABEL_REASON],
+        "Messages dropped at a stage's input edges, by reason.",
+    ),
+    spec(
+        STAGE_PROCESSING_SECONDS,
+        Histogram {
+            buckets: buckets::PROCESSING_SECONDS,
+        },
+        Some(metrics::Unit::Seconds),
+        &[LABEL_STAGE, LABEL_KIND],
+        "Time a stage spent on one input.",
+    ),
+    spec(
+        STAGE_UTILIZATION,
+        Gauge,
+        None,
+        &[LABEL_STAGE],
+        "Busy fraction (0 to 1) of a stage over the last second.",
+    ),
+    spec(
+        STAGE_RESTARTS,
+        Counter,
+        Some(metrics::Unit::Count),
+        &[LABEL_STAGE],
+        "Times a stage was restarted after a panic.",
+    ),
+    spec(
+        EDGE_QUEUE_DEPTH,
+        Gauge,
+        Some(metrics::Unit::Count),
+        &[LABEL_FROM, LABEL_TO],
+        "Messages waiting on an edge.",
+    ),
+    spec(
+        EDGE_CAPACITY,
+        Gauge,
+        Some(metrics::Unit::Count),
+        &[LABEL_FROM, LABEL_TO],
+        "Capacity of an edge in messages.",
+    ),
+    spec(
+        EDGE_SEND_BLOCKED_SECONDS,
+        Histogram {
+            buckets: buckets::PROCESSING_SECONDS,
+        },
+        Some(metrics::Unit::Seconds),
+        &[LABEL_FROM, LABEL_TO],
+        "Time a producer waited for room on an edge.",
+    ),
+    spec(
+        PIPELINE_LATENCY_SECONDS,
+        Histogram {
+            buckets: buckets::LATENCY_SECONDS,
+        },
+        Some(metrics::Unit::Seconds),
+        &[LABEL_GRAPH],
+        "Source-to-sink latency of a frame.",
+    ),
+    spec(
+        MODEL_INFERENCE_SECONDS,
+        Histogram {
+            buckets: buckets::INFERENCE_SECONDS,
+        },
+        Some(metrics::Unit::Seconds),
+        &[LABEL_MODEL, LABEL_PROVIDER],
+        "Time of one model inference.",
+    ),
+    spec(
+        CHANNEL_BITS,
+        Counter,
+        Some(metrics::Unit::Count),
+        &[LABEL_STAGE, LABEL_MODULATION],
+        "Bits sent over a channel.",
+    ),
+    spec(
+        CHANNEL_BIT_ERRORS,
+        Counter,
+        Some(metrics::Unit::Count),
+        &[LABEL_STAGE, LABEL_MODULATION],
+        "Bit errors after demodulation.",
+    ),
+    spec(
+        CHANNEL_SNR_DB,
+        Gauge,
+        None,
+        &[LABEL_STAGE],
+        "Channel SNR in dB currently configured.",
+    ),
+    spec(
+        QUALITY_PSNR_DB,
+        Histogram {
+            buckets: buckets::PSNR_DB,
+        },
+        None,
+        &[LABEL_GRAPH],
+        "Reconstruction PSNR in dB.",
+    ),
+    spec(
+        QUALITY_SSIM,
+        Histogram {
+            buckets: buckets::UNIT_INTERVAL,
+        },
+        None,
+        &[LABEL_GRAPH],
+        "Reconstruction SSIM.",
+    ),
+    spec(
+        QUALITY_LPIPS,
+        Histogram {
+            buckets: buckets::LPIPS,
+        },
+        None,
+        &[LABEL_GRAPH],
+        "Reconstruction LPIPS distance (lower is better).",
+    ),
+    spec(
+        QUALITY_BLEU,
+        Histogram {
+            buckets: buckets::UNIT_INTERVAL,
+        },
+        None,
+        &[LABEL_GRAPH],
+        "BLEU of the received text against the sent text.",
+    ),
+    spec(
+        QUALITY_COSINE,
+        Histogram {
+            buckets: buckets::UNIT_INTERVAL,
+        },
+        None,
+        &[LABEL_GRAPH],
+        "Cosine similarity of reconstruction and original.",
+    ),
+    spec(
+        EXPORTER_INFO,
+        Gauge,
+        None,
+        &[LABEL_VERSION],
+        "Always 1; the exporter's build version as a label (shows that the exporter is up).",
+    ),
+];
+
+/// Every metric name, in the order of [`METRICS`]. Dashboards, rules and the stage
+/// spec may only name metrics from this list (checked by `monitoring/tests`).
+pub const ALL: &[&str] = &names_of(&METRIC_TABLE);
+
+const fn spec(
+    name: &'static str,
+    kind: MetricKind,
+    unit: Option<metrics::Unit>,
+    labels: &'static [&'static str],
+    help: &'static str,
+) -> MetricSpec {
+    MetricSpec {
+        name,
+        kind,
+        unit,
+        labels,
+        help,
+    }
+}
+
+const fn names_of<const N: usize>(table: &[MetricSpec; N]) -> [&'static str; N] {
+    let mut out = [""; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = table[i].name;
+        i += 1;
+    }
+    out
+}
+
+/// The spec of a metric by its full name (histograms by their base name, without
+/// `_bucket`/`_sum`/`_count`).
+pub fn spec_of(name: &str) -> Option<&'static MetricSpec> {
+    METRICS.iter().find(|m| m.name == name)
+}

@@ -1,0 +1,52 @@
+//! `delay`: sleeps a set time per message, then forwards it (a slow stage for tests).
+
+use std::time::Duration;
+
+use dataflow_engine::{BuildContext, Built, Input, OutPort, Outputs, Ports, Role, Stage, StageError, StageKind};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// Keys of `delay`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DelayConfig {
+    /// Milliseconds to sleep per message.
+    #[serde(default)]
+    pub ms: f64,
+}
+
+/// The `delay` kind.
+pub struct Delay;
+
+struct Run {
+    pause: Duration,
+}
+
+impl Stage for Run {
+    fn process(&mut self, input: Input, out: &mut Outputs) -> Result<(), StageError> {
+        std::thread::sleep(self.pause);
+        if let Input::Message { msg, .. } = input {
+            out.emit(msg);
+        }
+        Ok(())
+    }
+}
+
+impl StageKind for Delay {
+    type Config = DelayConfig;
+    const NAME: &'static str = "delay";
+    const ROLE: Role = Role::Transform;
+    const DOC: &'static str = "Sleeps `ms` milliseconds per message, then forwards it.";
+
+    fn ports(_: &Self::Config) -> Ports {
+        // Sleeping is blocking work: it runs on the replica's own thread.
+        Ports { outputs: vec![OutPort::passing("out", &[])], heavy: true, ..Ports::default() }
+    }
+
+    fn build(c: &Self::Config, _: &BuildContext) -> Result<Built, StageError> {
+        if !(c.ms.is_finite() && c.ms >= 0.0) {
+            return Err(StageError::input(format!("`ms` must be a non-negative number, got {}", c.ms)));
+        }
+        Ok(Built::Stage(Box::new(Run { pause: Duration::from_secs_f64(c.ms / 1000.0) })))
+    }
+}

@@ -1,0 +1,58 @@
+//! Helpers shared by stage kinds.
+
+use std::path::Path;
+
+use dataflow_engine::{Image, Message, StageError};
+
+/// Largest image (in pixels) a source decodes; larger headers are refused before any
+/// pixel is allocated (decompression bombs).
+pub const DEFAULT_MAX_PIXELS: u64 = 64_000_000;
+
+/// The image field `name` of a message, or an error naming the field and the frame.
+pub fn image_field<'a>(msg: &'a Message, name: &str, stage: &str) -> Result<&'a Image, StageError> {
+    msg.fields.image(name).ok_or_else(|| {
+        StageError::input(format!("stage `{stage}`: frame {} has no image field `{name}`", msg.id))
+    })
+}
+
+/// Decodes an image file to RGB, refusing headers larger than `max_pixels`.
+pub fn decode_rgb(path: &Path, max_pixels: u64) -> Result<image::RgbImage, StageError> {
+    let shown = path.display();
+    let reader = image::ImageReader::open(path)
+        .map_err(|e| StageError::io(format!("{shown}: cannot open: {e}")))?
+        .with_guessed_format()
+        .map_err(|e| StageError::io(format!("{shown}: cannot read: {e}")))?;
+    if reader.format().is_none() {
+        return Err(StageError::new("decode", format!("{shown}: not an image (unknown format); remove it from the folder")));
+    }
+    let (w, h) = image::ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|e| StageError::io(format!("{shown}: cannot read: {e}")))?
+        .into_dimensions()
+        .map_err(|e| StageError::new("decode", format!("{shown}: corrupt image header: {e}")))?;
+    if w == 0 || h == 0 {
+        return Err(StageError::new("decode", format!("{shown}: image has zero size ({w}x{h})")));
+    }
+    if u64::from(w) * u64::from(h) > max_pixels {
+        return Err(StageError::new(
+            "decode",
+            format!("{shown}: {w}x{h} pixels is over the limit of {max_pixels} (raise `max_pixels` if this is intended)"),
+        ));
+    }
+    let mut reader = reader;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(w);
+    limits.max_image_height = Some(h);
+    limits.max_alloc = Some(max_pixels.saturating_mul(16));
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| StageError::new("decode", format!("{shown}: cannot decode: {e}")))?;
+    Ok(img.to_rgb8())
+}
+
+/// A file-name-safe name for a frame: the `name` field when present, else the frame id.
+pub fn frame_name(msg: &Message) -> String {
+    match msg.fields.text("name") {
+        Some(n) => n.chars().map(|c| if c.is_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect(),
+        None => format!("{:02}-{:06}", msg.id.stream, msg.id.seq),
+    }
+}

@@ -1,0 +1,158 @@
+//! Bounded edges.
+//!
+//! ractor mailboxes are unbounded, so every edge is a semaphore of `mailbox`
+//! permits in front of its consumer. A producer takes a permit before it sends;
+//! the permit travels inside the message's [`Ticket`] and is released when the
+//! consumer has finished with the message (and sent its outputs on). So the
+//! number of messages queued or in work on an edge never exceeds its capacity.
+//!
+//! - `block`: the producer waits for a permit (backpressure up to the source).
+//! - `drop_newest`: no permit, no send; the new message is counted as dropped.
+//! - `drop_oldest`: the producer empties the oldest ticket not yet taken by the
+//!   consumer, counts that message as dropped and reuses its permit.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
+
+use metrics::{Counter, Gauge, Histogram};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::message::Message;
+use crate::plan::WhenFull;
+use dataflow_monitoring::names;
+
+/// One edge into a consumer stage.
+pub(crate) struct Edge {
+    pub from: String,
+    pub to: String,
+    /// Index of this edge in the consumer's inputs.
+    pub input: usize,
+    pub capacity: usize,
+    pub policy: WhenFull,
+    /// Permits = free places on the edge. Held by messages queued or in work.
+    sem: Arc<Semaphore>,
+    /// Tickets not yet taken by the consumer, oldest first (`drop_oldest` only).
+    pending: Mutex<VecDeque<Weak<Ticket>>>,
+    pub dropped: AtomicU64,
+    depth: Gauge,
+    blocked: Histogram,
+    dropped_metric: Counter,
+}
+
+/// A place on an edge; dropping it frees the place.
+pub(crate) struct Permit {
+    _permit: OwnedSemaphorePermit,
+    edge: Arc<Edge>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        // The semaphore gets the permit back right after this; count it as free.
+        let depth = self.edge.capacity - self.edge.sem.available_permits() - 1;
+        self.edge.depth.set(depth as f64);
+    }
+}
+
+/// A message on its way to a consumer, with the place it holds.
+pub(crate) struct Ticket {
+    slot: Mutex<Option<(Message, Permit)>>,
+}
+
+impl Ticket {
+    /// Takes the message; `None` when a `drop_oldest` producer discarded it.
+    pub fn take(&self) -> Option<(Message, Permit)> {
+        self.slot.lock().ok().and_then(|mut s| s.take())
+    }
+}
+
+impl Edge {
+    pub fn new(from: &str, to: &str, input: usize, capacity: usize, policy: WhenFull) -> Arc<Edge> {
+        let labels = [(names::LABEL_FROM, from.to_string()), (names::LABEL_TO, to.to_string())];
+        metrics::gauge!(names::EDGE_CAPACITY, &labels).set(capacity as f64);
+        let reason = match policy {
+            WhenFull::Block => "block",
+            WhenFull::DropNewest => "drop_newest",
+            WhenFull::DropOldest => "drop_oldest",
+        };
+        Arc::new(Edge {
+            from: from.into(),
+            to: to.into(),
+            input,
+            capacity,
+            policy,
+            sem: Arc::new(Semaphore::new(capacity)),
+            pending: Mutex::new(VecDeque::new()),
+            dropped: AtomicU64::new(0),
+            depth: metrics::gauge!(names::EDGE_QUEUE_DEPTH, &labels),
+            blocked: metrics::histogram!(names::EDGE_SEND_BLOCKED_SECONDS, &labels),
+            dropped_metric: metrics::counter!(names::STAGE_DROPPED, names::LABEL_STAGE => to.to_string(), names::LABEL_REASON => reason),
+        })
+    }
+
+    /// Messages queued or in work on this edge now.
+    pub fn depth(&self) -> usize {
+        self.capacity - self.sem.available_permits()
+    }
+
+    fn count_drop(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        self.dropped_metric.increment(1);
+    }
+
+    fn wrap(self: &Arc<Self>, p: OwnedSemaphorePermit) -> Permit {
+        Permit { _permit: p, edge: self.clone() }
+    }
+
+    /// Admits `msg` according to the edge's policy; `None` when it was dropped.
+    pub async fn admit(self: &Arc<Self>, msg: Message) -> Option<Arc<Ticket>> {
+        let permit = match self.sem.clone().try_acquire_owned() {
+            Ok(p) => self.wrap(p),
+            Err(_) => match self.policy {
+                WhenFull::Block => self.wait(msg.id).await?,
+                WhenFull::DropNewest => {
+                    self.count_drop();
+                    return None;
+                }
+                WhenFull::DropOldest => match self.steal_oldest() {
+                    Some(p) => p,
+                    // Every place is in work, none queued: wait like `block`.
+                    None => self.wait(msg.id).await?,
+                },
+            },
+        };
+        self.depth.set(self.depth() as f64);
+        let ticket = Arc::new(Ticket { slot: Mutex::new(Some((msg, permit))) });
+        if self.policy == WhenFull::DropOldest {
+            if let Ok(mut q) = self.pending.lock() {
+                q.retain(|w| w.strong_count() > 0);
+                q.push_back(Arc::downgrade(&ticket));
+            }
+        }
+        Some(ticket)
+    }
+
+    async fn wait(self: &Arc<Self>, frame: crate::message::FrameId) -> Option<Permit> {
+        let t0 = Instant::now();
+        let p = self.sem.clone().acquire_owned().await.ok()?;
+        let waited = t0.elapsed();
+        self.blocked.record(waited.as_secs_f64());
+        tracing::trace!(from = %self.from, to = %self.to, %frame, waited_ms = waited.as_millis() as u64, "edge full, producer waited");
+        Some(self.wrap(p))
+    }
+
+    fn steal_oldest(&self) -> Option<Permit> {
+        let mut q = self.pending.lock().ok()?;
+        while let Some(w) = q.pop_front() {
+            if let Some(t) = w.upgrade() {
+                if let Some((old, permit)) = t.take() {
+                    tracing::debug!(from = %self.from, to = %self.to, frame = %old.id, "drop_oldest: discarded a queued message");
+                    self.count_drop();
+                    return Some(permit);
+                }
+            }
+        }
+        None
+    }
+}

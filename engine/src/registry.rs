@@ -1,0 +1,132 @@
+//! The registry of stage kinds, type-erased so a graph can name any of them.
+
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use crate::stage::{BuildContext, Built, Ports, Role, StageError, StageKind};
+
+/// A config that has been deserialised for its kind; it can describe its ports and build replicas.
+pub trait Configured: Send + Sync {
+    /// Ports for this config.
+    fn ports(&self) -> Ports;
+    /// Resource checks (second validation pass).
+    fn check(&self, ctx: &BuildContext) -> Vec<String>;
+    /// Builds one replica.
+    fn build(&self, ctx: &BuildContext) -> Result<Built, StageError>;
+}
+
+/// Why a stage's keys did not deserialise.
+#[derive(Debug)]
+pub struct ConfigError {
+    /// Dotted path of the offending key inside the stage (empty when unknown).
+    pub path: String,
+    /// What serde said.
+    pub message: String,
+}
+
+/// A stage kind with its config type erased.
+pub trait ErasedKind: Send + Sync {
+    /// Kind name.
+    fn name(&self) -> &'static str;
+    /// Role.
+    fn role(&self) -> Role;
+    /// One-line description.
+    fn doc(&self) -> &'static str;
+    /// Whether `[channel]` defaults apply.
+    fn channel(&self) -> bool;
+    /// JSON Schema of the kind's own keys.
+    fn schema(&self) -> serde_json::Value;
+    /// Names of the kind's own keys.
+    fn keys(&self) -> Vec<String>;
+    /// Deserialises the kind's keys strictly.
+    fn configure(&self, table: toml::Table) -> Result<Arc<dyn Configured>, ConfigError>;
+}
+
+struct Adapter<K>(PhantomData<fn() -> K>);
+
+struct ConfiguredAdapter<K: StageKind> {
+    config: K::Config,
+}
+
+impl<K: StageKind> Configured for ConfiguredAdapter<K> {
+    fn ports(&self) -> Ports {
+        K::ports(&self.config)
+    }
+    fn check(&self, ctx: &BuildContext) -> Vec<String> {
+        K::check(&self.config, ctx)
+    }
+    fn build(&self, ctx: &BuildContext) -> Result<Built, StageError> {
+        K::build(&self.config, ctx)
+    }
+}
+
+impl<K: StageKind> ErasedKind for Adapter<K> {
+    fn name(&self) -> &'static str {
+        K::NAME
+    }
+    fn role(&self) -> Role {
+        K::ROLE
+    }
+    fn doc(&self) -> &'static str {
+        K::DOC
+    }
+    fn channel(&self) -> bool {
+        K::CHANNEL
+    }
+    fn schema(&self) -> serde_json::Value {
+        serde_json::to_value(schemars::schema_for!(K::Config)).unwrap_or_default()
+    }
+    fn keys(&self) -> Vec<String> {
+        self.schema()
+            .get("properties")
+            .and_then(|p| p.as_object())
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+    fn configure(&self, table: toml::Table) -> Result<Arc<dyn Configured>, ConfigError> {
+        let de = toml::Value::Table(table);
+        match serde_path_to_error::deserialize::<_, K::Config>(de) {
+            Ok(config) => Ok(Arc::new(ConfiguredAdapter::<K> { config })),
+            Err(e) => {
+                let path = e.path().to_string();
+                let path = if path == "." { String::new() } else { path };
+                Err(ConfigError { path, message: e.into_inner().to_string() })
+            }
+        }
+    }
+}
+
+/// Every stage kind a graph may name.
+#[derive(Default, Clone)]
+pub struct Registry {
+    kinds: BTreeMap<&'static str, Arc<dyn ErasedKind>>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers kind `K` (replacing one of the same name).
+    pub fn register<K: StageKind>(&mut self) -> &mut Self {
+        self.kinds.insert(K::NAME, Arc::new(Adapter::<K>(PhantomData)));
+        self
+    }
+
+    /// The kind called `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn ErasedKind>> {
+        self.kinds.get(name)
+    }
+
+    /// All kinds in name order.
+    pub fn kinds(&self) -> impl Iterator<Item = &Arc<dyn ErasedKind>> {
+        self.kinds.values()
+    }
+
+    /// Kind names in name order.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.kinds.keys().copied().collect()
+    }
+}

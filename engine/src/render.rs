@@ -1,0 +1,122 @@
+//! Pictures of a plan (`dot`, `mermaid`) and the JSON Schema of graph files.
+
+use crate::plan::{Plan, RESERVED_KEYS};
+use crate::registry::Registry;
+use crate::stage::Role;
+
+fn edge_label(plan: &Plan, from: usize, port: usize) -> String {
+    let ports = &plan.stages[from].ports.outputs;
+    if ports.len() > 1 {
+        ports.get(port).map(|p| p.name.clone()).unwrap_or_default()
+    } else {
+        String::new()
+    }
+}
+
+/// Graphviz `dot` text of the plan.
+pub fn dot(plan: &Plan) -> String {
+    let mut s = format!("digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box, fontname=\"Helvetica\"];\n", plan.name);
+    for st in &plan.stages {
+        let shape = match st.role {
+            Role::Source => "invhouse",
+            Role::Sink => "house",
+            Role::Transform => "box",
+        };
+        let reps = if st.replicas > 1 { format!(" ×{}", st.replicas) } else { String::new() };
+        s.push_str(&format!("  \"{}\" [label=\"{}\\n({}){}\", shape={}];\n", st.id, st.id, st.kind, reps, shape));
+    }
+    for st in &plan.stages {
+        for e in &st.inputs {
+            let label = edge_label(plan, e.from, e.port);
+            s.push_str(&format!(
+                "  \"{}\" -> \"{}\" [label=\"{}{}\"];\n",
+                plan.stages[e.from].id,
+                st.id,
+                label,
+                if label.is_empty() { format!("{}", st.mailbox) } else { format!(" ({})", st.mailbox) }
+            ));
+        }
+    }
+    s.push_str("}\n");
+    s
+}
+
+/// Mermaid flowchart text of the plan.
+pub fn mermaid(plan: &Plan) -> String {
+    let mut s = String::from("flowchart LR\n");
+    let id = |i: usize| format!("s{i}");
+    for (i, st) in plan.stages.iter().enumerate() {
+        let (l, r) = match st.role {
+            Role::Source => ("([", "])"),
+            Role::Sink => ("[[", "]]"),
+            Role::Transform => ("[", "]"),
+        };
+        let reps = if st.replicas > 1 { format!(" ×{}", st.replicas) } else { String::new() };
+        s.push_str(&format!("  {}{}\"{}<br/>({}){}\"{}\n", id(i), l, st.id, st.kind, reps, r));
+    }
+    for (i, st) in plan.stages.iter().enumerate() {
+        for e in &st.inputs {
+            let label = edge_label(plan, e.from, e.port);
+            if label.is_empty() {
+                s.push_str(&format!("  {} --> {}\n", id(e.from), id(i)));
+            } else {
+                s.push_str(&format!("  {} -->|{}| {}\n", id(e.from), label, id(i)));
+            }
+        }
+    }
+    s
+}
+
+/// JSON Schema of a graph file for the kinds in `registry`, so editors can complete it.
+pub fn schema(registry: &Registry) -> serde_json::Value {
+    use serde_json::json;
+    let reserved = json!({
+        "inputs": {"type": "array", "items": {"type": "string"}, "description": "Producers this stage reads from: `stage` or `stage.port`."},
+        "mailbox": {"type": "integer", "minimum": 1, "description": "Capacity of each input edge, in messages."},
+        "when_full": {"enum": ["block", "drop_newest", "drop_oldest"], "description": "What a producer does when the edge is full."},
+        "replicas": {"type": "integer", "minimum": 1, "description": "Number of replicas, each with its own state (e.g. model session)."},
+        "restart": {"enum": ["never", "on_failure"], "description": "What happens when the stage panics."},
+        "machine": {"type": "string", "description": "Placement: the machine this stage runs on."}
+    });
+    let mut variants = Vec::new();
+    for k in registry.kinds() {
+        let ks = k.schema();
+        let mut props = ks.get("properties").cloned().unwrap_or_else(|| json!({}));
+        if let (Some(p), Some(r)) = (props.as_object_mut(), reserved.as_object()) {
+            for (key, v) in r {
+                p.insert(key.clone(), v.clone());
+            }
+            p.insert("kind".into(), json!({"const": k.name(), "description": k.doc()}));
+        }
+        let mut v = json!({
+            "title": k.name(),
+            "description": k.doc(),
+            "type": "object",
+            "properties": props,
+            "required": ["kind"],
+            "additionalProperties": false
+        });
+        if let Some(defs) = ks.get("$defs") {
+            v["$defs"] = defs.clone();
+        }
+        variants.push(v);
+    }
+    let _ = RESERVED_KEYS;
+    json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "dataflow graph file",
+        "type": "object",
+        "additionalProperties": false,
+        "properties": {
+            "graph": {"type": "object", "additionalProperties": false, "properties": {
+                "name": {"type": "string"}, "seed": {"type": "integer", "minimum": 0}, "description": {"type": "string"}}},
+            "defaults": {"type": "object", "additionalProperties": false, "properties": {
+                "mailbox": reserved["mailbox"], "when_full": reserved["when_full"], "restart": reserved["restart"]}},
+            "metrics": {"type": "object", "additionalProperties": false, "properties": {
+                "listen": {"type": "string", "description": "Prometheus endpoint, e.g. 127.0.0.1:9464"}}},
+            "channel": {"type": "object", "description": "Defaults every channel stage inherits (snr_db, modulation, ...)."},
+            "machines": {"type": "object"},
+            "stage": {"type": "object", "additionalProperties": {"oneOf": variants}}
+        }
+    })
+}

@@ -1,0 +1,300 @@
+//! The stage API: what a stage kind implements and what the runtime gives it.
+//!
+//! A stage kind is one type implementing [`StageKind`]: a strict config struct
+//! (`serde` + `schemars`), the ports it offers for a given config, and `build`,
+//! which makes one runtime value per replica — a [`Source`] or a [`Stage`].
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+
+use crate::message::{Fields, FrameId, Message};
+
+/// Where a stage kind sits in a graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Produces frames, takes no inputs.
+    Source,
+    /// Takes inputs and produces outputs.
+    Transform,
+    /// Takes inputs and produces nothing downstream (files, metrics).
+    Sink,
+}
+
+/// One output port of a stage.
+#[derive(Debug, Clone)]
+pub struct OutPort {
+    /// Port name; the first port is the default one (`stage` means `stage.<first>`).
+    pub name: String,
+    /// Fields this port adds to each message.
+    pub adds: Vec<String>,
+    /// Whether messages on this port also carry the fields of the input.
+    pub passthrough: bool,
+}
+
+impl OutPort {
+    /// A port named `name` adding `adds`, carrying the input's fields along.
+    pub fn passing(name: &str, adds: &[&str]) -> Self {
+        OutPort { name: name.into(), adds: adds.iter().map(|s| s.to_string()).collect(), passthrough: true }
+    }
+
+    /// A port named `name` whose messages carry only `adds`.
+    pub fn fresh(name: &str, adds: &[&str]) -> Self {
+        OutPort { name: name.into(), adds: adds.iter().map(|s| s.to_string()).collect(), passthrough: false }
+    }
+}
+
+/// The ports of a configured stage, used by validation and by the runtime.
+#[derive(Debug, Clone, Default)]
+pub struct Ports {
+    /// Output ports, default first. Empty for sinks.
+    pub outputs: Vec<OutPort>,
+    /// Fields every input message must carry (for joins: the union of the inputs).
+    pub requires: Vec<String>,
+    /// When set, the stage joins its inputs by frame id: it receives all parts of
+    /// one frame from every input at once, or what arrived when this timeout passed.
+    pub join: Option<Duration>,
+    /// Heavy stages (inference, codecs) run on a dedicated worker thread per replica.
+    pub heavy: bool,
+}
+
+/// Facts a stage gets when it is built.
+#[derive(Debug, Clone)]
+pub struct BuildContext {
+    /// Stage id in the graph.
+    pub stage: String,
+    /// Stage kind name.
+    pub kind: String,
+    /// Which replica this is (0-based).
+    pub replica: usize,
+    /// How many replicas the stage has.
+    pub replicas: usize,
+    /// Graph name.
+    pub graph: String,
+    /// Graph seed; every random draw derives from it.
+    pub seed: u64,
+    /// Folder every sink writes under.
+    pub out_dir: PathBuf,
+    /// Folder of the graph file: relative paths in the graph resolve against the
+    /// current directory first, then against this.
+    pub graph_dir: PathBuf,
+    /// Input references as written in the graph (`stage` or `stage.port`).
+    pub inputs: Vec<String>,
+}
+
+impl BuildContext {
+    /// Resolves a path written in the graph: absolute as is; relative against the
+    /// current directory when it exists there, else against the graph's folder.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() || path.exists() {
+            return path.to_path_buf();
+        }
+        let beside = self.graph_dir.join(path);
+        if beside.exists() {
+            beside
+        } else {
+            path.to_path_buf()
+        }
+    }
+}
+
+/// A per-frame failure. The runtime counts it under `class`, logs it with the
+/// stage and frame, writes it to the run's error log, and the stream goes on.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct StageError {
+    /// Bounded error class used as a metric label (`decode`, `input`, `model`, `io`, ...).
+    pub class: &'static str,
+    /// What happened and what to do about it.
+    pub message: String,
+}
+
+impl StageError {
+    /// A new error of `class`.
+    pub fn new(class: &'static str, message: impl Into<String>) -> Self {
+        StageError { class, message: message.into() }
+    }
+
+    /// An input the stage cannot use (missing field, wrong shape).
+    pub fn input(message: impl Into<String>) -> Self {
+        Self::new("input", message)
+    }
+
+    /// A file-system or device failure.
+    pub fn io(message: impl Into<String>) -> Self {
+        Self::new("io", message)
+    }
+}
+
+/// What a stage receives.
+#[derive(Debug)]
+pub enum Input {
+    /// One message from input number `input` (order of the graph's `inputs`).
+    Message {
+        /// Index into the stage's `inputs`.
+        input: usize,
+        /// The message.
+        msg: Message,
+    },
+    /// All parts of one frame from every input (joining stages only).
+    Joined(Joined),
+}
+
+/// The parts of one frame gathered from every input of a joining stage.
+#[derive(Debug)]
+pub struct Joined {
+    /// The frame.
+    pub id: FrameId,
+    /// `parts[input][part]`; `None` marks a part that did not arrive in time.
+    pub parts: Vec<Vec<Option<Message>>>,
+}
+
+impl Joined {
+    /// Number of parts that did not arrive.
+    pub fn lost(&self) -> usize {
+        self.parts.iter().flatten().filter(|p| p.is_none()).count()
+    }
+
+    /// Any message that arrived (to derive outputs from).
+    pub fn any(&self) -> Option<&Message> {
+        self.parts.iter().flatten().flatten().next()
+    }
+}
+
+impl Input {
+    /// The message of a non-joining input.
+    pub fn message(&self) -> Option<&Message> {
+        match self {
+            Input::Message { msg, .. } => Some(msg),
+            Input::Joined(_) => None,
+        }
+    }
+
+    /// The frame the input belongs to.
+    pub fn frame(&self) -> FrameId {
+        match self {
+            Input::Message { msg, .. } => msg.id,
+            Input::Joined(j) => j.id,
+        }
+    }
+}
+
+/// Messages a stage emits while handling one input, by output port index.
+#[derive(Debug, Default)]
+pub struct Outputs {
+    pub(crate) items: Vec<(usize, Message)>,
+}
+
+impl Outputs {
+    /// Emits `msg` on output port `port` (index into [`Ports::outputs`]).
+    pub fn send(&mut self, port: usize, msg: Message) {
+        self.items.push((port, msg));
+    }
+
+    /// Emits `msg` on the default (first) output port.
+    pub fn emit(&mut self, msg: Message) {
+        self.send(0, msg);
+    }
+
+    /// Number of messages emitted so far.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether nothing was emitted.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+/// A transform or sink at run time. One value per replica, owned by one actor (or
+/// its worker thread), so it may hold `&mut` state such as a model session.
+pub trait Stage: Send {
+    /// Handles one input. An `Err` fails this frame only.
+    fn process(&mut self, input: Input, out: &mut Outputs) -> Result<(), StageError>;
+
+    /// Called once after the last input (end of stream): flush files, emit summaries.
+    fn finish(&mut self, _out: &mut Outputs) -> Result<(), StageError> {
+        Ok(())
+    }
+}
+
+/// Set when the run is asked to stop (Ctrl-C); sources end their stream when they see it.
+#[derive(Debug, Clone, Default)]
+pub struct StopFlag(Arc<AtomicBool>);
+
+impl StopFlag {
+    /// Whether a stop was requested.
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Requests a stop.
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Relaxed)
+    }
+}
+
+/// What a source yields each time it is asked.
+#[derive(Debug)]
+pub enum SourceItem {
+    /// A new frame with these fields.
+    Frame(Fields),
+    /// An input that could not be read (counted and reported; the stream goes on).
+    Failed(StageError),
+    /// The stream has ended.
+    End,
+}
+
+/// A source at run time, driven from a dedicated thread.
+pub trait Source: Send {
+    /// Number of frames it will produce, when known (for the progress bar).
+    fn total(&self) -> Option<u64> {
+        None
+    }
+
+    /// Produces the next item; may block (camera, rate limit). Must return
+    /// [`SourceItem::End`] soon after `stop` is set.
+    fn next(&mut self, stop: &StopFlag) -> SourceItem;
+}
+
+/// What `build` returns.
+pub enum Built {
+    /// A source.
+    Source(Box<dyn Source>),
+    /// A transform or sink.
+    Stage(Box<dyn Stage>),
+}
+
+/// A stage kind: adding one to the engine is one file with an impl of this trait
+/// and one line in the registry.
+pub trait StageKind: Send + Sync + 'static {
+    /// The kind's own keys (flat next to the reserved keys in the graph file).
+    /// Must reject unknown keys (`#[serde(deny_unknown_fields)]`).
+    type Config: DeserializeOwned + JsonSchema + Send + Sync + 'static;
+
+    /// Kind name as written in `kind = "..."`.
+    const NAME: &'static str;
+    /// Source, transform or sink.
+    const ROLE: Role;
+    /// One line for `dataflow graph`, the schema and `--help` texts.
+    const DOC: &'static str;
+    /// Channel kinds inherit the graph's `[channel]` keys they declare.
+    const CHANNEL: bool = false;
+
+    /// Ports for this config (cheap; no model is loaded).
+    fn ports(config: &Self::Config) -> Ports;
+
+    /// Second-pass resource checks (files present, devices available); each
+    /// message says what is missing and how to obtain it.
+    fn check(_config: &Self::Config, _ctx: &BuildContext) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Builds one replica (loads models, opens files).
+    fn build(config: &Self::Config, ctx: &BuildContext) -> Result<Built, StageError>;
+}

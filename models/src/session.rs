@@ -1,0 +1,432 @@
+//! Loading one model into one session, with its inputs and outputs checked first.
+//!
+//! Each model family states the tensors it feeds and reads as an [`IoSpec`];
+//! [`load_session`] compares that with the model file and refuses a model that differs,
+//! naming the file, the expected and the actual tensors. A session is owned by one worker
+//! (`run` takes `&mut self`); replicas load their own.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ort::ep;
+use ort::session::builder::SessionBuilder;
+use ort::session::Session;
+use ort::value::{TensorElementType, TensorRef, ValueType};
+
+use crate::error::ModelError;
+use crate::provider::{ActiveProvider, Provider, SessionOptions};
+use crate::runtime::{runtime, Runtime};
+
+/// Element type of a tensor, as the specs name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ElementType {
+    /// 32-bit float.
+    F32,
+    /// 16-bit float.
+    F16,
+    /// 64-bit signed integer (token ids).
+    I64,
+    /// 32-bit signed integer.
+    I32,
+    /// 8-bit unsigned integer.
+    U8,
+    /// Boolean.
+    Bool,
+    /// Anything else the runtime knows (shown with the runtime's name).
+    Other(&'static str),
+}
+
+impl ElementType {
+    fn from_ort(ty: TensorElementType) -> Self {
+        match ty {
+            TensorElementType::Float32 => ElementType::F32,
+            TensorElementType::Float16 => ElementType::F16,
+            TensorElementType::Int64 => ElementType::I64,
+            TensorElementType::Int32 => ElementType::I32,
+            TensorElementType::Uint8 => ElementType::U8,
+            TensorElementType::Bool => ElementType::Bool,
+            TensorElementType::Float64 => ElementType::Other("f64"),
+            TensorElementType::Int8 => ElementType::Other("i8"),
+            TensorElementType::Int16 => ElementType::Other("i16"),
+            TensorElementType::Uint16 => ElementType::Other("u16"),
+            TensorElementType::Uint32 => ElementType::Other("u32"),
+            TensorElementType::Uint64 => ElementType::Other("u64"),
+            TensorElementType::String => ElementType::Other("string"),
+            TensorElementType::Bfloat16 => ElementType::Other("bf16"),
+            _ => ElementType::Other("other"),
+        }
+    }
+}
+
+impl fmt::Display for ElementType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ElementType::F32 => "f32",
+            ElementType::F16 => "f16",
+            ElementType::I64 => "i64",
+            ElementType::I32 => "i32",
+            ElementType::U8 => "u8",
+            ElementType::Bool => "bool",
+            ElementType::Other(name) => name,
+        })
+    }
+}
+
+/// One tensor of a model's interface: name, element type and shape (`-1` = dynamic).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorSpec {
+    /// Tensor name in the graph.
+    pub name: String,
+    /// Element type.
+    pub element: ElementType,
+    /// Dimensions; `-1` is a dynamic dimension (in a spec: "any size").
+    pub shape: Vec<i64>,
+}
+
+impl TensorSpec {
+    /// A tensor spec.
+    pub fn new(name: impl Into<String>, element: ElementType, shape: &[i64]) -> Self {
+        TensorSpec {
+            name: name.into(),
+            element,
+            shape: shape.to_vec(),
+        }
+    }
+
+    /// An `f32` tensor spec.
+    pub fn f32(name: impl Into<String>, shape: &[i64]) -> Self {
+        Self::new(name, ElementType::F32, shape)
+    }
+
+    /// Why the model's tensor `actual` cannot stand where `self` is expected, if it can't.
+    fn mismatch(&self, kind: &str, actual: &TensorSpec) -> Option<String> {
+        if self.element != actual.element {
+            return Some(format!(
+                "{kind} `{}` has element type {}, expected {}",
+                self.name, actual.element, self.element
+            ));
+        }
+        let dims_fit = self.shape.len() == actual.shape.len()
+            && self
+                .shape
+                .iter()
+                .zip(&actual.shape)
+                .all(|(&want, &got)| want < 0 || got < 0 || want == got);
+        (!dims_fit).then(|| {
+            format!(
+                "{kind} `{}` has shape {}, expected {}",
+                self.name,
+                shape_str(&actual.shape),
+                shape_str(&self.shape)
+            )
+        })
+    }
+}
+
+impl fmt::Display for TensorSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}{}", self.name, self.element, shape_str(&self.shape))
+    }
+}
+
+fn shape_str(shape: &[i64]) -> String {
+    let dims: Vec<String> = shape.iter().map(i64::to_string).collect();
+    format!("[{}]", dims.join(", "))
+}
+
+/// The inputs a caller feeds and the outputs it reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IoSpec {
+    /// Every input of the model (a model input not listed here is an error, since the
+    /// caller would not feed it).
+    pub inputs: Vec<TensorSpec>,
+    /// The outputs the caller reads (the model may have more).
+    pub outputs: Vec<TensorSpec>,
+}
+
+impl IoSpec {
+    /// An empty spec.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// This spec with one more input.
+    pub fn input(mut self, spec: TensorSpec) -> Self {
+        self.inputs.push(spec);
+        self
+    }
+
+    /// This spec with one more output.
+    pub fn output(mut self, spec: TensorSpec) -> Self {
+        self.outputs.push(spec);
+        self
+    }
+
+    /// Every difference between this spec and a model's actual tensors.
+    fn problems(&self, inputs: &[TensorSpec], outputs: &[TensorSpec]) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (kind, expected, actual) in [("input", &self.inputs, inputs), ("output", &self.outputs, outputs)] {
+            for want in expected {
+                match actual.iter().find(|t| t.name == want.name) {
+                    None => problems.push(format!("{kind} `{}` is missing", want.name)),
+                    Some(got) => problems.extend(want.mismatch(kind, got)),
+                }
+            }
+        }
+        for got in inputs {
+            if !self.inputs.iter().any(|t| t.name == got.name) {
+                problems.push(format!("input `{}` is not one the caller feeds", got.name));
+            }
+        }
+        problems
+    }
+}
+
+fn io_str(inputs: &[TensorSpec], outputs: &[TensorSpec]) -> String {
+    let list = |ts: &[TensorSpec]| ts.iter().map(TensorSpec::to_string).collect::<Vec<_>>().join(", ");
+    format!("inputs [{}], outputs [{}]", list(inputs), list(outputs))
+}
+
+/// An `f32` tensor copied out of a session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorF32 {
+    /// Dimensions.
+    pub shape: Vec<usize>,
+    /// Elements in row-major order.
+    pub data: Vec<f32>,
+}
+
+/// A model loaded into a session whose inputs and outputs matched the caller's [`IoSpec`].
+#[derive(Debug)]
+pub struct LoadedSession {
+    session: Session,
+    path: PathBuf,
+    provider: ActiveProvider,
+    inputs: Vec<TensorSpec>,
+    outputs: Vec<TensorSpec>,
+    fallback: Option<String>,
+}
+
+impl LoadedSession {
+    /// The model file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The provider the session runs on (the `provider` metrics label).
+    pub fn provider(&self) -> ActiveProvider {
+        self.provider
+    }
+
+    /// Why `auto` ended up on the CPU, when it did.
+    pub fn fallback_reason(&self) -> Option<&str> {
+        self.fallback.as_deref()
+    }
+
+    /// The model's actual inputs.
+    pub fn inputs(&self) -> &[TensorSpec] {
+        &self.inputs
+    }
+
+    /// The model's actual outputs.
+    pub fn outputs(&self) -> &[TensorSpec] {
+        &self.outputs
+    }
+
+    /// The underlying `ort` session, for families that need more than [`run_f32`](Self::run_f32)
+    /// (integer inputs, KV caches, I/O binding).
+    pub fn session_mut(&mut self) -> &mut Session {
+        &mut self.session
+    }
+
+    /// Runs the model on `f32` inputs `(name, shape, data)` and copies out the named `f32`
+    /// outputs, in the order asked.
+    pub fn run_f32(
+        &mut self,
+        inputs: &[(&str, &[usize], &[f32])],
+        outputs: &[&str],
+    ) -> Result<Vec<TensorF32>, ModelError> {
+        let model = self.path.display().to_string();
+        let mut feed = Vec::with_capacity(inputs.len());
+        for (name, shape, data) in inputs {
+            let expected: usize = shape.iter().product();
+            if expected != data.len() {
+                return Err(ModelError::Invalid(format!(
+                    "input `{name}` of {model}: shape {shape:?} needs {expected} values, got {}",
+                    data.len()
+                )));
+            }
+            let tensor = TensorRef::from_array_view((shape.to_vec(), *data))
+                .map_err(|e| ModelError::ort(format!("input `{name}` of {model}"), e))?;
+            feed.push((*name, tensor));
+        }
+        let results = self
+            .session
+            .run(feed)
+            .map_err(|e| ModelError::ort(format!("running {model}"), e))?;
+        let mut out = Vec::with_capacity(outputs.len());
+        for name in outputs {
+            let value = results
+                .get(*name)
+                .ok_or_else(|| ModelError::Invalid(format!("{model} produced no output `{name}`")))?;
+            let (shape, data) = value
+                .try_extract_tensor::<f32>()
+                .map_err(|e| ModelError::ort(format!("output `{name}` of {model}"), e))?;
+            out.push(TensorF32 {
+                shape: shape.iter().map(|&d| d.max(0) as usize).collect(),
+                data: data.to_vec(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Set once the `auto` → CPU warning has been logged, so it appears once per process.
+static CPU_FALLBACK_WARNED: AtomicBool = AtomicBool::new(false);
+
+/// Loads `path` with `options`, checking its tensors against `expect`.
+///
+/// Errors: [`ModelError::ModelNotFound`] (path and set-up command),
+/// [`ModelError::IoMismatch`] (file, expected and actual tensors),
+/// [`ModelError::CudaUnavailable`] for `provider = "cuda"` without CUDA, and runtime errors.
+/// With `provider = "auto"` a CUDA failure falls back to the CPU with one `warn!` per process.
+pub fn load_session(
+    path: impl AsRef<Path>,
+    options: &SessionOptions,
+    expect: &IoSpec,
+) -> Result<LoadedSession, ModelError> {
+    let path = path.as_ref();
+    if !path.is_file() {
+        return Err(ModelError::ModelNotFound {
+            path: path.to_path_buf(),
+        });
+    }
+    let rt = runtime()?;
+    let (session, provider, fallback) = match options.provider {
+        Provider::Cpu => (commit(rt, path, options, false)?, ActiveProvider::Cpu, None),
+        Provider::Cuda => {
+            let session = cuda_session(rt, path, options).map_err(|reason| ModelError::CudaUnavailable { reason })?;
+            (session, ActiveProvider::Cuda, None)
+        }
+        Provider::Auto => match cuda_session(rt, path, options) {
+            Ok(session) => (session, ActiveProvider::Cuda, None),
+            Err(reason) => {
+                if !CPU_FALLBACK_WARNED.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        model = %path.display(),
+                        reason = %reason,
+                        "CUDA is not available; running ONNX models on the CPU \
+                         (logged once per process; `scripts/setup-assets --gpu` enables CUDA)"
+                    );
+                }
+                let session = commit(rt, path, options, false)?;
+                (session, ActiveProvider::Cpu, Some(reason))
+            }
+        },
+    };
+
+    let inputs = describe(session.inputs());
+    let outputs = describe(session.outputs());
+    let problems = expect.problems(&inputs, &outputs);
+    if !problems.is_empty() {
+        return Err(ModelError::IoMismatch {
+            path: path.to_path_buf(),
+            problems,
+            expected: io_str(&expect.inputs, &expect.outputs),
+            actual: io_str(&inputs, &outputs),
+        });
+    }
+    tracing::debug!(model = %path.display(), provider = %provider, "loaded model");
+    Ok(LoadedSession {
+        session,
+        path: path.to_path_buf(),
+        provider,
+        inputs,
+        outputs,
+        fallback,
+    })
+}
+
+/// A session on CUDA, or the reason there can't be one.
+fn cuda_session(rt: &Runtime, path: &Path, options: &SessionOptions) -> Result<Session, String> {
+    if !rt.has_cuda() {
+        return Err(format!(
+            "the ONNX Runtime library at {} (version {}) has no CUDA execution provider \
+             (providers: {})",
+            rt.dylib_path().display(),
+            rt.version(),
+            rt.providers().join(", ")
+        ));
+    }
+    if let Some(dir) = rt.cuda_lib_dir() {
+        ep::cuda::preload_dylibs(Some(dir), Some(dir))
+            .map_err(|e| format!("loading CUDA libraries from {}: {e}", dir.display()))?;
+    }
+    commit(rt, path, options, true).map_err(|e| e.to_string())
+}
+
+fn commit(rt: &Runtime, path: &Path, options: &SessionOptions, cuda: bool) -> Result<Session, ModelError> {
+    let model = path.display().to_string();
+    let ctx = |what: &str| format!("{what} for {model}");
+    let mut builder: SessionBuilder =
+        Session::builder(rt.environment()).map_err(|e| ModelError::ort(ctx("creating a session"), e))?;
+    if let Some(threads) = options.intra_threads {
+        builder = builder
+            .with_intra_threads(threads)
+            .map_err(|e| ModelError::ort(ctx("setting intra_threads"), e))?;
+    }
+    if cuda {
+        let mut cuda_ep = ep::CUDA::default().with_device_id(options.device_id as i32);
+        if let Some(limit) = options.arena_limit_bytes {
+            cuda_ep = cuda_ep.with_memory_limit(limit);
+        }
+        builder = builder
+            .with_execution_providers([cuda_ep.build().error_on_failure()])
+            .map_err(|e| ModelError::ort(ctx("registering the CUDA execution provider"), e))?;
+    }
+    builder
+        .commit_from_file(path)
+        .map_err(|e| ModelError::ort(format!("loading model {model}"), e))
+}
+
+fn describe(outlets: &[ort::value::Outlet]) -> Vec<TensorSpec> {
+    outlets
+        .iter()
+        .map(|o| match o.dtype() {
+            ValueType::Tensor { ty, shape, .. } => TensorSpec {
+                name: o.name().to_string(),
+                element: ElementType::from_ort(*ty),
+                shape: shape.iter().copied().collect(),
+            },
+            other => TensorSpec {
+                name: o.name().to_string(),
+                element: ElementType::Other(match other {
+                    ValueType::Sequence(_) => "sequence",
+                    ValueType::Map { .. } => "map",
+                    _ => "optional",
+                }),
+                shape: Vec::new(),
+            },
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dynamic_dimensions_match_any_size() {
+        let want = TensorSpec::f32("x", &[1, 3, -1, -1]);
+        assert_eq!(want.mismatch("input", &TensorSpec::f32("x", &[1, 3, 64, 48])), None);
+        assert_eq!(want.mismatch("input", &TensorSpec::f32("x", &[-1, 3, 64, 48])), None);
+        let msg = want.mismatch("input", &TensorSpec::f32("x", &[1, 4, 64, 48]));
+        assert_eq!(
+            msg.as_deref(),
+            Some("input `x` has shape [1, 4, 64, 48], expected [1, 3, -1, -1]")
+        );
+        let msg = want.mismatch("input", &TensorSpec::new("x", ElementType::I64, &[1, 3]));
+        assert_eq!(msg.as_deref(), Some("input `x` has element type i64, expected f32"));
+    }
+}
