@@ -2,17 +2,30 @@
 //!
 //! # Layout
 //! - Sources: [`synthetic`], [`image_dir`].
+//! - Multi-SC: [`segment`], [`split`], [`caption`], [`text_channel`],
+//!   [`image_channel`], [`fuse`], [`correct`], [`reconstruct`].
+//! - Evaluation: [`evaluate`], [`sheet`].
 //! - Helpers for tests and benchmarks: [`passthrough`], [`delay`].
 //! - Sinks: [`image_sink`], [`csv_sink`], [`null_sink`].
 //! - [`util`]: small helpers shared by kinds (field access, image decoding).
 
+pub mod caption;
+pub mod correct;
 pub mod csv_sink;
 pub mod delay;
+pub mod evaluate;
+pub mod fuse;
+pub mod image_channel;
 pub mod image_dir;
 pub mod image_sink;
 pub mod null_sink;
 pub mod passthrough;
+pub mod reconstruct;
+pub mod segment;
+pub mod sheet;
+pub mod split;
 pub mod synthetic;
+pub mod text_channel;
 pub mod util;
 
 use dataflow_engine::Registry;
@@ -26,6 +39,16 @@ pub fn register_all(r: &mut Registry) {
     r.register::<image_sink::ImageSink>();
     r.register::<csv_sink::CsvSink>();
     r.register::<null_sink::NullSink>();
+    r.register::<segment::Segment>();
+    r.register::<split::Split>();
+    r.register::<caption::Caption>();
+    r.register::<text_channel::TextChannel>();
+    r.register::<image_channel::ImageChannel>();
+    r.register::<fuse::Fuse>();
+    r.register::<correct::Correct>();
+    r.register::<reconstruct::Reconstruct>();
+    r.register::<evaluate::Evaluate>();
+    r.register::<sheet::Sheet>();
 }
 
 /// A registry with every kind of the project.

@@ -56,3 +56,41 @@ pub fn frame_name(msg: &Message) -> String {
         None => format!("{:02}-{:06}", msg.id.stream, msg.id.seq),
     }
 }
+
+/// A model file: `explicit` when the graph names one, else `relative` inside the
+/// set-up's assets folder. The error says where it was looked for and what to run.
+pub fn model_file(
+    explicit: Option<&Path>,
+    relative: &str,
+    ctx: &dataflow_engine::BuildContext,
+) -> Result<std::path::PathBuf, StageError> {
+    if let Some(p) = explicit {
+        let p = ctx.resolve(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(StageError::io(format!("model file {} not found (from `model_path`)", p.display())))
+        };
+    }
+    match dataflow_models::assets::asset_path(relative) {
+        Ok(p) if p.is_file() => Ok(p),
+        Ok(p) => Err(StageError::io(format!(
+            "model file {} is missing; run `scripts/setup-assets` (or `make setup`) to fetch the offline models",
+            p.display()
+        ))),
+        Err(e) => Err(StageError::io(format!("{e}; run `scripts/setup-assets` (or `make setup`)"))),
+    }
+}
+
+/// Fields of every message of a joined frame, merged in input order (later inputs win).
+pub fn merge_joined(j: &dataflow_engine::Joined) -> dataflow_engine::Fields {
+    let mut f = dataflow_engine::Fields::new();
+    for input in &j.parts {
+        for m in input.iter().flatten() {
+            for (k, v) in m.fields.iter() {
+                f.insert(k, v.clone());
+            }
+        }
+    }
+    f
+}

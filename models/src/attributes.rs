@@ -282,6 +282,7 @@ pub fn describe_image(image: &RgbImage, mask: Option<&GrayImage>) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use image::{Luma, Rgb};
@@ -337,12 +338,12 @@ mod tests {
         let text = describe_tile(&tile, Some(&mask), pos(0));
         assert_eq!(
             text,
-            "top left: there is no main object here. the background is gray and bright."
+            "top left: there is no main object here. the background is gray and fairly bright."
         );
         // Without a mask, only the background is described.
         assert_eq!(
             describe_tile(&tile, None, pos(3)),
-            "bottom right: the background is gray and bright."
+            "bottom right: the background is gray and fairly bright."
         );
     }
 
@@ -409,7 +410,7 @@ mod tests {
         let tile = RgbImage::from_pixel(16, 16, Rgb([10, 10, 12]));
         assert_eq!(
             describe_image(&tile, None),
-            "the whole image: the background is black and dark."
+            "the whole image: the background is black and very dark."
         );
     }
 }

@@ -69,7 +69,7 @@ impl Complex {
 
 /// Digital modulation schemes (DESIGN §6). Serialised in lowercase:
 /// `bpsk | qpsk | qam16 | qam64`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Modulation {
     /// Binary phase-shift keying: ±1 on the real axis, 1 bit per symbol.
@@ -415,6 +415,33 @@ pub fn transmit_bytes<R: Rng + ?Sized>(
     })
 }
 
+/// The soft output of sending bits through the channel, for a decoder (e.g. LDPC
+/// belief propagation) that wants likelihoods rather than decisions.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SoftTransmission {
+    /// Max-log LLR per bit, ln P(b=0)/P(b=1) (see [`demodulate_llr`]).
+    pub llrs: Vec<f64>,
+    /// Channel uses (complex symbols), including the padded last one.
+    pub symbols: u64,
+}
+
+/// Sends bits (0/1 each) over `modulation` + complex AWGN at `snr_db` and returns
+/// max-log LLRs computed with the channel's true N0.
+pub fn transmit_bits_soft<R: Rng + ?Sized>(
+    bits: &[u8],
+    modulation: Modulation,
+    snr_db: f64,
+    rng: &mut R,
+) -> Result<SoftTransmission, ChannelError> {
+    let awgn = Awgn::new(snr_db)?;
+    let mut symbols = modulate(bits, modulation)?;
+    awgn.apply(&mut symbols, rng);
+    Ok(SoftTransmission {
+        llrs: demodulate_llr(&symbols, modulation, awgn.n0(), bits.len()),
+        symbols: symbols.len() as u64,
+    })
+}
+
 /// A perfect channel: the bytes arrive unchanged; bits and channel uses are still
 /// counted as if sent with `modulation`.
 pub fn ideal(bytes: &[u8], modulation: Modulation) -> Transmission {
@@ -508,6 +535,7 @@ pub fn q_function(x: f64) -> f64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
@@ -678,6 +706,19 @@ mod tests {
         // A noiseless BPSK +1 (bit 1) at N0 = 1 gives LLR = ((1−1)² − (1+1)²)/1 = −4.
         let llr = demodulate_llr(&[Complex::new(1.0, 0.0)], Modulation::Bpsk, 1.0, 1);
         assert!((llr[0] + 4.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn soft_transmission_recovers_bits_at_high_snr() {
+        let mut rng = channel_rng(3, "soft", 0, 0);
+        let bits: Vec<u8> = (0..999).map(|_| rng.random_range(0..2u8)).collect();
+        for m in Modulation::ALL {
+            let soft = transmit_bits_soft(&bits, m, 40.0, &mut rng).unwrap();
+            assert_eq!(soft.llrs.len(), bits.len());
+            assert_eq!(soft.symbols, bits.len().div_ceil(m.bits_per_symbol()) as u64);
+            let decided: Vec<u8> = soft.llrs.iter().map(|&l| u8::from(l < 0.0)).collect();
+            assert_eq!(decided, bits, "{m}");
+        }
     }
 
     #[test]

@@ -120,35 +120,46 @@ impl ColorName {
     }
 }
 
-/// How light a region is, from the mean BT.601 luma of its pixels.
+/// How light a region is, from the mean BT.601 luma of its pixels (six levels of
+/// about 35 luma steps, so that the painted level is within ~20 of the original).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Brightness {
-    /// Mean luma below 60.
+    /// Mean luma below 35: "very dark".
+    VeryDark,
+    /// Mean luma 35–70: "dark".
     Dark,
-    /// Mean luma 60–110.
+    /// Mean luma 70–105: "dim".
     Dim,
-    /// Mean luma 110–170.
+    /// Mean luma 105–140: "fairly bright".
+    FairlyBright,
+    /// Mean luma 140–180: "bright".
     Bright,
-    /// Mean luma 170 and above.
+    /// Mean luma 180 and above: "very bright".
     VeryBright,
 }
 
 impl Brightness {
     /// Every level, darkest first.
-    pub const ALL: [Brightness; 4] = [
+    pub const ALL: [Brightness; 6] = [
+        Brightness::VeryDark,
         Brightness::Dark,
         Brightness::Dim,
+        Brightness::FairlyBright,
         Brightness::Bright,
         Brightness::VeryBright,
     ];
 
     /// The level of a mean luma (0–255).
     pub fn from_luma(luma: f64) -> Brightness {
-        if luma < 60.0 {
+        if luma < 35.0 {
+            Brightness::VeryDark
+        } else if luma < 70.0 {
             Brightness::Dark
-        } else if luma < 110.0 {
+        } else if luma < 105.0 {
             Brightness::Dim
-        } else if luma < 170.0 {
+        } else if luma < 140.0 {
+            Brightness::FairlyBright
+        } else if luma < 180.0 {
             Brightness::Bright
         } else {
             Brightness::VeryBright
@@ -158,8 +169,10 @@ impl Brightness {
     /// The words written in captions.
     pub const fn words(self) -> &'static str {
         match self {
+            Brightness::VeryDark => "very dark",
             Brightness::Dark => "dark",
             Brightness::Dim => "dim",
+            Brightness::FairlyBright => "fairly bright",
             Brightness::Bright => "bright",
             Brightness::VeryBright => "very bright",
         }
@@ -168,23 +181,29 @@ impl Brightness {
     /// The mean luma painted for this level (middle of its range).
     pub const fn target_luma(self) -> f64 {
         match self {
-            Brightness::Dark => 35.0,
-            Brightness::Dim => 85.0,
-            Brightness::Bright => 140.0,
-            Brightness::VeryBright => 205.0,
+            Brightness::VeryDark => 20.0,
+            Brightness::Dark => 52.0,
+            Brightness::Dim => 88.0,
+            Brightness::FairlyBright => 122.0,
+            Brightness::Bright => 160.0,
+            Brightness::VeryBright => 212.0,
         }
     }
 
-    /// Finds a brightness phrase in lowercase `words` (a token list); "very bright"
-    /// wins over "bright". The last phrase found counts.
+    /// Finds a brightness phrase in lowercase `words` (a token list): "dark", "dim",
+    /// "bright", with "very" or "fairly" before them shifting the level. The last
+    /// phrase found counts.
     pub fn find_in(words: &[&str]) -> Option<Brightness> {
         let mut found = None;
         for (i, w) in words.iter().enumerate() {
-            let b = match *w {
-                "dark" => Some(Brightness::Dark),
-                "dim" => Some(Brightness::Dim),
-                "bright" if i > 0 && words[i - 1] == "very" => Some(Brightness::VeryBright),
-                "bright" => Some(Brightness::Bright),
+            let before = if i > 0 { words[i - 1] } else { "" };
+            let b = match (*w, before) {
+                ("dark", "very") => Some(Brightness::VeryDark),
+                ("dark", _) => Some(Brightness::Dark),
+                ("dim", _) => Some(Brightness::Dim),
+                ("bright", "very") => Some(Brightness::VeryBright),
+                ("bright", "fairly") => Some(Brightness::FairlyBright),
+                ("bright", _) => Some(Brightness::Bright),
                 _ => None,
             };
             if b.is_some() {
@@ -243,6 +262,7 @@ pub fn nearest_color(rgb: [u8; 3]) -> ColorName {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 

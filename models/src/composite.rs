@@ -14,7 +14,8 @@
 //! - "mostly X with some Y", or any other two colours: a flat 70/30 mix;
 //! - one colour: flat; none (lost text, garbled, "hidden"): neutral gray (128).
 //!
-//! A brightness word ("dark", "dim", "bright", "very bright") scales the colours so their
+//! A brightness phrase ("very dark", "dark", "dim", "fairly bright", "bright", "very
+//! bright") scales the colours so their
 //! mean luma reaches that level's [`Brightness::target_luma`] (factor clamped to
 //! 0.4–2.5); a neutral gray takes the level's luma directly.
 //!
@@ -121,6 +122,22 @@ fn to_f(c: [u8; 3]) -> [f32; 3] {
     [f32::from(c[0]), f32::from(c[1]), f32::from(c[2])]
 }
 
+/// How much of a named colour's chroma is painted (the rest is its own luma as gray).
+/// Colour words name the nearest basic colour, and real regions are mostly less
+/// saturated than the palette's prototypes, so painting them at full chroma costs more
+/// error than it gains when the name is only roughly right.
+pub const PAINT_SATURATION: f32 = 0.6;
+
+/// Fraction by which each end of a two-colour blend moves toward the other colour.
+pub const BLEND_SOFTENING: f32 = 0.25;
+
+/// The colour painted for a name: its prototype with [`PAINT_SATURATION`] of its chroma.
+fn paint_color(c: ColorName) -> [f32; 3] {
+    let p = to_f(c.rgb());
+    let y = 0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2];
+    mix([y; 3], p, PAINT_SATURATION)
+}
+
 fn mix(a: [f32; 3], b: [f32; 3], t: f32) -> [f32; 3] {
     [
         a[0] + (b[0] - a[0]) * t,
@@ -131,16 +148,18 @@ fn mix(a: [f32; 3], b: [f32; 3], t: f32) -> [f32; 3] {
 
 /// The two end colours (as floats) of a spec, after brightness adjustment.
 fn spec_colors(spec: &BackgroundSpec) -> ([f32; 3], [f32; 3]) {
-    let first = spec.colors.first().map(|c| c.rgb());
-    let second = spec.colors.get(1).map(|c| c.rgb());
+    let first = spec.colors.first().map(|c| paint_color(*c));
+    let second = spec.colors.get(1).map(|c| paint_color(*c));
     let (a, b) = match (first, second, spec.layout) {
         (None, _, _) => (to_f(NEUTRAL), to_f(NEUTRAL)),
-        (Some(a), None, _) => (to_f(a), to_f(a)),
+        (Some(a), None, _) => (a, a),
         (Some(a), Some(b), Layout::Mixed) | (Some(a), Some(b), Layout::Flat) => {
-            let m = mix(to_f(a), to_f(b), 0.3);
+            let m = mix(a, b, 0.3);
             (m, m)
         }
-        (Some(a), Some(b), _) => (to_f(a), to_f(b)),
+        // Pull the two ends a little toward each other: the layout words are coarse,
+        // and a softer blend costs less where the split is not where it is painted.
+        (Some(a), Some(b), _) => (mix(a, b, BLEND_SOFTENING), mix(b, a, BLEND_SOFTENING)),
     };
     let Some(level) = spec.brightness else {
         return (a, b);
@@ -295,6 +314,7 @@ pub fn mean_luma(img: &RgbImage) -> f64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use crate::attributes::{describe_tile, TilePosition};
@@ -354,7 +374,7 @@ mod tests {
         let img = reconstruct(&[None, None], (1, 2), (40, 20), Some((&slice, 37, 15)));
         assert_eq!(img.get_pixel(39, 19).0, [255, 0, 0]);
         let dark = reconstruct(&[Some("the background is dark.".into())], (1, 1), (8, 8), None);
-        assert_eq!(dark.get_pixel(4, 4).0, [35, 35, 35]);
+        assert_eq!(dark.get_pixel(4, 4).0, [52, 52, 52]);
     }
 
     #[test]
@@ -399,6 +419,7 @@ mod tests {
         let flat = RgbImage::from_pixel(w, h, Rgb(NEUTRAL));
         let e_rebuilt = mse(&original, &rebuilt);
         let e_flat = mse(&original, &flat);
+        eprintln!("round trip MSE {e_rebuilt:.1}, flat gray MSE {e_flat:.1}");
         assert!(
             e_rebuilt < 0.5 * e_flat,
             "rebuilt MSE {e_rebuilt:.1} vs flat {e_flat:.1}; texts {texts:?}"

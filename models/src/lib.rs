@@ -11,6 +11,11 @@
 //! - [`session`]: loading a model with its inputs/outputs checked ([`session::load_session`]).
 //! - [`assets`]: where `assets/` is and whether its files match the manifest.
 //! - [`isnet`]: ISNet salient-object segmentation (offline tier of `segment`).
+//! - [`attributes`]: deterministic captioner from mask and colour statistics (offline `caption`).
+//! - [`colors`]: colour and brightness vocabulary shared by the captioner.
+//! - [`symspell`]: SymSpell spelling corrector (offline `correct`).
+//! - [`composite`]: object slice on a background made from the text (offline `reconstruct`).
+//! - [`quality`]: image and text quality measures for `evaluate`.
 //! - [`channel`]: digital channel maths (modulation, AWGN).
 
 pub mod assets;

@@ -363,7 +363,8 @@ fn cuda_session(rt: &Runtime, path: &Path, options: &SessionOptions) -> Result<S
         ep::cuda::preload_dylibs(Some(dir), Some(dir))
             .map_err(|e| format!("loading CUDA libraries from {}: {e}", dir.display()))?;
     }
-    commit(rt, path, options, true).map_err(|e| e.to_string())
+    // ONNX Runtime's messages end with a newline; the reason is embedded in a sentence.
+    commit(rt, path, options, true).map_err(|e| e.to_string().trim_end().to_string())
 }
 
 fn commit(rt: &Runtime, path: &Path, options: &SessionOptions, cuda: bool) -> Result<Session, ModelError> {

@@ -653,6 +653,7 @@ pub fn default_dictionary_dir() -> PathBuf {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use std::sync::OnceLock;

@@ -85,6 +85,9 @@ pub fn install_exporter(listen: &str) -> Result<SocketAddr, MonitoringError> {
 /// Installs the global recorder without any listener and returns a handle whose
 /// [`PrometheusHandle::render`] gives the exposition text: for tests and for a
 /// final dump at exit. Registers every description, like [`install_exporter`].
+/// Nothing runs the exporter's upkeep here: histogram samples are folded in at each
+/// `render` (or `PrometheusHandle::run_upkeep`), so a long run should call one of
+/// them now and then.
 ///
 /// # Errors
 /// [`MonitoringError::RecorderAlreadyInstalled`] when a recorder is already set.

@@ -1,1 +1,5 @@
-fn main(){}
+//! Integration tests of dataflow: one binary, one module per area.
+
+mod cli;
+mod engine;
+mod support;

@@ -33,7 +33,7 @@ pub fn asset(test: &str, relative: &str) -> Option<PathBuf> {
     match dataflow_models::assets::asset_path(relative) {
         Ok(path) if path.is_file() => Some(path),
         Ok(path) => {
-            skip(test, &format!("{} is absent", path.display()));
+            skip(test, &format!("{} is absent; run scripts/setup-assets", path.display()));
             None
         }
         Err(e) => {
@@ -47,6 +47,6 @@ fn skip(test: &str, why: &str) -> bool {
     if std::env::var_os("DATAFLOW_REQUIRE_ASSETS").is_some_and(|v| v == "1") {
         panic!("{test}: {why} (DATAFLOW_REQUIRE_ASSETS=1)");
     }
-    println!("skipped {test}: {why}; run scripts/setup-assets");
+    println!("skipped {test}: {why}");
     false
 }

@@ -1,0 +1,28 @@
+# The two commands of the README:
+#   make run    the main job: set-up, then the offline Multi-SC graph on the sample photos
+#   make test   the tests (what CI runs after fmt and clippy)
+
+CARGO ?= cargo
+GRAPH ?= graphs/multisc-lite.toml
+
+.PHONY: run test setup build bench
+
+setup:
+	scripts/setup-system prometheus
+	scripts/setup-assets
+
+build:
+	$(CARGO) build --release
+
+run: setup build
+	./target/release/dataflow run $(GRAPH)
+
+test: setup
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --workspace --all-features --no-fail-fast; \
+	else \
+		$(CARGO) test --workspace --all-features --no-fail-fast; \
+	fi
+
+bench:
+	$(CARGO) bench --bench engine

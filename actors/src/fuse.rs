@@ -1,0 +1,94 @@
+//! `fuse`: gathers the received texts of one frame, in tile order.
+//!
+//! A joining stage: the engine hands it every part of a frame from its input(s),
+//! or what arrived when `timeout_ms` passed. It emits one message per frame with
+//! `texts` (received, in part order; a lost part is `None`), `sent_texts`,
+//! `lost_parts`, and the summed `bits` and `bit_errors` of the parts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dataflow_engine::{BuildContext, Built, Fields, Input, OutPort, Outputs, Part, Ports, Role, Stage, StageError, StageKind, Value};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// Keys of `fuse`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FuseConfig {
+    /// How long to wait for the missing parts of a frame before emitting it with them marked lost.
+    #[serde(default = "default_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_timeout() -> u64 {
+    30_000
+}
+
+/// The `fuse` kind.
+pub struct Fuse;
+
+struct Run;
+
+impl Stage for Run {
+    fn process(&mut self, input: Input, out: &mut Outputs) -> Result<(), StageError> {
+        let Input::Joined(j) = input else { return Ok(()) };
+        let Some(first) = j.any() else { return Ok(()) };
+        let mut received = Vec::new();
+        let mut sent = Vec::new();
+        let (mut bits, mut errors) = (0.0, 0.0);
+        let mut fields = Fields::new();
+        for parts in &j.parts {
+            for p in parts {
+                match p {
+                    Some(m) => {
+                        received.push(m.fields.text("text").map(str::to_string));
+                        sent.push(m.fields.text("sent").or(m.fields.text("text")).map(str::to_string));
+                        bits += m.fields.number("bits").unwrap_or(0.0);
+                        errors += m.fields.number("bit_errors").unwrap_or(0.0);
+                        for key in ["name", "frame_size", "grid_rows", "grid_cols"] {
+                            if let Some(v) = m.fields.get(key) {
+                                fields.insert(key, v.clone());
+                            }
+                        }
+                    }
+                    None => {
+                        received.push(None);
+                        sent.push(None);
+                    }
+                }
+            }
+        }
+        let lost = j.lost();
+        if lost > 0 {
+            tracing::warn!(frame = %j.id, lost, "fuse: parts of the frame did not arrive; they are marked lost");
+        }
+        fields.insert("texts", Value::Texts(Arc::from(received)));
+        fields.insert("sent_texts", Value::Texts(Arc::from(sent)));
+        fields.insert("lost_parts", Value::Number(lost as f64));
+        fields.insert("bits", Value::Number(bits));
+        fields.insert("bit_errors", Value::Number(errors));
+        out.emit(first.derive_part(Part::WHOLE, fields));
+        Ok(())
+    }
+}
+
+impl StageKind for Fuse {
+    type Config = FuseConfig;
+    const NAME: &'static str = "fuse";
+    const ROLE: Role = Role::Transform;
+    const DOC: &'static str = "Joins the received texts of a frame in tile order, marking lost parts.";
+
+    fn ports(c: &Self::Config) -> Ports {
+        Ports {
+            outputs: vec![OutPort::fresh("out", &["texts", "sent_texts", "lost_parts", "bits", "bit_errors"])],
+            requires: vec!["text".into()],
+            join: Some(Duration::from_millis(c.timeout_ms.max(1))),
+            ..Ports::default()
+        }
+    }
+
+    fn build(_: &Self::Config, _: &BuildContext) -> Result<Built, StageError> {
+        Ok(Built::Stage(Box::new(Run)))
+    }
+}

@@ -1,0 +1,153 @@
+//! `segment`: the main object of each frame (Multi-SC transmitter, Fig. 1).
+//!
+//! `model = "isnet"` (offline tier) runs ISNet general-use through ONNX Runtime.
+//! Port `out` carries the frame on with `mask` (saliency, gray), `slice` (the
+//! object cut out, RGBA with the mask as alpha), `box` and `frame_size`; port
+//! `slice` carries only what the image channel sends: `slice`, `box`,
+//! `frame_size` and the frame's `name`. A frame without a salient object has
+//! no `slice`/`box` (the caption says so, the receiver rebuilds from text alone).
+
+use std::path::PathBuf;
+
+
+use dataflow_engine::{
+    BuildContext, Built, Fields, Image, Input, OutPort, Outputs, Ports, Rect, Role, Stage, StageError, StageKind, Value,
+};
+use dataflow_models::isnet::{self, Isnet};
+use dataflow_models::provider::SessionOptions;
+use dataflow_monitoring::names;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::util::{image_field, model_file};
+
+/// Segmentation models.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SegmentModel {
+    /// ISNet general-use (offline tier, from the set-up's assets).
+    Isnet,
+}
+
+/// ISNet exports shipped by the set-up.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum IsnetVariant {
+    /// fp32, 88 MB.
+    Medium,
+    /// uint8 dynamically quantised, 44 MB.
+    Small,
+}
+
+/// Keys of `segment`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct SegmentConfig {
+    /// Which segmentation model.
+    #[serde(default = "default_model")]
+    pub model: SegmentModel,
+    /// ISNet export to use.
+    #[serde(default = "default_variant")]
+    pub variant: IsnetVariant,
+    /// A model file to use instead of the set-up's asset.
+    #[serde(default)]
+    pub model_path: Option<PathBuf>,
+    /// ONNX Runtime session options (provider, device_id, intra_threads, arena_limit_bytes).
+    #[serde(flatten)]
+    pub session: SessionOptions,
+}
+
+fn default_model() -> SegmentModel {
+    SegmentModel::Isnet
+}
+fn default_variant() -> IsnetVariant {
+    IsnetVariant::Medium
+}
+
+impl SegmentConfig {
+    fn relative(&self) -> &'static str {
+        match self.variant {
+            IsnetVariant::Medium => isnet::MEDIUM,
+            IsnetVariant::Small => isnet::SMALL,
+        }
+    }
+}
+
+/// The `segment` kind.
+pub struct Segment;
+
+struct Run {
+    model: Isnet,
+    stage: String,
+    inference: metrics::Histogram,
+}
+
+fn rect(b: &isnet::BBox) -> Rect {
+    Rect { x: b.x, y: b.y, width: b.width, height: b.height }
+}
+
+impl Stage for Run {
+    fn process(&mut self, input: Input, out: &mut Outputs) -> Result<(), StageError> {
+        let Input::Message { msg, .. } = input else { return Ok(()) };
+        let img = image_field(&msg, "image", &self.stage)?.to_rgb();
+        let seg = self
+            .model
+            .segment(&img)
+            .map_err(|e| StageError::new("model", format!("segmentation of frame {} failed: {e}", msg.id)))?;
+        self.inference.record(seg.inference.as_secs_f64());
+        let size = Rect { x: 0, y: 0, width: img.width(), height: img.height() };
+        let mut slice_fields = Fields::new().with("frame_size", Value::Rect(size));
+        if let Some(n) = msg.fields.get("name") {
+            slice_fields.insert("name", n.clone());
+        }
+        let mut fields = msg.fields.clone();
+        fields.insert("mask", Value::Image(Image::from_gray(seg.mask)));
+        fields.insert("frame_size", Value::Rect(size));
+        if let Some(obj) = seg.object {
+            let slice = Value::Image(Image::from_rgba(obj.image));
+            let b = Value::Rect(rect(&obj.bbox));
+            fields.insert("slice", slice.clone());
+            fields.insert("box", b.clone());
+            slice_fields.insert("slice", slice);
+            slice_fields.insert("box", b);
+        }
+        out.send(0, msg.derive(fields));
+        out.send(1, msg.derive(slice_fields));
+        Ok(())
+    }
+}
+
+impl StageKind for Segment {
+    type Config = SegmentConfig;
+    const NAME: &'static str = "segment";
+    const ROLE: Role = Role::Transform;
+    const DOC: &'static str = "Segments the main object: mask, object slice and its box (ISNet).";
+
+    fn ports(_: &Self::Config) -> Ports {
+        Ports {
+            outputs: vec![
+                OutPort::passing("out", &["mask", "frame_size"]),
+                OutPort::fresh("slice", &["frame_size"]),
+            ],
+            requires: vec!["image".into()],
+            heavy: true,
+            ..Ports::default()
+        }
+    }
+
+    fn check(c: &Self::Config, ctx: &BuildContext) -> Vec<String> {
+        match model_file(c.model_path.as_deref(), c.relative(), ctx) {
+            Ok(_) => Vec::new(),
+            Err(e) => vec![e.message],
+        }
+    }
+
+    fn build(c: &Self::Config, ctx: &BuildContext) -> Result<Built, StageError> {
+        let path = model_file(c.model_path.as_deref(), c.relative(), ctx)?;
+        let model = Isnet::load(&path, &c.session).map_err(|e| StageError::new("model", e.to_string()))?;
+        let inference = metrics::histogram!(names::MODEL_INFERENCE_SECONDS,
+            names::LABEL_MODEL => "isnet", names::LABEL_PROVIDER => model.provider().as_str());
+        tracing::info!(stage = %ctx.stage, replica = ctx.replica, model = %path.display(), provider = %model.provider(), "segmenter loaded");
+        Ok(Built::Stage(Box::new(Run { model, stage: ctx.stage.clone(), inference })))
+    }
+}
+

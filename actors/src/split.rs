@@ -1,0 +1,103 @@
+//! `split`: cuts each frame into a grid of tiles, one output port per tile, so each
+//! tile can go to its own "device" (Multi-SC, §II-A).
+//!
+//! Tile `k` (row-major) leaves on port `tile<k>` as part `k` of `rows*cols`, with
+//! fields `image` (the tile), `tile` (its rectangle), `frame_size`, `grid_rows`,
+//! `grid_cols`, the frame's `name`, and `mask` (the tile of the object mask) when
+//! the input has one. Only these fields travel on: the tiles do not carry the
+//! object slice, which reaches the receiver through its own channel.
+
+use dataflow_engine::{
+    BuildContext, Built, Fields, Image, Input, OutPort, Outputs, Part, Ports, Rect, Role, Stage, StageError, StageKind,
+    Value,
+};
+use dataflow_models::composite::tile_rect;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::util::image_field;
+
+/// Keys of `split`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SplitConfig {
+    /// `[rows, cols]` of the grid.
+    #[serde(default = "default_grid")]
+    pub grid: [usize; 2],
+}
+
+fn default_grid() -> [usize; 2] {
+    [2, 2]
+}
+
+/// The `split` kind.
+pub struct Split;
+
+struct Run {
+    grid: (usize, usize),
+    stage: String,
+}
+
+fn crop(img: &Image, r: (u32, u32, u32, u32)) -> Image {
+    let (x, y, w, h) = r;
+    match img.format {
+        dataflow_engine::PixelFormat::Gray8 => {
+            Image::from_gray(image::imageops::crop_imm(&img.to_gray(), x, y, w, h).to_image())
+        }
+        _ => Image::from_rgb(image::imageops::crop_imm(&img.to_rgb(), x, y, w, h).to_image()),
+    }
+}
+
+impl Stage for Run {
+    fn process(&mut self, input: Input, out: &mut Outputs) -> Result<(), StageError> {
+        let Input::Message { msg, .. } = input else { return Ok(()) };
+        let img = image_field(&msg, "image", &self.stage)?;
+        let size = (img.width, img.height);
+        let n = self.grid.0 * self.grid.1;
+        let mask = msg.fields.image("mask");
+        for k in 0..n {
+            let r = tile_rect(k, self.grid, size);
+            let mut f = Fields::new()
+                .with("image", Value::Image(crop(img, r)))
+                .with("tile", Value::Rect(Rect { x: r.0, y: r.1, width: r.2, height: r.3 }))
+                .with("frame_size", Value::Rect(Rect { x: 0, y: 0, width: size.0, height: size.1 }))
+                .with("grid_rows", Value::Number(self.grid.0 as f64))
+                .with("grid_cols", Value::Number(self.grid.1 as f64));
+            if let Some(m) = mask {
+                if (m.width, m.height) == size {
+                    f.insert("mask", Value::Image(crop(m, r)));
+                }
+            }
+            if let Some(nm) = msg.fields.get("name") {
+                f.insert("name", nm.clone());
+            }
+            out.send(k, msg.derive_part(Part { index: k as u32, count: n as u32 }, f));
+        }
+        Ok(())
+    }
+}
+
+impl StageKind for Split {
+    type Config = SplitConfig;
+    const NAME: &'static str = "split";
+    const ROLE: Role = Role::Transform;
+    const DOC: &'static str = "Cuts each frame into a grid of tiles; tile k leaves on port `tile<k>`.";
+
+    fn ports(c: &Self::Config) -> Ports {
+        let n = c.grid[0].max(1) * c.grid[1].max(1);
+        Ports {
+            outputs: (0..n)
+                .map(|k| OutPort::fresh(&format!("tile{k}"), &["image", "tile", "frame_size", "grid_rows", "grid_cols"]))
+                .collect(),
+            requires: vec!["image".into()],
+            ..Ports::default()
+        }
+    }
+
+    fn build(c: &Self::Config, ctx: &BuildContext) -> Result<Built, StageError> {
+        if c.grid[0] == 0 || c.grid[1] == 0 || c.grid[0] * c.grid[1] > 64 {
+            return Err(StageError::input(format!("`grid` must be [rows, cols] with 1..64 tiles, got {:?}", c.grid)));
+        }
+        Ok(Built::Stage(Box::new(Run { grid: (c.grid[0], c.grid[1]), stage: ctx.stage.clone() })))
+    }
+}

@@ -1,0 +1,109 @@
+//! `text_channel`: a caption over a noisy digital link (DESIGN §6).
+//!
+//! UTF-8 bytes → bits → Gray-mapped BPSK/QPSK/16-QAM/64-QAM with unit symbol
+//! energy → complex AWGN at `snr_db` → hard decisions → bytes → lossy UTF-8.
+//! The noise of each message is drawn from the graph seed, the stage, the frame
+//! and the part, so each tile has its own independent channel and a run is
+//! reproducible bit for bit. The sent text is kept in `sent`; `text` becomes
+//! the received text; `bits` and `bit_errors` count the link.
+
+use std::sync::Arc;
+
+use dataflow_engine::{BuildContext, Built, Input, OutPort, Outputs, Ports, Role, Stage, StageError, StageKind, Value};
+use dataflow_models::channel::{channel_rng, decode_text_lossy, ideal, transmit_bytes, Modulation};
+use dataflow_monitoring::names;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// Keys of `text_channel` (inherited from `[channel]` when not set).
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TextChannelConfig {
+    /// Signal-to-noise ratio Es/N0 in dB.
+    #[serde(default = "default_snr")]
+    pub snr_db: f64,
+    /// Modulation.
+    #[serde(default = "default_modulation")]
+    pub modulation: Modulation,
+    /// An error-free link (bits are still counted).
+    #[serde(default)]
+    pub ideal: bool,
+}
+
+fn default_snr() -> f64 {
+    10.0
+}
+fn default_modulation() -> Modulation {
+    Modulation::Bpsk
+}
+
+/// The `text_channel` kind.
+pub struct TextChannel;
+
+struct Run {
+    cfg: (f64, Modulation, bool),
+    seed: u64,
+    stage: String,
+    bits: metrics::Counter,
+    errors: metrics::Counter,
+}
+
+impl Stage for Run {
+    fn process(&mut self, input: Input, out: &mut Outputs) -> Result<(), StageError> {
+        let Input::Message { msg, .. } = input else { return Ok(()) };
+        let sent = msg
+            .fields
+            .text("text")
+            .ok_or_else(|| StageError::input(format!("frame {} has no `text` to send", msg.id)))?
+            .to_string();
+        let (snr, modulation, is_ideal) = self.cfg;
+        let tx = if is_ideal {
+            ideal(sent.as_bytes(), modulation)
+        } else {
+            let mut rng = channel_rng(self.seed, &self.stage, msg.id.seq, msg.part.index);
+            transmit_bytes(sent.as_bytes(), modulation, snr, &mut rng)
+                .map_err(|e| StageError::input(format!("channel: {e}")))?
+        };
+        self.bits.increment(tx.bits);
+        self.errors.increment(tx.bit_errors);
+        let received = decode_text_lossy(&tx.received);
+        let mut fields = msg.fields.clone();
+        fields.insert("sent", Value::Text(Arc::from(sent.as_str())));
+        fields.insert("text", Value::Text(Arc::from(received.as_str())));
+        fields.insert("bits", Value::Number(tx.bits as f64));
+        fields.insert("bit_errors", Value::Number(tx.bit_errors as f64));
+        out.emit(msg.derive(fields));
+        Ok(())
+    }
+}
+
+impl StageKind for TextChannel {
+    type Config = TextChannelConfig;
+    const NAME: &'static str = "text_channel";
+    const ROLE: Role = Role::Transform;
+    const DOC: &'static str = "Sends `text` over Gray-mapped QAM and AWGN; keeps `sent`, counts bits and bit errors.";
+    const CHANNEL: bool = true;
+
+    fn ports(_: &Self::Config) -> Ports {
+        Ports {
+            outputs: vec![OutPort::passing("out", &["text", "sent", "bits", "bit_errors"])],
+            requires: vec!["text".into()],
+            ..Ports::default()
+        }
+    }
+
+    fn build(c: &Self::Config, ctx: &BuildContext) -> Result<Built, StageError> {
+        if !c.snr_db.is_finite() {
+            return Err(StageError::input(format!("`snr_db` must be a finite number, got {}", c.snr_db)));
+        }
+        let labels = [(names::LABEL_STAGE, ctx.stage.clone()), (names::LABEL_MODULATION, c.modulation.to_string())];
+        metrics::gauge!(names::CHANNEL_SNR_DB, names::LABEL_STAGE => ctx.stage.clone()).set(c.snr_db);
+        Ok(Built::Stage(Box::new(Run {
+            cfg: (c.snr_db, c.modulation, c.ideal),
+            seed: ctx.seed,
+            stage: ctx.stage.clone(),
+            bits: metrics::counter!(names::CHANNEL_BITS, &labels),
+            errors: metrics::counter!(names::CHANNEL_BIT_ERRORS, &labels),
+        })))
+    }
+}

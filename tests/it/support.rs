@@ -1,0 +1,188 @@
+//! Test helpers: extra stage kinds that observe the engine, and runners.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use dataflow_engine::{
+    BuildContext, Built, Fields, GraphSource, Input, OutPort, Outputs, Ports, Registry, Role, RunOptions, RunSummary,
+    Source, SourceItem, Stage, StageError, StageKind, StopFlag, Value,
+};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// Frames alive now and the most seen at once, per probe name.
+#[derive(Default)]
+pub struct Alive {
+    pub now: AtomicU64,
+    pub max: AtomicU64,
+    pub seen: Mutex<Vec<u64>>,
+}
+
+fn probes() -> &'static Mutex<HashMap<String, Arc<Alive>>> {
+    static P: OnceLock<Mutex<HashMap<String, Arc<Alive>>>> = OnceLock::new();
+    P.get_or_init(Default::default)
+}
+
+/// The probe called `name` (created on first use).
+pub fn probe(name: &str) -> Arc<Alive> {
+    probes().lock().unwrap().entry(name.to_string()).or_default().clone()
+}
+
+struct Guard(Arc<Alive>);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TrackedConfig {
+    frames: u64,
+    probe: String,
+}
+
+/// Source whose frames carry a guard counting how many are alive anywhere in the graph.
+pub struct Tracked;
+struct TrackedRun {
+    left: u64,
+    probe: Arc<Alive>,
+}
+impl Source for TrackedRun {
+    fn total(&self) -> Option<u64> {
+        Some(self.left)
+    }
+    fn next(&mut self, stop: &StopFlag) -> SourceItem {
+        if self.left == 0 || stop.is_set() {
+            return SourceItem::End;
+        }
+        self.left -= 1;
+        let now = self.probe.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.probe.max.fetch_max(now, Ordering::SeqCst);
+        SourceItem::Frame(Fields::new().with("guard", Value::Opaque(Arc::new(Guard(self.probe.clone())))))
+    }
+}
+impl StageKind for Tracked {
+    type Config = TrackedConfig;
+    const NAME: &'static str = "tracked";
+    const ROLE: Role = Role::Source;
+    const DOC: &'static str = "test source counting live frames";
+    fn ports(_: &Self::Config) -> Ports {
+        Ports { outputs: vec![OutPort::fresh("out", &["guard"])], ..Ports::default() }
+    }
+    fn build(c: &Self::Config, _: &BuildContext) -> Result<Built, StageError> {
+        Ok(Built::Source(Box::new(TrackedRun { left: c.frames, probe: probe(&c.probe) })))
+    }
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecordConfig {
+    probe: String,
+}
+
+/// Sink recording the sequence numbers it sees, in order.
+pub struct Record;
+struct RecordRun(Arc<Alive>);
+impl Stage for RecordRun {
+    fn process(&mut self, input: Input, _out: &mut Outputs) -> Result<(), StageError> {
+        if let Input::Message { msg, .. } = input {
+            self.0.seen.lock().unwrap().push(msg.id.seq);
+        }
+        Ok(())
+    }
+}
+impl StageKind for Record {
+    type Config = RecordConfig;
+    const NAME: &'static str = "record";
+    const ROLE: Role = Role::Sink;
+    const DOC: &'static str = "test sink recording sequence numbers";
+    fn ports(_: &Self::Config) -> Ports {
+        Ports::default()
+    }
+    fn build(c: &Self::Config, _: &BuildContext) -> Result<Built, StageError> {
+        Ok(Built::Stage(Box::new(RecordRun(probe(&c.probe)))))
+    }
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FaultConfig {
+    /// Panic on frames whose seq % every == at.
+    every: u64,
+    at: u64,
+}
+
+/// Transform that panics on chosen frames.
+pub struct Fault;
+struct FaultRun(u64, u64);
+impl Stage for FaultRun {
+    fn process(&mut self, input: Input, out: &mut Outputs) -> Result<(), StageError> {
+        if let Input::Message { msg, .. } = input {
+            if msg.id.seq % self.0 == self.1 {
+                panic!("injected fault on frame {}", msg.id);
+            }
+            out.emit(msg);
+        }
+        Ok(())
+    }
+}
+impl StageKind for Fault {
+    type Config = FaultConfig;
+    const NAME: &'static str = "fault";
+    const ROLE: Role = Role::Transform;
+    const DOC: &'static str = "test stage that panics";
+    fn ports(_: &Self::Config) -> Ports {
+        Ports { outputs: vec![OutPort::passing("out", &[])], ..Ports::default() }
+    }
+    fn build(c: &Self::Config, _: &BuildContext) -> Result<Built, StageError> {
+        Ok(Built::Stage(Box::new(FaultRun(c.every, c.at))))
+    }
+}
+
+/// Every project kind plus the test kinds above.
+pub fn registry() -> Registry {
+    let mut r = dataflow_actors::registry();
+    r.register::<Tracked>().register::<Record>().register::<Fault>();
+    r
+}
+
+/// Validates and runs graph text in-process; panics with the diagnostics if it is invalid.
+pub fn run_text(text: &str, out: &Path) -> RunSummary {
+    let src = GraphSource::from_text(Path::new("test.toml"), text.to_string(), &[]).unwrap();
+    let plan = dataflow_engine::plan(&src, &registry()).unwrap_or_else(|d| panic!("{d}"));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut opts = RunOptions::new(out.to_path_buf());
+    opts.progress = false;
+    opts.handle_signals = false;
+    rt.block_on(dataflow_engine::run(&plan, opts)).unwrap()
+}
+
+/// Validation diagnostics of graph text (empty when valid).
+pub fn diagnostics(text: &str) -> Vec<String> {
+    let src = match GraphSource::from_text(Path::new("test.toml"), text.to_string(), &[]) {
+        Ok(s) => s,
+        Err(d) => return d.0.iter().map(|d| d.to_string()).collect(),
+    };
+    match dataflow_engine::plan(&src, &registry()) {
+        Ok(_) => Vec::new(),
+        Err(d) => d.0.iter().map(|d| d.to_string()).collect(),
+    }
+}
+
+/// The `dataflow` binary built for these tests.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_dataflow"))
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The summary of a stage by id.
+pub fn stage<'a>(s: &'a RunSummary, id: &str) -> &'a dataflow_engine::runtime::StageSummary {
+    s.stages.iter().find(|st| st.id == id).unwrap_or_else(|| panic!("no stage {id}"))
+}
