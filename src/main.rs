@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use dataflow_engine::{GraphSource, Override, Registry, RunOptions};
 
 #[derive(Parser)]
-#[command(name = "dataflow", version, about = "Actor-based streaming dataflow engine for image semantic communication")]
+#[command(
+    name = "dataflow",
+    version,
+    about = "Actor-based streaming dataflow engine for image semantic communication"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -93,7 +97,10 @@ fn overrides(args: &OverrideArgs, src_text: Option<&toml::Table>, registry: &Reg
         out.push(Override::parse(s).map_err(anyhow::Error::msg)?);
     }
     if let Some(db) = args.snr {
-        out.push(Override { path: vec!["channel".into(), "snr_db".into()], value: toml::Value::Float(db) });
+        out.push(Override {
+            path: vec!["channel".into(), "snr_db".into()],
+            value: toml::Value::Float(db),
+        });
         // Channel stages that set their own SNR follow --snr too.
         if let Some(stages) = src_text.and_then(|t| t.get("stage")).and_then(|s| s.as_table()) {
             for (id, st) in stages {
@@ -143,7 +150,9 @@ fn default_out(name: &str) -> PathBuf {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,dataflow=info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -168,7 +177,9 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
         Command::Validate { graphs, overrides } => {
             let mut bad = 0;
             for g in &graphs {
-                match load(g, &overrides, &registry).and_then(|src| dataflow_engine::plan(&src, &registry).map_err(|d| d.to_string())) {
+                match load(g, &overrides, &registry)
+                    .and_then(|src| dataflow_engine::plan(&src, &registry).map_err(|d| d.to_string()))
+                {
                     Ok(p) => println!("{}: ok ({} stages)", g.display(), p.stages.len()),
                     Err(e) => {
                         bad += 1;
@@ -188,16 +199,31 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Schema => {
-            println!("{}", serde_json::to_string_pretty(&dataflow_engine::render::schema(&registry))?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&dataflow_engine::render::schema(&registry))?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Kinds => {
             for k in registry.kinds() {
-                println!("{:<16} {:<10} {}", k.name(), format!("{:?}", k.role()).to_lowercase(), k.doc());
+                println!(
+                    "{:<16} {:<10} {}",
+                    k.name(),
+                    format!("{:?}", k.role()).to_lowercase(),
+                    k.doc()
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { graph, overrides, out, metrics, no_progress, drain_timeout } => {
+        Command::Run {
+            graph,
+            overrides,
+            out,
+            metrics,
+            no_progress,
+            drain_timeout,
+        } => {
             let src = match load(&graph, &overrides, &registry) {
                 Ok(s) => s,
                 Err(e) => {
@@ -218,14 +244,23 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
             let _ = metrics;
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")?;
             let mut opts = RunOptions::new(out_dir.clone());
             opts.progress = !no_progress;
             opts.drain_timeout = Duration::from_secs_f64(drain_timeout.max(0.0));
-            let summary = rt.block_on(dataflow_engine::run(&plan, opts)).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let summary = rt
+                .block_on(dataflow_engine::run(&plan, opts))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             let _ = std::fs::write(out_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?);
             eprint!("{}", summary.render());
-            Ok(if summary.failed() { ExitCode::from(2) } else { ExitCode::SUCCESS })
+            Ok(if summary.failed() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
     }
 }

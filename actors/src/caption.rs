@@ -45,16 +45,26 @@ struct Run {
 
 impl Stage for Run {
     fn process(&mut self, input: Input, out: &mut Outputs) -> Result<(), StageError> {
-        let Input::Message { msg, .. } = input else { return Ok(()) };
+        let Input::Message { msg, .. } = input else {
+            return Ok(());
+        };
         let img = image_field(&msg, "image", &self.stage)?;
         let rows = msg.fields.number("grid_rows").unwrap_or(1.0).max(1.0) as usize;
         let cols = msg.fields.number("grid_cols").unwrap_or(1.0).max(1.0) as usize;
-        let pos = TilePosition { index: msg.part.index as usize, rows, cols };
+        let pos = TilePosition {
+            index: msg.part.index as usize,
+            rows,
+            cols,
+        };
         let text = if img.width == 0 || img.height == 0 {
             format!("{}: this part of the image is empty.", pos.words())
         } else {
             let rgb = img.to_rgb();
-            let mask = msg.fields.image("mask").filter(|m| (m.width, m.height) == (img.width, img.height)).map(|m| m.to_gray());
+            let mask = msg
+                .fields
+                .image("mask")
+                .filter(|m| (m.width, m.height) == (img.width, img.height))
+                .map(|m| m.to_gray());
             if msg.fields.get("tile").is_some() {
                 describe_tile(&rgb, mask.as_ref(), pos)
             } else {
@@ -84,6 +94,8 @@ impl StageKind for Caption {
     }
 
     fn build(_: &Self::Config, ctx: &BuildContext) -> Result<Built, StageError> {
-        Ok(Built::Stage(Box::new(Run { stage: ctx.stage.clone() })))
+        Ok(Built::Stage(Box::new(Run {
+            stage: ctx.stage.clone(),
+        })))
     }
 }

@@ -56,7 +56,9 @@ impl Run {
 
 impl Stage for Run {
     fn process(&mut self, input: Input, out: &mut Outputs) -> Result<(), StageError> {
-        let Input::Message { msg, .. } = input else { return Ok(()) };
+        let Input::Message { msg, .. } = input else {
+            return Ok(());
+        };
         let mut fields = msg.fields.clone();
         if let Some(texts) = msg.fields.texts("texts") {
             let fixed: Vec<Option<String>> = texts.iter().map(|t| t.as_deref().map(|t| self.fix(t))).collect();
@@ -64,7 +66,10 @@ impl Stage for Run {
         } else if let Some(t) = msg.fields.text("text") {
             fields.insert("corrected", Value::Text(Arc::from(self.fix(t).as_str())));
         } else {
-            return Err(StageError::input(format!("frame {} has neither `texts` nor `text` to correct", msg.id)));
+            return Err(StageError::input(format!(
+                "frame {} has neither `texts` nor `text` to correct",
+                msg.id
+            )));
         }
         out.emit(msg.derive(fields));
         Ok(())
@@ -94,14 +99,21 @@ impl StageKind for Correct {
     const DOC: &'static str = "Corrects the received texts (SymSpell compound correction).";
 
     fn ports(_: &Self::Config) -> Ports {
-        Ports { outputs: vec![OutPort::passing("out", &["corrected"])], heavy: true, ..Ports::default() }
+        Ports {
+            outputs: vec![OutPort::passing("out", &["corrected"])],
+            heavy: true,
+            ..Ports::default()
+        }
     }
 
     fn check(c: &Self::Config, ctx: &BuildContext) -> Vec<String> {
         if c.model == CorrectModel::None {
             return Vec::new();
         }
-        dictionary_dir(c, ctx).err().map(|e| vec![e.message]).unwrap_or_default()
+        dictionary_dir(c, ctx)
+            .err()
+            .map(|e| vec![e.message])
+            .unwrap_or_default()
     }
 
     fn build(c: &Self::Config, ctx: &BuildContext) -> Result<Built, StageError> {

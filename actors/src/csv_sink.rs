@@ -35,7 +35,9 @@ struct Run {
 
 impl Stage for Run {
     fn process(&mut self, input: Input, _out: &mut Outputs) -> Result<(), StageError> {
-        let Input::Message { msg, .. } = input else { return Ok(()) };
+        let Input::Message { msg, .. } = input else {
+            return Ok(());
+        };
         let mut row = BTreeMap::new();
         row.insert("frame".to_string(), msg.id.to_string());
         row.insert("part".to_string(), msg.part.index.to_string());
@@ -53,7 +55,10 @@ impl Stage for Run {
                     row.insert(k.to_string(), t.to_string());
                 }
                 Value::Texts(ts) if self.texts => {
-                    let joined: Vec<String> = ts.iter().map(|t| t.clone().unwrap_or_else(|| "<lost>".into())).collect();
+                    let joined: Vec<String> = ts
+                        .iter()
+                        .map(|t| t.clone().unwrap_or_else(|| "<lost>".into()))
+                        .collect();
                     row.insert(k.to_string(), joined.join(" | "));
                 }
                 _ => {}
@@ -80,9 +85,11 @@ impl Stage for Run {
         let mut w = csv::Writer::from_path(&self.path).map_err(err)?;
         w.write_record(&cols).map_err(err)?;
         for r in &self.rows {
-            w.write_record(cols.iter().map(|c| r.get(c).map(String::as_str).unwrap_or(""))).map_err(err)?;
+            w.write_record(cols.iter().map(|c| r.get(c).map(String::as_str).unwrap_or("")))
+                .map_err(err)?;
         }
-        w.flush().map_err(|e| StageError::io(format!("cannot write {}: {e}", self.path.display())))?;
+        w.flush()
+            .map_err(|e| StageError::io(format!("cannot write {}: {e}", self.path.display())))?;
         tracing::info!(path = %self.path.display(), rows = self.rows.len(), "csv written");
         Ok(())
     }
@@ -99,10 +106,19 @@ impl StageKind for CsvSink {
     }
 
     fn build(c: &Self::Config, ctx: &BuildContext) -> Result<Built, StageError> {
-        let path = ctx.out_dir.join(c.path.clone().unwrap_or_else(|| PathBuf::from(format!("{}.csv", ctx.stage))));
+        let path = ctx.out_dir.join(
+            c.path
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("{}.csv", ctx.stage))),
+        );
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| StageError::io(format!("cannot create {}: {e}", parent.display())))?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| StageError::io(format!("cannot create {}: {e}", parent.display())))?;
         }
-        Ok(Built::Stage(Box::new(Run { path, texts: c.texts, rows: Vec::new() })))
+        Ok(Built::Stage(Box::new(Run {
+            path,
+            texts: c.texts,
+            rows: Vec::new(),
+        })))
     }
 }

@@ -40,13 +40,22 @@ impl StageKind for Delay {
 
     fn ports(_: &Self::Config) -> Ports {
         // Sleeping is blocking work: it runs on the replica's own thread.
-        Ports { outputs: vec![OutPort::passing("out", &[])], heavy: true, ..Ports::default() }
+        Ports {
+            outputs: vec![OutPort::passing("out", &[])],
+            heavy: true,
+            ..Ports::default()
+        }
     }
 
     fn build(c: &Self::Config, _: &BuildContext) -> Result<Built, StageError> {
         if !(c.ms.is_finite() && c.ms >= 0.0) {
-            return Err(StageError::input(format!("`ms` must be a non-negative number, got {}", c.ms)));
+            return Err(StageError::input(format!(
+                "`ms` must be a non-negative number, got {}",
+                c.ms
+            )));
         }
-        Ok(Built::Stage(Box::new(Run { pause: Duration::from_secs_f64(c.ms / 1000.0) })))
+        Ok(Built::Stage(Box::new(Run {
+            pause: Duration::from_secs_f64(c.ms / 1000.0),
+        })))
     }
 }

@@ -10,7 +10,9 @@
 
 use std::time::Duration;
 
-use dataflow_engine::{BuildContext, Built, Input, OutPort, Outputs, Part, Ports, Role, Stage, StageError, StageKind, Value};
+use dataflow_engine::{
+    BuildContext, Built, Input, OutPort, Outputs, Part, Ports, Role, Stage, StageError, StageKind, Value,
+};
 use dataflow_models::quality;
 use dataflow_monitoring::names;
 use schemars::JsonSchema;
@@ -41,7 +43,8 @@ struct Run {
 }
 
 fn joined_texts(v: Option<&[Option<String>]>) -> String {
-    v.map(|t| t.iter().flatten().cloned().collect::<Vec<_>>().join(" ")).unwrap_or_default()
+    v.map(|t| t.iter().flatten().cloned().collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 impl Stage for Run {
@@ -52,8 +55,16 @@ impl Stage for Run {
         let (Some(reference), Some(received)) = (reference, received) else {
             return Err(StageError::new(
                 "lost",
-                format!("stage `{}`: frame {} lost its {} before evaluation", self.stage, j.id,
-                    if reference.is_none() { "reference" } else { "reconstruction" }),
+                format!(
+                    "stage `{}`: frame {} lost its {} before evaluation",
+                    self.stage,
+                    j.id,
+                    if reference.is_none() {
+                        "reference"
+                    } else {
+                        "reconstruction"
+                    }
+                ),
             ));
         };
         let orig = reference
@@ -110,7 +121,8 @@ impl StageKind for Evaluate {
     type Config = EvaluateConfig;
     const NAME: &'static str = "evaluate";
     const ROLE: Role = Role::Transform;
-    const DOC: &'static str = "PSNR, SSIM, cosine, BLEU and BER of each frame (inputs: reference, then reconstruction).";
+    const DOC: &'static str =
+        "PSNR, SSIM, cosine, BLEU and BER of each frame (inputs: reference, then reconstruction).";
 
     fn ports(c: &Self::Config) -> Ports {
         Ports {

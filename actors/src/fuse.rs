@@ -8,7 +8,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dataflow_engine::{BuildContext, Built, Fields, Input, OutPort, Outputs, Part, Ports, Role, Stage, StageError, StageKind, Value};
+use dataflow_engine::{
+    BuildContext, Built, Fields, Input, OutPort, Outputs, Part, Ports, Role, Stage, StageError, StageKind, Value,
+};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -81,7 +83,10 @@ impl StageKind for Fuse {
 
     fn ports(c: &Self::Config) -> Ports {
         Ports {
-            outputs: vec![OutPort::fresh("out", &["texts", "sent_texts", "lost_parts", "bits", "bit_errors"])],
+            outputs: vec![OutPort::fresh(
+                "out",
+                &["texts", "sent_texts", "lost_parts", "bits", "bit_errors"],
+            )],
             requires: vec!["text".into()],
             join: Some(Duration::from_millis(c.timeout_ms.max(1))),
             ..Ports::default()

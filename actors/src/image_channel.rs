@@ -78,7 +78,8 @@ struct Run {
 fn jpeg(img: &image::DynamicImage, quality: u8) -> Result<Vec<u8>, StageError> {
     let mut buf = Cursor::new(Vec::new());
     let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, quality);
-    img.write_with_encoder(enc).map_err(|e| StageError::new("encode", format!("JPEG encoding failed: {e}")))?;
+    img.write_with_encoder(enc)
+        .map_err(|e| StageError::new("encode", format!("JPEG encoding failed: {e}")))?;
     Ok(buf.into_inner())
 }
 
@@ -88,13 +89,16 @@ impl Run {
             return Ok(ideal(bytes, self.modulation));
         }
         let mut rng = channel_rng(self.seed, &self.stage, seq, stream);
-        transmit_bytes(bytes, self.modulation, self.snr_db, &mut rng).map_err(|e| StageError::input(format!("channel: {e}")))
+        transmit_bytes(bytes, self.modulation, self.snr_db, &mut rng)
+            .map_err(|e| StageError::input(format!("channel: {e}")))
     }
 }
 
 impl Stage for Run {
     fn process(&mut self, input: Input, out: &mut Outputs) -> Result<(), StageError> {
-        let Input::Message { msg, .. } = input else { return Ok(()) };
+        let Input::Message { msg, .. } = input else {
+            return Ok(());
+        };
         let mut fields = msg.fields.clone();
         let Some(slice) = msg.fields.image("slice") else {
             // No object in this frame: nothing to send.
@@ -118,8 +122,12 @@ impl Stage for Run {
         self.bits.increment(bits);
         self.errors.increment(bit_errors);
         let decoded = std::panic::catch_unwind(|| {
-            let c = image::load_from_memory_with_format(&tc.received, image::ImageFormat::Jpeg).ok()?.to_rgb8();
-            let a = image::load_from_memory_with_format(&ta.received, image::ImageFormat::Jpeg).ok()?.to_luma8();
+            let c = image::load_from_memory_with_format(&tc.received, image::ImageFormat::Jpeg)
+                .ok()?
+                .to_rgb8();
+            let a = image::load_from_memory_with_format(&ta.received, image::ImageFormat::Jpeg)
+                .ok()?
+                .to_luma8();
             if c.dimensions() != (w, h) || a.dimensions() != (w, h) {
                 return None;
             }
@@ -141,7 +149,10 @@ impl Stage for Run {
                 fields.insert("slice_lost", Value::Number(1.0));
             }
         }
-        fields.insert("slice_bytes", Value::Number((colour_bytes.len() + alpha_bytes.len()) as f64));
+        fields.insert(
+            "slice_bytes",
+            Value::Number((colour_bytes.len() + alpha_bytes.len()) as f64),
+        );
         fields.insert("slice_bits", Value::Number(bits as f64));
         fields.insert("slice_bit_errors", Value::Number(bit_errors as f64));
         out.emit(msg.derive(fields));
@@ -153,12 +164,16 @@ impl StageKind for ImageChannel {
     type Config = ImageChannelConfig;
     const NAME: &'static str = "image_channel";
     const ROLE: Role = Role::Transform;
-    const DOC: &'static str = "Sends the object slice as JPEG over QAM and AWGN; an undecodable slice is dropped and reported.";
+    const DOC: &'static str =
+        "Sends the object slice as JPEG over QAM and AWGN; an undecodable slice is dropped and reported.";
     const CHANNEL: bool = true;
 
     fn ports(_: &Self::Config) -> Ports {
         Ports {
-            outputs: vec![OutPort::passing("out", &["slice_bits", "slice_bit_errors", "slice_lost"])],
+            outputs: vec![OutPort::passing(
+                "out",
+                &["slice_bits", "slice_bit_errors", "slice_lost"],
+            )],
             requires: vec!["frame_size".into()],
             heavy: true,
             ..Ports::default()
@@ -172,12 +187,21 @@ impl StageKind for ImageChannel {
             ));
         }
         if !(1..=100).contains(&c.quality) {
-            return Err(StageError::input(format!("`quality` must be 1..=100, got {}", c.quality)));
+            return Err(StageError::input(format!(
+                "`quality` must be 1..=100, got {}",
+                c.quality
+            )));
         }
         if !c.snr_db.is_finite() {
-            return Err(StageError::input(format!("`snr_db` must be a finite number, got {}", c.snr_db)));
+            return Err(StageError::input(format!(
+                "`snr_db` must be a finite number, got {}",
+                c.snr_db
+            )));
         }
-        let labels = [(names::LABEL_STAGE, ctx.stage.clone()), (names::LABEL_MODULATION, c.modulation.to_string())];
+        let labels = [
+            (names::LABEL_STAGE, ctx.stage.clone()),
+            (names::LABEL_MODULATION, c.modulation.to_string()),
+        ];
         metrics::gauge!(names::CHANNEL_SNR_DB, names::LABEL_STAGE => ctx.stage.clone()).set(c.snr_db);
         Ok(Built::Stage(Box::new(Run {
             snr_db: c.snr_db,

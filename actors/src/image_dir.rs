@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use dataflow_engine::{
-    BuildContext, Built, Fields, Image, OutPort, Ports, Role, Source, SourceItem, StageError, StageKind, StopFlag, Value,
+    BuildContext, Built, Fields, Image, OutPort, Ports, Role, Source, SourceItem, StageError, StageKind, StopFlag,
+    Value,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -67,7 +68,10 @@ impl Source for Run {
         self.next += 1;
         match decode_rgb(&path, self.max_pixels) {
             Ok(img) => {
-                let name = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+                let name = path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().to_string())
+                    .unwrap_or_default();
                 SourceItem::Frame(
                     Fields::new()
                         .with("image", Value::Image(Image::from_rgb(img)))
@@ -89,7 +93,11 @@ fn list(c: &ImageDirConfig, ctx: &BuildContext) -> Result<Vec<PathBuf>, String> 
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_file())
-        .filter(|p| p.extension().map(|e| exts.contains(&e.to_string_lossy().to_lowercase())).unwrap_or(false))
+        .filter(|p| {
+            p.extension()
+                .map(|e| exts.contains(&e.to_string_lossy().to_lowercase()))
+                .unwrap_or(false)
+        })
         .collect();
     files.sort();
     if let Some(l) = c.limit {
@@ -105,7 +113,10 @@ impl StageKind for ImageDir {
     const DOC: &'static str = "Images of a folder (PNG, JPEG, WebP) in name order.";
 
     fn ports(_: &Self::Config) -> Ports {
-        Ports { outputs: vec![OutPort::fresh("out", &["image", "name", "path"])], ..Ports::default() }
+        Ports {
+            outputs: vec![OutPort::fresh("out", &["image", "name", "path"])],
+            ..Ports::default()
+        }
     }
 
     fn check(c: &Self::Config, ctx: &BuildContext) -> Vec<String> {
@@ -126,6 +137,10 @@ impl StageKind for ImageDir {
         for _ in 0..c.repeat.max(1) {
             files.extend(once.iter().cloned());
         }
-        Ok(Built::Source(Box::new(Run { files, next: 0, max_pixels: c.max_pixels })))
+        Ok(Built::Source(Box::new(Run {
+            files,
+            next: 0,
+            max_pixels: c.max_pixels,
+        })))
     }
 }

@@ -35,7 +35,9 @@ struct Run {
 
 impl Stage for Run {
     fn process(&mut self, input: Input, _out: &mut Outputs) -> Result<(), StageError> {
-        let Input::Message { msg, .. } = input else { return Ok(()) };
+        let Input::Message { msg, .. } = input else {
+            return Ok(());
+        };
         let img = image_field(&msg, &self.field, &self.stage)?;
         let mut name = frame_name(&msg);
         if msg.part.count > 1 {
@@ -47,7 +49,9 @@ impl Stage for Run {
             dataflow_engine::PixelFormat::Rgba8 => image::DynamicImage::ImageRgba8(img.to_rgba()),
             dataflow_engine::PixelFormat::Gray8 => image::DynamicImage::ImageLuma8(img.to_gray()),
         };
-        dyn_img.save(&path).map_err(|e| StageError::io(format!("cannot write {}: {e}", path.display())))
+        dyn_img
+            .save(&path)
+            .map_err(|e| StageError::io(format!("cannot write {}: {e}", path.display())))
     }
 }
 
@@ -59,12 +63,22 @@ impl StageKind for ImageSink {
 
     fn ports(c: &Self::Config) -> Ports {
         // PNG encoding is CPU work: keep it off the async threads.
-        Ports { requires: vec![c.field.clone()], heavy: true, ..Ports::default() }
+        Ports {
+            requires: vec![c.field.clone()],
+            heavy: true,
+            ..Ports::default()
+        }
     }
 
     fn build(c: &Self::Config, ctx: &BuildContext) -> Result<Built, StageError> {
-        let dir = ctx.out_dir.join(c.dir.clone().unwrap_or_else(|| PathBuf::from(&ctx.stage)));
+        let dir = ctx
+            .out_dir
+            .join(c.dir.clone().unwrap_or_else(|| PathBuf::from(&ctx.stage)));
         std::fs::create_dir_all(&dir).map_err(|e| StageError::io(format!("cannot create {}: {e}", dir.display())))?;
-        Ok(Built::Stage(Box::new(Run { field: c.field.clone(), dir, stage: ctx.stage.clone() })))
+        Ok(Built::Stage(Box::new(Run {
+            field: c.field.clone(),
+            dir,
+            stage: ctx.stage.clone(),
+        })))
     }
 }

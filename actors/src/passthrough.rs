@@ -30,7 +30,10 @@ impl StageKind for Passthrough {
     const DOC: &'static str = "Forwards every message unchanged.";
 
     fn ports(_: &Self::Config) -> Ports {
-        Ports { outputs: vec![OutPort::passing("out", &[])], ..Ports::default() }
+        Ports {
+            outputs: vec![OutPort::passing("out", &[])],
+            ..Ports::default()
+        }
     }
 
     fn build(_: &Self::Config, _: &BuildContext) -> Result<Built, StageError> {

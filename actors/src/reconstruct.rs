@@ -8,7 +8,9 @@
 
 use std::time::Duration;
 
-use dataflow_engine::{BuildContext, Built, Image, Input, OutPort, Outputs, Part, Ports, Role, Stage, StageError, StageKind, Value};
+use dataflow_engine::{
+    BuildContext, Built, Image, Input, OutPort, Outputs, Part, Ports, Role, Stage, StageError, StageKind, Value,
+};
 use dataflow_models::composite;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -64,7 +66,11 @@ impl Stage for Run {
             Some(r) => (r.width, r.height),
             None => (self.size[0], self.size[1]),
         };
-        let texts: Vec<Option<String>> = match (fields.texts("corrected"), fields.text("corrected"), fields.texts("texts")) {
+        let texts: Vec<Option<String>> = match (
+            fields.texts("corrected"),
+            fields.text("corrected"),
+            fields.texts("texts"),
+        ) {
             (Some(t), _, _) => t.to_vec(),
             (None, Some(t), _) => vec![Some(t.to_string())],
             (None, None, Some(t)) => t.to_vec(),

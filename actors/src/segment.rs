@@ -9,7 +9,6 @@
 
 use std::path::PathBuf;
 
-
 use dataflow_engine::{
     BuildContext, Built, Fields, Image, Input, OutPort, Outputs, Ports, Rect, Role, Stage, StageError, StageKind, Value,
 };
@@ -82,19 +81,31 @@ struct Run {
 }
 
 fn rect(b: &isnet::BBox) -> Rect {
-    Rect { x: b.x, y: b.y, width: b.width, height: b.height }
+    Rect {
+        x: b.x,
+        y: b.y,
+        width: b.width,
+        height: b.height,
+    }
 }
 
 impl Stage for Run {
     fn process(&mut self, input: Input, out: &mut Outputs) -> Result<(), StageError> {
-        let Input::Message { msg, .. } = input else { return Ok(()) };
+        let Input::Message { msg, .. } = input else {
+            return Ok(());
+        };
         let img = image_field(&msg, "image", &self.stage)?.to_rgb();
         let seg = self
             .model
             .segment(&img)
             .map_err(|e| StageError::new("model", format!("segmentation of frame {} failed: {e}", msg.id)))?;
         self.inference.record(seg.inference.as_secs_f64());
-        let size = Rect { x: 0, y: 0, width: img.width(), height: img.height() };
+        let size = Rect {
+            x: 0,
+            y: 0,
+            width: img.width(),
+            height: img.height(),
+        };
         let mut slice_fields = Fields::new().with("frame_size", Value::Rect(size));
         if let Some(n) = msg.fields.get("name") {
             slice_fields.insert("name", n.clone());
@@ -147,7 +158,10 @@ impl StageKind for Segment {
         let inference = metrics::histogram!(names::MODEL_INFERENCE_SECONDS,
             names::LABEL_MODEL => "isnet", names::LABEL_PROVIDER => model.provider().as_str());
         tracing::info!(stage = %ctx.stage, replica = ctx.replica, model = %path.display(), provider = %model.provider(), "segmenter loaded");
-        Ok(Built::Stage(Box::new(Run { model, stage: ctx.stage.clone(), inference })))
+        Ok(Built::Stage(Box::new(Run {
+            model,
+            stage: ctx.stage.clone(),
+            inference,
+        })))
     }
 }
-

@@ -3,7 +3,9 @@
 //! and corrected texts and the frame's metrics. Adds the `sheet` image field
 //! (write it with `image_sink` and `field = "sheet"`).
 
-use dataflow_engine::{BuildContext, Built, Image, Input, OutPort, Outputs, Ports, Role, Stage, StageError, StageKind, Value};
+use dataflow_engine::{
+    BuildContext, Built, Image, Input, OutPort, Outputs, Ports, Role, Stage, StageError, StageKind, Value,
+};
 use font8x8::UnicodeFonts;
 use image::{imageops, Rgb, RgbImage};
 use schemars::JsonSchema;
@@ -105,7 +107,9 @@ fn texts_of(v: Option<&Value>) -> Vec<String> {
 
 impl Stage for Run {
     fn process(&mut self, input: Input, out: &mut Outputs) -> Result<(), StageError> {
-        let Input::Message { msg, .. } = input else { return Ok(()) };
+        let Input::Message { msg, .. } = input else {
+            return Ok(());
+        };
         let f = &msg.fields;
         let h = self.height;
         let mut panels: Vec<(String, RgbImage)> = Vec::new();
@@ -113,8 +117,11 @@ impl Stage for Run {
             panels.push(("original".into(), fit(&o.to_rgb(), h)));
         }
         match f.image("slice") {
-            Some(s) => panels.push(("object slice (received)".into(), fit(&checker_under(&s.to_rgba()), h))),
-            None => panels.push(("object slice: none".into(), RgbImage::from_pixel(h / 2, h, Rgb([220, 220, 220])))),
+            Some(s) => panels.push(("object slice".into(), fit(&checker_under(&s.to_rgba()), h))),
+            None => panels.push((
+                "object slice: none".into(),
+                RgbImage::from_pixel(h / 2, h, Rgb([220, 220, 220])),
+            )),
         }
         if let Some(r) = f.image("image") {
             panels.push(("reconstruction".into(), fit(&r.to_rgb(), h)));
@@ -134,10 +141,18 @@ impl Stage for Run {
             lines.push(String::new());
         }
         let metric = |k: &str| f.number(k).map(|v| format!("{k} {v:.4}"));
-        let m: Vec<String> = ["psnr_db", "ssim", "cosine", "bleu4", "bleu4_received", "ber", "slice_lost"]
-            .iter()
-            .filter_map(|k| metric(k))
-            .collect();
+        let m: Vec<String> = [
+            "psnr_db",
+            "ssim",
+            "cosine",
+            "bleu4",
+            "bleu4_received",
+            "ber",
+            "slice_lost",
+        ]
+        .iter()
+        .filter_map(|k| metric(k))
+        .collect();
         lines.extend(wrap(&m.join("   "), chars));
         let line_h = 8 * SCALE + 4;
         let height = GAP + 8 * SCALE + 4 + h + GAP + lines.len() as u32 * line_h + GAP;
@@ -164,10 +179,16 @@ impl StageKind for Sheet {
     type Config = SheetConfig;
     const NAME: &'static str = "sheet";
     const ROLE: Role = Role::Transform;
-    const DOC: &'static str = "Composes original | object slice | reconstruction with the texts and metrics (field `sheet`).";
+    const DOC: &'static str =
+        "Composes original | object slice | reconstruction with the texts and metrics (field `sheet`).";
 
     fn ports(_: &Self::Config) -> Ports {
-        Ports { outputs: vec![OutPort::passing("out", &["sheet"])], requires: vec!["image".into()], heavy: true, ..Ports::default() }
+        Ports {
+            outputs: vec![OutPort::passing("out", &["sheet"])],
+            requires: vec!["image".into()],
+            heavy: true,
+            ..Ports::default()
+        }
     }
 
     fn build(c: &Self::Config, _: &BuildContext) -> Result<Built, StageError> {

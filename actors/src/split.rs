@@ -50,7 +50,9 @@ fn crop(img: &Image, r: (u32, u32, u32, u32)) -> Image {
 
 impl Stage for Run {
     fn process(&mut self, input: Input, out: &mut Outputs) -> Result<(), StageError> {
-        let Input::Message { msg, .. } = input else { return Ok(()) };
+        let Input::Message { msg, .. } = input else {
+            return Ok(());
+        };
         let img = image_field(&msg, "image", &self.stage)?;
         let size = (img.width, img.height);
         let n = self.grid.0 * self.grid.1;
@@ -59,8 +61,24 @@ impl Stage for Run {
             let r = tile_rect(k, self.grid, size);
             let mut f = Fields::new()
                 .with("image", Value::Image(crop(img, r)))
-                .with("tile", Value::Rect(Rect { x: r.0, y: r.1, width: r.2, height: r.3 }))
-                .with("frame_size", Value::Rect(Rect { x: 0, y: 0, width: size.0, height: size.1 }))
+                .with(
+                    "tile",
+                    Value::Rect(Rect {
+                        x: r.0,
+                        y: r.1,
+                        width: r.2,
+                        height: r.3,
+                    }),
+                )
+                .with(
+                    "frame_size",
+                    Value::Rect(Rect {
+                        x: 0,
+                        y: 0,
+                        width: size.0,
+                        height: size.1,
+                    }),
+                )
                 .with("grid_rows", Value::Number(self.grid.0 as f64))
                 .with("grid_cols", Value::Number(self.grid.1 as f64));
             if let Some(m) = mask {
@@ -71,7 +89,16 @@ impl Stage for Run {
             if let Some(nm) = msg.fields.get("name") {
                 f.insert("name", nm.clone());
             }
-            out.send(k, msg.derive_part(Part { index: k as u32, count: n as u32 }, f));
+            out.send(
+                k,
+                msg.derive_part(
+                    Part {
+                        index: k as u32,
+                        count: n as u32,
+                    },
+                    f,
+                ),
+            );
         }
         Ok(())
     }
@@ -87,7 +114,12 @@ impl StageKind for Split {
         let n = c.grid[0].max(1) * c.grid[1].max(1);
         Ports {
             outputs: (0..n)
-                .map(|k| OutPort::fresh(&format!("tile{k}"), &["image", "tile", "frame_size", "grid_rows", "grid_cols"]))
+                .map(|k| {
+                    OutPort::fresh(
+                        &format!("tile{k}"),
+                        &["image", "tile", "frame_size", "grid_rows", "grid_cols"],
+                    )
+                })
                 .collect(),
             requires: vec!["image".into()],
             ..Ports::default()
@@ -96,8 +128,14 @@ impl StageKind for Split {
 
     fn build(c: &Self::Config, ctx: &BuildContext) -> Result<Built, StageError> {
         if c.grid[0] == 0 || c.grid[1] == 0 || c.grid[0] * c.grid[1] > 64 {
-            return Err(StageError::input(format!("`grid` must be [rows, cols] with 1..64 tiles, got {:?}", c.grid)));
+            return Err(StageError::input(format!(
+                "`grid` must be [rows, cols] with 1..64 tiles, got {:?}",
+                c.grid
+            )));
         }
-        Ok(Built::Stage(Box::new(Run { grid: (c.grid[0], c.grid[1]), stage: ctx.stage.clone() })))
+        Ok(Built::Stage(Box::new(Run {
+            grid: (c.grid[0], c.grid[1]),
+            stage: ctx.stage.clone(),
+        })))
     }
 }

@@ -4,7 +4,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dataflow_engine::{
-    BuildContext, Built, Fields, Image, OutPort, Ports, Role, Source, SourceItem, StageError, StageKind, StopFlag, Value,
+    BuildContext, Built, Fields, Image, OutPort, Ports, Role, Source, SourceItem, StageError, StageKind, StopFlag,
+    Value,
 };
 use rand::{RngCore, SeedableRng};
 use schemars::JsonSchema;
@@ -115,7 +116,11 @@ impl Source for Run {
             self.next_at += p;
         }
         let v = self.frame();
-        let name = if matches!(v, Value::Bytes(_)) { "payload" } else { "image" };
+        let name = if matches!(v, Value::Bytes(_)) {
+            "payload"
+        } else {
+            "image"
+        };
         self.n += 1;
         SourceItem::Frame(Fields::new().with(name, v))
     }
@@ -129,7 +134,10 @@ impl StageKind for Synthetic {
 
     fn ports(c: &Self::Config) -> Ports {
         let field = if c.payload_bytes.is_some() { "payload" } else { "image" };
-        Ports { outputs: vec![OutPort::fresh("out", &[field])], ..Ports::default() }
+        Ports {
+            outputs: vec![OutPort::fresh("out", &[field])],
+            ..Ports::default()
+        }
     }
 
     fn build(c: &Self::Config, ctx: &BuildContext) -> Result<Built, StageError> {
@@ -139,7 +147,11 @@ impl StageKind for Synthetic {
         let period = match c.rate {
             None => None,
             Some(r) if r > 0.0 && r.is_finite() => Some(Duration::from_secs_f64(1.0 / r)),
-            Some(r) => return Err(StageError::input(format!("`rate` must be a positive number of frames per second, got {r}"))),
+            Some(r) => {
+                return Err(StageError::input(format!(
+                    "`rate` must be a positive number of frames per second, got {r}"
+                )))
+            }
         };
         let mut run = Run {
             frames: c.frames,

@@ -50,7 +50,9 @@ struct Run {
 
 impl Stage for Run {
     fn process(&mut self, input: Input, out: &mut Outputs) -> Result<(), StageError> {
-        let Input::Message { msg, .. } = input else { return Ok(()) };
+        let Input::Message { msg, .. } = input else {
+            return Ok(());
+        };
         let sent = msg
             .fields
             .text("text")
@@ -94,9 +96,15 @@ impl StageKind for TextChannel {
 
     fn build(c: &Self::Config, ctx: &BuildContext) -> Result<Built, StageError> {
         if !c.snr_db.is_finite() {
-            return Err(StageError::input(format!("`snr_db` must be a finite number, got {}", c.snr_db)));
+            return Err(StageError::input(format!(
+                "`snr_db` must be a finite number, got {}",
+                c.snr_db
+            )));
         }
-        let labels = [(names::LABEL_STAGE, ctx.stage.clone()), (names::LABEL_MODULATION, c.modulation.to_string())];
+        let labels = [
+            (names::LABEL_STAGE, ctx.stage.clone()),
+            (names::LABEL_MODULATION, c.modulation.to_string()),
+        ];
         metrics::gauge!(names::CHANNEL_SNR_DB, names::LABEL_STAGE => ctx.stage.clone()).set(c.snr_db);
         Ok(Built::Stage(Box::new(Run {
             cfg: (c.snr_db, c.modulation, c.ideal),

@@ -10,9 +10,9 @@ pub const DEFAULT_MAX_PIXELS: u64 = 64_000_000;
 
 /// The image field `name` of a message, or an error naming the field and the frame.
 pub fn image_field<'a>(msg: &'a Message, name: &str, stage: &str) -> Result<&'a Image, StageError> {
-    msg.fields.image(name).ok_or_else(|| {
-        StageError::input(format!("stage `{stage}`: frame {} has no image field `{name}`", msg.id))
-    })
+    msg.fields
+        .image(name)
+        .ok_or_else(|| StageError::input(format!("stage `{stage}`: frame {} has no image field `{name}`", msg.id)))
 }
 
 /// Decodes an image file to RGB, refusing headers larger than `max_pixels`.
@@ -23,7 +23,10 @@ pub fn decode_rgb(path: &Path, max_pixels: u64) -> Result<image::RgbImage, Stage
         .with_guessed_format()
         .map_err(|e| StageError::io(format!("{shown}: cannot read: {e}")))?;
     if reader.format().is_none() {
-        return Err(StageError::new("decode", format!("{shown}: not an image (unknown format); remove it from the folder")));
+        return Err(StageError::new(
+            "decode",
+            format!("{shown}: not an image (unknown format); remove it from the folder"),
+        ));
     }
     let (w, h) = image::ImageReader::open(path)
         .and_then(|r| r.with_guessed_format())
@@ -31,12 +34,17 @@ pub fn decode_rgb(path: &Path, max_pixels: u64) -> Result<image::RgbImage, Stage
         .into_dimensions()
         .map_err(|e| StageError::new("decode", format!("{shown}: corrupt image header: {e}")))?;
     if w == 0 || h == 0 {
-        return Err(StageError::new("decode", format!("{shown}: image has zero size ({w}x{h})")));
+        return Err(StageError::new(
+            "decode",
+            format!("{shown}: image has zero size ({w}x{h})"),
+        ));
     }
     if u64::from(w) * u64::from(h) > max_pixels {
         return Err(StageError::new(
             "decode",
-            format!("{shown}: {w}x{h} pixels is over the limit of {max_pixels} (raise `max_pixels` if this is intended)"),
+            format!(
+                "{shown}: {w}x{h} pixels is over the limit of {max_pixels} (raise `max_pixels` if this is intended)"
+            ),
         ));
     }
     let mut reader = reader;
@@ -45,14 +53,25 @@ pub fn decode_rgb(path: &Path, max_pixels: u64) -> Result<image::RgbImage, Stage
     limits.max_image_height = Some(h);
     limits.max_alloc = Some(max_pixels.saturating_mul(16));
     reader.limits(limits);
-    let img = reader.decode().map_err(|e| StageError::new("decode", format!("{shown}: cannot decode: {e}")))?;
+    let img = reader
+        .decode()
+        .map_err(|e| StageError::new("decode", format!("{shown}: cannot decode: {e}")))?;
     Ok(img.to_rgb8())
 }
 
 /// A file-name-safe name for a frame: the `name` field when present, else the frame id.
 pub fn frame_name(msg: &Message) -> String {
     match msg.fields.text("name") {
-        Some(n) => n.chars().map(|c| if c.is_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect(),
+        Some(n) => n
+            .chars()
+            .map(|c| {
+                if c.is_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect(),
         None => format!("{:02}-{:06}", msg.id.stream, msg.id.seq),
     }
 }
@@ -69,7 +88,10 @@ pub fn model_file(
         return if p.is_file() {
             Ok(p)
         } else {
-            Err(StageError::io(format!("model file {} not found (from `model_path`)", p.display())))
+            Err(StageError::io(format!(
+                "model file {} not found (from `model_path`)",
+                p.display()
+            )))
         };
     }
     match dataflow_models::assets::asset_path(relative) {
@@ -78,7 +100,9 @@ pub fn model_file(
             "model file {} is missing; run `scripts/setup-assets` (or `make setup`) to fetch the offline models",
             p.display()
         ))),
-        Err(e) => Err(StageError::io(format!("{e}; run `scripts/setup-assets` (or `make setup`)"))),
+        Err(e) => Err(StageError::io(format!(
+            "{e}; run `scripts/setup-assets` (or `make setup`)"
+        ))),
     }
 }
 

@@ -102,7 +102,10 @@ impl Edge {
     }
 
     fn wrap(self: &Arc<Self>, p: OwnedSemaphorePermit) -> Permit {
-        Permit { _permit: p, edge: self.clone() }
+        Permit {
+            _permit: p,
+            edge: self.clone(),
+        }
     }
 
     /// Admits `msg` according to the edge's policy; `None` when it was dropped.
@@ -123,7 +126,9 @@ impl Edge {
             },
         };
         self.depth.set(self.depth() as f64);
-        let ticket = Arc::new(Ticket { slot: Mutex::new(Some((msg, permit))) });
+        let ticket = Arc::new(Ticket {
+            slot: Mutex::new(Some((msg, permit))),
+        });
         if self.policy == WhenFull::DropOldest {
             if let Ok(mut q) = self.pending.lock() {
                 q.retain(|w| w.strong_count() > 0);

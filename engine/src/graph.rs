@@ -161,7 +161,12 @@ impl GraphSource {
         if !errors.is_empty() {
             return Err(Diagnostics(errors));
         }
-        Ok(GraphSource { path: path.to_path_buf(), text, doc, values })
+        Ok(GraphSource {
+            path: path.to_path_buf(),
+            text,
+            doc,
+            values,
+        })
     }
 
     /// Location of the key at `path` (e.g. `["stage", "split", "grid"]`; a numeric
@@ -231,7 +236,10 @@ fn apply_override(values: &mut toml::Table, o: &Override) -> Result<(), String> 
             .map(|s| s.contains_key(&o.path[1]))
             .unwrap_or(false);
         if !exists {
-            return Err(format!("`--set {shown}=...`: there is no stage `{}` in this graph", o.path[1]));
+            return Err(format!(
+                "`--set {shown}=...`: there is no stage `{}` in this graph",
+                o.path[1]
+            ));
         }
     }
     let mut table = values;

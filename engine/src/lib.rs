@@ -24,4 +24,7 @@ pub use message::{Fields, FrameId, Image, Message, Part, PixelFormat, Rect, Valu
 pub use plan::{plan, Plan, Restart, WhenFull};
 pub use registry::Registry;
 pub use runtime::{run, RunOptions, RunSummary};
-pub use stage::{BuildContext, Built, Input, Joined, OutPort, Outputs, Ports, Role, Source, SourceItem, Stage, StageError, StageKind, StopFlag};
+pub use stage::{
+    BuildContext, Built, Input, Joined, OutPort, Outputs, Ports, Role, Source, SourceItem, Stage, StageError,
+    StageKind, StopFlag,
+};

@@ -87,19 +87,34 @@ impl Image {
     /// Wraps an RGB image without copying its pixels.
     pub fn from_rgb(img: image::RgbImage) -> Self {
         let (width, height) = img.dimensions();
-        Image { width, height, format: PixelFormat::Rgb8, data: Bytes::from(img.into_raw()) }
+        Image {
+            width,
+            height,
+            format: PixelFormat::Rgb8,
+            data: Bytes::from(img.into_raw()),
+        }
     }
 
     /// Wraps an RGBA image without copying its pixels.
     pub fn from_rgba(img: image::RgbaImage) -> Self {
         let (width, height) = img.dimensions();
-        Image { width, height, format: PixelFormat::Rgba8, data: Bytes::from(img.into_raw()) }
+        Image {
+            width,
+            height,
+            format: PixelFormat::Rgba8,
+            data: Bytes::from(img.into_raw()),
+        }
     }
 
     /// Wraps a grayscale image without copying its pixels.
     pub fn from_gray(img: image::GrayImage) -> Self {
         let (width, height) = img.dimensions();
-        Image { width, height, format: PixelFormat::Gray8, data: Bytes::from(img.into_raw()) }
+        Image {
+            width,
+            height,
+            format: PixelFormat::Gray8,
+            data: Bytes::from(img.into_raw()),
+        }
     }
 
     /// Converts to an RGB image (copies; gray is replicated, alpha dropped).
@@ -308,11 +323,23 @@ pub struct Message {
 impl Message {
     /// A derived message of the same frame and part with new fields.
     pub fn derive(&self, fields: Fields) -> Message {
-        Message { id: self.id, part: self.part, captured: self.captured, born: self.born, fields }
+        Message {
+            id: self.id,
+            part: self.part,
+            captured: self.captured,
+            born: self.born,
+            fields,
+        }
     }
 
     /// A derived message of the same frame as another part.
     pub fn derive_part(&self, part: Part, fields: Fields) -> Message {
-        Message { id: self.id, part, captured: self.captured, born: self.born, fields }
+        Message {
+            id: self.id,
+            part,
+            captured: self.captured,
+            born: self.born,
+            fields,
+        }
     }
 }

@@ -33,7 +33,15 @@ pub enum Restart {
 }
 
 /// Keys every stage may carry, next to its kind's own keys.
-pub const RESERVED_KEYS: &[&str] = &["kind", "inputs", "mailbox", "when_full", "replicas", "restart", "machine"];
+pub const RESERVED_KEYS: &[&str] = &[
+    "kind",
+    "inputs",
+    "mailbox",
+    "when_full",
+    "replicas",
+    "restart",
+    "machine",
+];
 const TOP_LEVEL: &[&str] = &["graph", "defaults", "metrics", "channel", "stage", "machines"];
 const GRAPH_KEYS: &[&str] = &["name", "seed", "description"];
 const DEFAULT_KEYS: &[&str] = &["mailbox", "when_full", "restart"];
@@ -183,7 +191,10 @@ fn check_keys(cx: &mut Ctx, table: &toml::Table, known: &[&str], at: &str) {
 
 /// Validates a graph against the registry: all errors at once, or a [`Plan`].
 pub fn plan(src: &GraphSource, registry: &Registry) -> Result<Plan, Diagnostics> {
-    let mut cx = Ctx { src, errors: Vec::new() };
+    let mut cx = Ctx {
+        src,
+        errors: Vec::new(),
+    };
     let v = &src.values;
 
     for k in v.keys() {
@@ -210,12 +221,21 @@ pub fn plan(src: &GraphSource, registry: &Registry) -> Result<Plan, Diagnostics>
     check_keys(&mut cx, defaults_t, DEFAULT_KEYS, "defaults");
     check_keys(&mut cx, metrics_t, METRICS_KEYS, "metrics");
 
-    let stem = src.path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "graph".into());
+    let stem = src
+        .path
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "graph".into());
     let name = match graph_t.get("name") {
         None => stem,
         Some(toml::Value::String(s)) => s.clone(),
         Some(other) => {
-            cx.err(&["graph", "name"], None, format!("`name` must be a string, found {}", type_name(other)), None);
+            cx.err(
+                &["graph", "name"],
+                None,
+                format!("`name` must be a string, found {}", type_name(other)),
+                None,
+            );
             stem
         }
     };
@@ -223,7 +243,12 @@ pub fn plan(src: &GraphSource, registry: &Registry) -> Result<Plan, Diagnostics>
         None => 0,
         Some(toml::Value::Integer(i)) if *i >= 0 => *i as u64,
         Some(other) => {
-            cx.err(&["graph", "seed"], None, format!("`seed` must be a non-negative integer, found {other}"), None);
+            cx.err(
+                &["graph", "seed"],
+                None,
+                format!("`seed` must be a non-negative integer, found {other}"),
+                None,
+            );
             0
         }
     };
@@ -231,23 +256,58 @@ pub fn plan(src: &GraphSource, registry: &Registry) -> Result<Plan, Diagnostics>
         None => None,
         Some(toml::Value::String(s)) => Some(s.clone()),
         Some(other) => {
-            cx.err(&["metrics", "listen"], None, format!("`listen` must be a string like \"127.0.0.1:9464\", found {}", type_name(other)), None);
+            cx.err(
+                &["metrics", "listen"],
+                None,
+                format!(
+                    "`listen` must be a string like \"127.0.0.1:9464\", found {}",
+                    type_name(other)
+                ),
+                None,
+            );
             None
         }
     };
-    let def_mailbox = reserved_usize(&mut cx, defaults_t.get("mailbox"), &["defaults", "mailbox"], None).unwrap_or(DEFAULT_MAILBOX);
-    let def_when_full = reserved_enum(&mut cx, defaults_t.get("when_full"), &["defaults", "when_full"], None, "block | drop_newest | drop_oldest").unwrap_or(WhenFull::Block);
-    let def_restart = reserved_enum(&mut cx, defaults_t.get("restart"), &["defaults", "restart"], None, "never | on_failure").unwrap_or(Restart::OnFailure);
+    let def_mailbox =
+        reserved_usize(&mut cx, defaults_t.get("mailbox"), &["defaults", "mailbox"], None).unwrap_or(DEFAULT_MAILBOX);
+    let def_when_full = reserved_enum(
+        &mut cx,
+        defaults_t.get("when_full"),
+        &["defaults", "when_full"],
+        None,
+        "block | drop_newest | drop_oldest",
+    )
+    .unwrap_or(WhenFull::Block);
+    let def_restart = reserved_enum(
+        &mut cx,
+        defaults_t.get("restart"),
+        &["defaults", "restart"],
+        None,
+        "never | on_failure",
+    )
+    .unwrap_or(Restart::OnFailure);
 
     // Channel keys must be known to at least one channel kind.
-    let channel_keys: BTreeSet<String> = registry.kinds().filter(|k| k.channel()).flat_map(|k| k.keys()).collect();
+    let channel_keys: BTreeSet<String> = registry
+        .kinds()
+        .filter(|k| k.channel())
+        .flat_map(|k| k.keys())
+        .collect();
     for k in channel_t.keys() {
         if !channel_keys.contains(k) {
             let hint = did_you_mean(k, channel_keys.iter().map(String::as_str));
-            cx.err(&["channel", k], None, format!("unknown key `{k}` in [channel]"), Some(match hint {
-                Some(h) => format!("did you mean `{h}`?"),
-                None => format!("channel stages accept: {}", channel_keys.iter().cloned().collect::<Vec<_>>().join(", ")),
-            }));
+            cx.err(
+                &["channel", k],
+                None,
+                format!("unknown key `{k}` in [channel]"),
+                Some(match hint {
+                    Some(h) => format!("did you mean `{h}`?"),
+                    None => format!(
+                        "channel stages accept: {}",
+                        channel_keys.iter().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                }),
+            );
         }
     }
 
@@ -259,14 +319,24 @@ pub fn plan(src: &GraphSource, registry: &Registry) -> Result<Plan, Diagnostics>
         }
     }
     if ids.is_empty() {
-        cx.err(&[], None, "the graph has no stages".into(), Some("add at least a source and a sink: [stage.<id>] with kind = \"...\"".into()));
+        cx.err(
+            &[],
+            None,
+            "the graph has no stages".into(),
+            Some("add at least a source and a sink: [stage.<id>] with kind = \"...\"".into()),
+        );
     }
 
     let kind_names = registry.names();
     let mut raws: Vec<Raw> = Vec::new();
     for id in &ids {
         let Some(t) = stages_t.get(id).and_then(|t| t.as_table()) else {
-            cx.err(&["stage", id], Some(id), "a stage must be a table `[stage.<id>]`".into(), None);
+            cx.err(
+                &["stage", id],
+                Some(id),
+                "a stage must be a table `[stage.<id>]`".into(),
+                None,
+            );
             continue;
         };
         let mut raw = Raw {
@@ -277,16 +347,36 @@ pub fn plan(src: &GraphSource, registry: &Registry) -> Result<Plan, Diagnostics>
             ports: None,
             inputs: Vec::new(),
             edges: Vec::new(),
-            mailbox: reserved_usize(&mut cx, t.get("mailbox"), &["stage", id, "mailbox"], Some(id)).unwrap_or(def_mailbox),
-            when_full: reserved_enum(&mut cx, t.get("when_full"), &["stage", id, "when_full"], Some(id), "block | drop_newest | drop_oldest").unwrap_or(def_when_full),
+            mailbox: reserved_usize(&mut cx, t.get("mailbox"), &["stage", id, "mailbox"], Some(id))
+                .unwrap_or(def_mailbox),
+            when_full: reserved_enum(
+                &mut cx,
+                t.get("when_full"),
+                &["stage", id, "when_full"],
+                Some(id),
+                "block | drop_newest | drop_oldest",
+            )
+            .unwrap_or(def_when_full),
             replicas: reserved_usize(&mut cx, t.get("replicas"), &["stage", id, "replicas"], Some(id)).unwrap_or(1),
-            restart: reserved_enum(&mut cx, t.get("restart"), &["stage", id, "restart"], Some(id), "never | on_failure").unwrap_or(def_restart),
+            restart: reserved_enum(
+                &mut cx,
+                t.get("restart"),
+                &["stage", id, "restart"],
+                Some(id),
+                "never | on_failure",
+            )
+            .unwrap_or(def_restart),
             machine: None,
         };
         match t.get("machine") {
             None => {}
             Some(toml::Value::String(s)) => raw.machine = Some(s.clone()),
-            Some(o) => cx.err(&["stage", id, "machine"], Some(id), format!("`machine` must be a string, found {}", type_name(o)), None),
+            Some(o) => cx.err(
+                &["stage", id, "machine"],
+                Some(id),
+                format!("`machine` must be a string, found {}", type_name(o)),
+                None,
+            ),
         }
         match t.get("inputs") {
             None => {}
@@ -294,20 +384,40 @@ pub fn plan(src: &GraphSource, registry: &Registry) -> Result<Plan, Diagnostics>
                 for (i, item) in a.iter().enumerate() {
                     match item {
                         toml::Value::String(s) => raw.inputs.push(s.clone()),
-                        o => cx.err(&["stage", id, "inputs", &i.to_string()], Some(id), format!("an input must be a string like \"split.tile0\", found {}", type_name(o)), None),
+                        o => cx.err(
+                            &["stage", id, "inputs", &i.to_string()],
+                            Some(id),
+                            format!("an input must be a string like \"split.tile0\", found {}", type_name(o)),
+                            None,
+                        ),
                     }
                 }
             }
-            Some(o) => cx.err(&["stage", id, "inputs"], Some(id), format!("`inputs` must be an array of strings, found {}", type_name(o)), Some("inputs = [\"source\"]".into())),
+            Some(o) => cx.err(
+                &["stage", id, "inputs"],
+                Some(id),
+                format!("`inputs` must be an array of strings, found {}", type_name(o)),
+                Some("inputs = [\"source\"]".into()),
+            ),
         }
         let kind = match t.get("kind") {
             Some(toml::Value::String(k)) => Some(k.clone()),
             Some(o) => {
-                cx.err(&["stage", id, "kind"], Some(id), format!("`kind` must be a string, found {}", type_name(o)), None);
+                cx.err(
+                    &["stage", id, "kind"],
+                    Some(id),
+                    format!("`kind` must be a string, found {}", type_name(o)),
+                    None,
+                );
                 None
             }
             None => {
-                cx.err(&["stage", id], Some(id), "missing `kind`".into(), Some(format!("known kinds: {}", kind_names.join(", "))));
+                cx.err(
+                    &["stage", id],
+                    Some(id),
+                    "missing `kind`".into(),
+                    Some(format!("known kinds: {}", kind_names.join(", "))),
+                );
                 None
             }
         };
@@ -315,10 +425,15 @@ pub fn plan(src: &GraphSource, registry: &Registry) -> Result<Plan, Diagnostics>
             match registry.get(&k) {
                 None => {
                     let hint = did_you_mean(&k, kind_names.iter().copied());
-                    cx.err(&["stage", id, "kind"], Some(id), format!("unknown kind `{k}`"), Some(match hint {
-                        Some(h) => format!("did you mean `{h}`?"),
-                        None => format!("known kinds: {}", kind_names.join(", ")),
-                    }));
+                    cx.err(
+                        &["stage", id, "kind"],
+                        Some(id),
+                        format!("unknown kind `{k}`"),
+                        Some(match hint {
+                            Some(h) => format!("did you mean `{h}`?"),
+                            None => format!("known kinds: {}", kind_names.join(", ")),
+                        }),
+                    );
                 }
                 Some(kind) => {
                     raw.role = Some(kind.role());
@@ -331,12 +446,20 @@ pub fn plan(src: &GraphSource, registry: &Registry) -> Result<Plan, Diagnostics>
                         }
                         if !keys.contains(key) {
                             unknown = true;
-                            let hint = did_you_mean(key, keys.iter().map(String::as_str).chain(RESERVED_KEYS.iter().copied()));
-                            cx.err(&["stage", id, key], Some(id), format!("unknown key `{key}` for kind `{}`", kind.name()), Some(match hint {
-                                Some(h) => format!("did you mean `{h}`?"),
-                                None if keys.is_empty() => "this kind has no keys of its own".to_string(),
-                                None => format!("keys of `{}`: {}", kind.name(), keys.join(", ")),
-                            }));
+                            let hint = did_you_mean(
+                                key,
+                                keys.iter().map(String::as_str).chain(RESERVED_KEYS.iter().copied()),
+                            );
+                            cx.err(
+                                &["stage", id, key],
+                                Some(id),
+                                format!("unknown key `{key}` for kind `{}`", kind.name()),
+                                Some(match hint {
+                                    Some(h) => format!("did you mean `{h}`?"),
+                                    None if keys.is_empty() => "this kind has no keys of its own".to_string(),
+                                    None => format!("keys of `{}`: {}", kind.name(), keys.join(", ")),
+                                }),
+                            );
                             continue;
                         }
                         params.insert(key.clone(), val.clone());
@@ -360,14 +483,23 @@ pub fn plan(src: &GraphSource, registry: &Registry) -> Result<Plan, Diagnostics>
                                 if !first.is_empty() && t.contains_key(&first) {
                                     at.push(&first);
                                 }
-                                let what = if e.path.is_empty() { String::new() } else { format!("key `{}`: ", e.path) };
-                                let from_channel = !first.is_empty() && !t.contains_key(&first) && channel_t.contains_key(&first);
+                                let what = if e.path.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!("key `{}`: ", e.path)
+                                };
+                                let from_channel =
+                                    !first.is_empty() && !t.contains_key(&first) && channel_t.contains_key(&first);
                                 let msg = if from_channel {
                                     format!("{what}{} (inherited from [channel])", e.message)
                                 } else {
                                     format!("{what}{}", e.message)
                                 };
-                                let at_ref: Vec<&str> = if from_channel { vec!["channel", first.as_str()] } else { at };
+                                let at_ref: Vec<&str> = if from_channel {
+                                    vec!["channel", first.as_str()]
+                                } else {
+                                    at
+                                };
                                 cx.err(&at_ref, Some(id), msg, None);
                             }
                         }
@@ -387,17 +519,32 @@ pub fn plan(src: &GraphSource, registry: &Registry) -> Result<Plan, Diagnostics>
         let role = raws[i].role;
         let inputs = raws[i].inputs.clone();
         if role == Some(Role::Source) && !inputs.is_empty() {
-            cx.err(&["stage", &id, "inputs"], Some(&id), "a source takes no inputs".into(), Some("remove `inputs` from this stage".into()));
+            cx.err(
+                &["stage", &id, "inputs"],
+                Some(&id),
+                "a source takes no inputs".into(),
+                Some("remove `inputs` from this stage".into()),
+            );
             continue;
         }
         if matches!(role, Some(Role::Transform | Role::Sink)) && inputs.is_empty() {
-            cx.err(&["stage", &id], Some(&id), "this stage has no inputs".into(), Some("add inputs = [\"<stage>\"] naming the stage it reads from".into()));
+            cx.err(
+                &["stage", &id],
+                Some(&id),
+                "this stage has no inputs".into(),
+                Some("add inputs = [\"<stage>\"] naming the stage it reads from".into()),
+            );
         }
         let mut seen = BTreeSet::new();
         for (n, text) in inputs.iter().enumerate() {
             let at = ["stage", id.as_str(), "inputs", &n.to_string()];
             if !seen.insert(text.clone()) {
-                cx.err(&at, Some(&id), format!("duplicate input `{text}`"), Some("list each input once".into()));
+                cx.err(
+                    &at,
+                    Some(&id),
+                    format!("duplicate input `{text}`"),
+                    Some("list each input once".into()),
+                );
                 continue;
             }
             let (sid, port) = match text.split_once('.') {
@@ -406,10 +553,15 @@ pub fn plan(src: &GraphSource, registry: &Registry) -> Result<Plan, Diagnostics>
             };
             let Some(&from) = index.get(sid) else {
                 let hint = did_you_mean(sid, all_ids.iter().map(String::as_str));
-                cx.err(&at, Some(&id), format!("input `{text}` doesn't match any stage"), Some(match hint {
-                    Some(h) => format!("did you mean `{h}`?"),
-                    None => format!("stages: {}", all_ids.join(", ")),
-                }));
+                cx.err(
+                    &at,
+                    Some(&id),
+                    format!("input `{text}` doesn't match any stage"),
+                    Some(match hint {
+                        Some(h) => format!("did you mean `{h}`?"),
+                        None => format!("stages: {}", all_ids.join(", ")),
+                    }),
+                );
                 continue;
             };
             if from == i {
@@ -417,10 +569,17 @@ pub fn plan(src: &GraphSource, registry: &Registry) -> Result<Plan, Diagnostics>
                 continue;
             }
             if raws[from].role == Some(Role::Sink) {
-                cx.err(&at, Some(&id), format!("input `{text}` is a sink, which has no outputs"), None);
+                cx.err(
+                    &at,
+                    Some(&id),
+                    format!("input `{text}` is a sink, which has no outputs"),
+                    None,
+                );
                 continue;
             }
-            let Some(ports) = raws[from].ports.as_ref() else { continue };
+            let Some(ports) = raws[from].ports.as_ref() else {
+                continue;
+            };
             let names: Vec<&str> = ports.outputs.iter().map(|p| p.name.as_str()).collect();
             let port_idx = match port {
                 None => 0,
@@ -428,19 +587,33 @@ pub fn plan(src: &GraphSource, registry: &Registry) -> Result<Plan, Diagnostics>
                     Some(pi) => pi,
                     None => {
                         let hint = did_you_mean(p, names.iter().copied());
-                        cx.err(&at, Some(&id), format!("stage `{sid}` has no output port `{p}`"), Some(match hint {
-                            Some(h) => format!("did you mean `{sid}.{h}`? its ports are: {}", names.join(", ")),
-                            None => format!("its ports are: {}", names.join(", ")),
-                        }));
+                        cx.err(
+                            &at,
+                            Some(&id),
+                            format!("stage `{sid}` has no output port `{p}`"),
+                            Some(match hint {
+                                Some(h) => format!("did you mean `{sid}.{h}`? its ports are: {}", names.join(", ")),
+                                None => format!("its ports are: {}", names.join(", ")),
+                            }),
+                        );
                         continue;
                     }
                 },
             };
-            raws[i].edges.push(InputEdge { from, port: port_idx, text: text.clone() });
+            raws[i].edges.push(InputEdge {
+                from,
+                port: port_idx,
+                text: text.clone(),
+            });
         }
         if let Some(p) = &raws[i].ports {
             if p.join.is_some() && raws[i].replicas > 1 {
-                cx.err(&["stage", &id, "replicas"], Some(&id), "a joining stage cannot have replicas > 1".into(), Some("joins gather every part of a frame in one place; remove `replicas`".into()));
+                cx.err(
+                    &["stage", &id, "replicas"],
+                    Some(&id),
+                    "a joining stage cannot have replicas > 1".into(),
+                    Some("joins gather every part of a frame in one place; remove `replicas`".into()),
+                );
             }
         }
     }
@@ -461,7 +634,15 @@ pub fn plan(src: &GraphSource, registry: &Registry) -> Result<Plan, Diagnostics>
     for (i, r) in raws.iter().enumerate() {
         let has_consumer = consumers[i].iter().any(|c| !c.is_empty());
         if matches!(r.role, Some(Role::Source | Role::Transform)) && !has_consumer && r.ports.is_some() {
-            cx.err(&["stage", &r.id], Some(&r.id), "stage has no consumers: nothing reads its output".into(), Some(format!("add \"{}\" to the inputs of a later stage or a sink (e.g. null_sink), or remove it", r.id)));
+            cx.err(
+                &["stage", &r.id],
+                Some(&r.id),
+                "stage has no consumers: nothing reads its output".into(),
+                Some(format!(
+                    "add \"{}\" to the inputs of a later stage or a sink (e.g. null_sink), or remove it",
+                    r.id
+                )),
+            );
         }
     }
     let order = match topo_order(&raws) {
@@ -469,7 +650,12 @@ pub fn plan(src: &GraphSource, registry: &Registry) -> Result<Plan, Diagnostics>
         Err(chain) => {
             let names: Vec<&str> = chain.iter().map(|&c| raws[c].id.as_str()).collect();
             let first = names[0].to_string();
-            cx.err(&["stage", &first, "inputs"], Some(&first), format!("cyclic dependency detected in the chain [ {} ]", names.join(" -> ")), Some("a graph must not feed a stage's output back into its own inputs".into()));
+            cx.err(
+                &["stage", &first, "inputs"],
+                Some(&first),
+                format!("cyclic dependency detected in the chain [ {} ]", names.join(" -> ")),
+                Some("a graph must not feed a stage's output back into its own inputs".into()),
+            );
             Vec::new()
         }
     };
@@ -479,34 +665,40 @@ pub fn plan(src: &GraphSource, registry: &Registry) -> Result<Plan, Diagnostics>
     for &i in &order {
         let r = &raws[i];
         let Some(ports) = &r.ports else { continue };
-        let in_sets: Vec<&BTreeSet<String>> = r
-            .edges
-            .iter()
-            .filter_map(|e| avail[e.from].get(e.port))
-            .collect();
+        let in_sets: Vec<&BTreeSet<String>> = r.edges.iter().filter_map(|e| avail[e.from].get(e.port)).collect();
         let union: BTreeSet<String> = in_sets.iter().flat_map(|s| s.iter().cloned()).collect();
         if ports.join.is_some() {
             let missing: Vec<&String> = ports.requires.iter().filter(|f| !union.contains(*f)).collect();
             if !missing.is_empty() && in_sets.len() == r.edges.len() {
-                cx.err(&["stage", &r.id, "inputs"], Some(&r.id), format!(
-                    "type mismatch: kind `{}` needs field(s) {} from its inputs together, which carry {{{}}}",
-                    r.kind.clone().unwrap_or_default(),
-                    missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", "),
-                    union.iter().cloned().collect::<Vec<_>>().join(", ")
-                ), Some("add an input that provides them".into()));
+                cx.err(
+                    &["stage", &r.id, "inputs"],
+                    Some(&r.id),
+                    format!(
+                        "type mismatch: kind `{}` needs field(s) {} from its inputs together, which carry {{{}}}",
+                        r.kind.clone().unwrap_or_default(),
+                        missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", "),
+                        union.iter().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                    Some("add an input that provides them".into()),
+                );
             }
         } else {
             for (k, e) in r.edges.iter().enumerate() {
                 let Some(set) = avail[e.from].get(e.port) else { continue };
                 let missing: Vec<&String> = ports.requires.iter().filter(|f| !set.contains(*f)).collect();
                 if !missing.is_empty() {
-                    cx.err(&["stage", &r.id, "inputs", &k.to_string()], Some(&r.id), format!(
-                        "type mismatch: input `{}` carries {{{}}} but kind `{}` needs {}",
-                        e.text,
-                        set.iter().cloned().collect::<Vec<_>>().join(", "),
-                        r.kind.clone().unwrap_or_default(),
-                        missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ")
-                    ), None);
+                    cx.err(
+                        &["stage", &r.id, "inputs", &k.to_string()],
+                        Some(&r.id),
+                        format!(
+                            "type mismatch: input `{}` carries {{{}}} but kind `{}` needs {}",
+                            e.text,
+                            set.iter().cloned().collect::<Vec<_>>().join(", "),
+                            r.kind.clone().unwrap_or_default(),
+                            missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(", ")
+                        ),
+                        None,
+                    );
                 }
             }
         }
@@ -531,7 +723,9 @@ pub fn plan(src: &GraphSource, registry: &Registry) -> Result<Plan, Diagnostics>
     let mut stages: Vec<PlannedStage> = Vec::with_capacity(n);
     for &i in &order {
         let r = &raws[i];
-        let (Some(config), Some(ports), Some(role), Some(kind)) = (r.config.clone(), r.ports.clone(), r.role, r.kind.clone()) else {
+        let (Some(config), Some(ports), Some(role), Some(kind)) =
+            (r.config.clone(), r.ports.clone(), r.role, r.kind.clone())
+        else {
             continue;
         };
         stages.push(PlannedStage {
@@ -540,8 +734,19 @@ pub fn plan(src: &GraphSource, registry: &Registry) -> Result<Plan, Diagnostics>
             role,
             config,
             ports,
-            inputs: r.edges.iter().map(|e| InputEdge { from: pos[e.from], port: e.port, text: e.text.clone() }).collect(),
-            consumers: consumers[i].iter().map(|c| c.iter().map(|&(s, k)| (pos[s], k)).collect()).collect(),
+            inputs: r
+                .edges
+                .iter()
+                .map(|e| InputEdge {
+                    from: pos[e.from],
+                    port: e.port,
+                    text: e.text.clone(),
+                })
+                .collect(),
+            consumers: consumers[i]
+                .iter()
+                .map(|c| c.iter().map(|&(s, k)| (pos[s], k)).collect())
+                .collect(),
             mailbox: r.mailbox,
             when_full: r.when_full,
             replicas: r.replicas,
@@ -550,7 +755,15 @@ pub fn plan(src: &GraphSource, registry: &Registry) -> Result<Plan, Diagnostics>
         });
     }
     let graph_dir = src.path.parent().map(|p| p.to_path_buf()).unwrap_or_default();
-    Ok(Plan { name, seed, file: src.path.clone(), graph_dir, metrics_listen, channel: channel_t, stages })
+    Ok(Plan {
+        name,
+        seed,
+        file: src.path.clone(),
+        graph_dir,
+        metrics_listen,
+        channel: channel_t,
+        stages,
+    })
 }
 
 /// Second pass: resource checks of every stage (model files, devices), all at once.
@@ -558,7 +771,13 @@ pub fn check_resources(plan: &Plan, out_dir: &std::path::Path) -> Result<(), Dia
     let mut errors = Vec::new();
     for (i, s) in plan.stages.iter().enumerate() {
         for m in s.config.check(&plan.context(i, 0, out_dir)) {
-            errors.push(Diagnostic { file: plan.file.clone(), location: None, stage: Some(s.id.clone()), message: m, help: None });
+            errors.push(Diagnostic {
+                file: plan.file.clone(),
+                location: None,
+                stage: Some(s.id.clone()),
+                message: m,
+                help: None,
+            });
         }
     }
     if errors.is_empty() {
@@ -572,18 +791,34 @@ fn reserved_usize(cx: &mut Ctx, v: Option<&toml::Value>, at: &[&str], stage: Opt
     match v? {
         toml::Value::Integer(i) if *i >= 1 => Some(*i as usize),
         other => {
-            cx.err(at, stage, format!("`{}` must be an integer >= 1, found {other}", at[at.len() - 1]), None);
+            cx.err(
+                at,
+                stage,
+                format!("`{}` must be an integer >= 1, found {other}", at[at.len() - 1]),
+                None,
+            );
             None
         }
     }
 }
 
-fn reserved_enum<T: for<'de> Deserialize<'de>>(cx: &mut Ctx, v: Option<&toml::Value>, at: &[&str], stage: Option<&str>, allowed: &str) -> Option<T> {
+fn reserved_enum<T: for<'de> Deserialize<'de>>(
+    cx: &mut Ctx,
+    v: Option<&toml::Value>,
+    at: &[&str],
+    stage: Option<&str>,
+    allowed: &str,
+) -> Option<T> {
     let v = v?;
     match parse_enum::<T>(v) {
         Some(t) => Some(t),
         None => {
-            cx.err(at, stage, format!("`{}` must be one of {allowed}, found {v}", at[at.len() - 1]), None);
+            cx.err(
+                at,
+                stage,
+                format!("`{}` must be one of {allowed}, found {v}", at[at.len() - 1]),
+                None,
+            );
             None
         }
     }
@@ -595,7 +830,13 @@ fn topo_order(raws: &[Raw]) -> Result<Vec<usize>, Vec<usize>> {
     // 0 = unvisited, 1 = on stack, 2 = done
     let mut state = vec![0u8; n];
     let mut order = Vec::with_capacity(n);
-    fn visit(i: usize, raws: &[Raw], state: &mut [u8], stack: &mut Vec<usize>, order: &mut Vec<usize>) -> Result<(), Vec<usize>> {
+    fn visit(
+        i: usize,
+        raws: &[Raw],
+        state: &mut [u8],
+        stack: &mut Vec<usize>,
+        order: &mut Vec<usize>,
+    ) -> Result<(), Vec<usize>> {
         state[i] = 1;
         stack.push(i);
         for e in &raws[i].edges {

@@ -91,7 +91,10 @@ impl<K: StageKind> ErasedKind for Adapter<K> {
             Err(e) => {
                 let path = e.path().to_string();
                 let path = if path == "." { String::new() } else { path };
-                Err(ConfigError { path, message: e.into_inner().message().to_string() })
+                Err(ConfigError {
+                    path,
+                    message: e.into_inner().message().to_string(),
+                })
             }
         }
     }

@@ -15,15 +15,25 @@ fn edge_label(plan: &Plan, from: usize, port: usize) -> String {
 
 /// Graphviz `dot` text of the plan.
 pub fn dot(plan: &Plan) -> String {
-    let mut s = format!("digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box, fontname=\"Helvetica\"];\n", plan.name);
+    let mut s = format!(
+        "digraph \"{}\" {{\n  rankdir=LR;\n  node [shape=box, fontname=\"Helvetica\"];\n",
+        plan.name
+    );
     for st in &plan.stages {
         let shape = match st.role {
             Role::Source => "invhouse",
             Role::Sink => "house",
             Role::Transform => "box",
         };
-        let reps = if st.replicas > 1 { format!(" ×{}", st.replicas) } else { String::new() };
-        s.push_str(&format!("  \"{}\" [label=\"{}\\n({}){}\", shape={}];\n", st.id, st.id, st.kind, reps, shape));
+        let reps = if st.replicas > 1 {
+            format!(" ×{}", st.replicas)
+        } else {
+            String::new()
+        };
+        s.push_str(&format!(
+            "  \"{}\" [label=\"{}\\n({}){}\", shape={}];\n",
+            st.id, st.id, st.kind, reps, shape
+        ));
     }
     for st in &plan.stages {
         for e in &st.inputs {
@@ -33,7 +43,11 @@ pub fn dot(plan: &Plan) -> String {
                 plan.stages[e.from].id,
                 st.id,
                 label,
-                if label.is_empty() { format!("{}", st.mailbox) } else { format!(" ({})", st.mailbox) }
+                if label.is_empty() {
+                    format!("{}", st.mailbox)
+                } else {
+                    format!(" ({})", st.mailbox)
+                }
             ));
         }
     }
@@ -51,8 +65,20 @@ pub fn mermaid(plan: &Plan) -> String {
             Role::Sink => ("[[", "]]"),
             Role::Transform => ("[", "]"),
         };
-        let reps = if st.replicas > 1 { format!(" ×{}", st.replicas) } else { String::new() };
-        s.push_str(&format!("  {}{}\"{}<br/>({}){}\"{}\n", id(i), l, st.id, st.kind, reps, r));
+        let reps = if st.replicas > 1 {
+            format!(" ×{}", st.replicas)
+        } else {
+            String::new()
+        };
+        s.push_str(&format!(
+            "  {}{}\"{}<br/>({}){}\"{}\n",
+            id(i),
+            l,
+            st.id,
+            st.kind,
+            reps,
+            r
+        ));
     }
     for (i, st) in plan.stages.iter().enumerate() {
         for e in &st.inputs {

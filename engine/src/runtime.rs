@@ -36,7 +36,9 @@ use crate::edge::{Edge, Permit, Ticket};
 use crate::message::{FrameId, Message, Part};
 use crate::plan::{Plan, Restart};
 use crate::registry::Configured;
-use crate::stage::{BuildContext, Built, Input, Joined, Outputs, Role, Source, SourceItem, Stage, StageError, StopFlag};
+use crate::stage::{
+    BuildContext, Built, Input, Joined, Outputs, Role, Source, SourceItem, Stage, StageError, StopFlag,
+};
 use dataflow_monitoring::names;
 
 /// Counters of one stage, kept by the engine for every stage kind.
@@ -72,7 +74,10 @@ pub struct StageStats {
 
 impl StageStats {
     fn new(id: &str, kind: &str, role: Role, replicas: usize) -> Self {
-        let sk = [(names::LABEL_STAGE, id.to_string()), (names::LABEL_KIND, kind.to_string())];
+        let sk = [
+            (names::LABEL_STAGE, id.to_string()),
+            (names::LABEL_KIND, kind.to_string()),
+        ];
         StageStats {
             id: id.into(),
             kind: kind.into(),
@@ -122,7 +127,13 @@ pub struct RunOptions {
 impl RunOptions {
     /// Defaults: progress bar on, 30 s drain, Ctrl-C handled.
     pub fn new(out_dir: PathBuf) -> Self {
-        RunOptions { out_dir, progress: true, drain_timeout: Duration::from_secs(30), handle_signals: true, stop: StopFlag::default() }
+        RunOptions {
+            out_dir,
+            progress: true,
+            drain_timeout: Duration::from_secs(30),
+            handle_signals: true,
+            stop: StopFlag::default(),
+        }
     }
 }
 
@@ -181,7 +192,11 @@ impl RunSummary {
     /// The summary as text for a terminal.
     pub fn render(&self) -> String {
         let mut s = String::new();
-        let fps = if self.seconds > 0.0 { self.frames_in as f64 / self.seconds } else { 0.0 };
+        let fps = if self.seconds > 0.0 {
+            self.frames_in as f64 / self.seconds
+        } else {
+            0.0
+        };
         s.push_str(&format!(
             "graph `{}`: {} frame(s) in {:.2} s ({:.2} frames/s), {} failed, {} dropped{}\n",
             self.graph,
@@ -192,12 +207,21 @@ impl RunSummary {
             self.dropped,
             if self.interrupted { ", interrupted" } else { "" }
         ));
-        s.push_str(&format!("{:<16} {:<14} {:>9} {:>9} {:>7} {:>8} {:>8}\n", "stage", "kind", "received", "sent", "errors", "dropped", "restarts"));
+        s.push_str(&format!(
+            "{:<16} {:<14} {:>9} {:>9} {:>7} {:>8} {:>8}\n",
+            "stage", "kind", "received", "sent", "errors", "dropped", "restarts"
+        ));
         for st in &self.stages {
-            s.push_str(&format!("{:<16} {:<14} {:>9} {:>9} {:>7} {:>8} {:>8}\n", st.id, st.kind, st.received, st.sent, st.errors, st.dropped, st.restarts));
+            s.push_str(&format!(
+                "{:<16} {:<14} {:>9} {:>9} {:>7} {:>8} {:>8}\n",
+                st.id, st.kind, st.received, st.sent, st.errors, st.dropped, st.restarts
+            ));
         }
         if self.in_flight_at_abort > 0 {
-            s.push_str(&format!("{} message(s) were still in flight when the run was aborted\n", self.in_flight_at_abort));
+            s.push_str(&format!(
+                "{} message(s) were still in flight when the run was aborted\n",
+                self.in_flight_at_abort
+            ));
         }
         if let Some(f) = &self.fatal {
             s.push_str(&format!("error: {f}\n"));
@@ -235,7 +259,9 @@ impl RunShared {
             if log.is_none() {
                 match File::create(&self.error_log_path) {
                     Ok(f) => *log = Some(BufWriter::new(f)),
-                    Err(e) => tracing::error!(path = %self.error_log_path.display(), error = %e, "cannot write the error log"),
+                    Err(e) => {
+                        tracing::error!(path = %self.error_log_path.display(), error = %e, "cannot write the error log")
+                    }
                 }
             }
             if let Some(w) = log.as_mut() {
@@ -267,7 +293,11 @@ impl RunShared {
 /// Messages a stage actor handles.
 pub(crate) enum StageMsg {
     /// A data message from input edge `input`, number `order` in the group's arrival order.
-    Data { input: usize, order: u64, ticket: Arc<Ticket> },
+    Data {
+        input: usize,
+        order: u64,
+        ticket: Arc<Ticket>,
+    },
     /// End of stream on one input edge.
     Eos,
     /// Time to expire incomplete joins.
@@ -354,7 +384,13 @@ async fn route(group: &Group, shared: &RunShared, outputs: Vec<(usize, Message)>
 }
 
 /// Sends outputs on, in arrival order when the stage is replicated, then frees the input's place.
-async fn complete(group: &Group, shared: &RunShared, order: u64, outputs: Vec<(usize, Message)>, permit: Option<Permit>) {
+async fn complete(
+    group: &Group,
+    shared: &RunShared,
+    order: u64,
+    outputs: Vec<(usize, Message)>,
+    permit: Option<Permit>,
+) {
     match &group.sequencer {
         None => {
             route(group, shared, outputs).await;
@@ -406,7 +442,10 @@ fn run_guarded(stage: &mut dyn Stage, input: Option<Input>) -> Outcome {
 fn build_stage(config: &dyn Configured, ctx: &BuildContext) -> Result<Box<dyn Stage>, StageError> {
     match config.build(ctx)? {
         Built::Stage(s) => Ok(s),
-        Built::Source(_) => Err(StageError::new("build", "a source was built where a stage was expected")),
+        Built::Source(_) => Err(StageError::new(
+            "build",
+            "a source was built where a stage was expected",
+        )),
     }
 }
 
@@ -432,7 +471,8 @@ impl Runner {
                 if tx.send(Job::Process(input, otx)).is_err() {
                     return Outcome::Panicked("worker thread is gone".into());
                 }
-                orx.await.unwrap_or_else(|_| Outcome::Panicked("worker thread is gone".into()))
+                orx.await
+                    .unwrap_or_else(|_| Outcome::Panicked("worker thread is gone".into()))
             }
         }
     }
@@ -445,8 +485,10 @@ impl Runner {
             }
             Runner::Worker(tx) => {
                 let (otx, orx) = oneshot::channel();
-                tx.send(Job::Rebuild(otx)).map_err(|_| StageError::new("panic", "worker thread is gone"))?;
-                orx.await.map_err(|_| StageError::new("panic", "worker thread is gone"))?
+                tx.send(Job::Rebuild(otx))
+                    .map_err(|_| StageError::new("panic", "worker thread is gone"))?;
+                orx.await
+                    .map_err(|_| StageError::new("panic", "worker thread is gone"))?
             }
         }
     }
@@ -487,7 +529,9 @@ fn spawn_worker(config: Arc<dyn Configured>, ctx: BuildContext) -> Result<crossb
             }
         })
         .map_err(|e| StageError::io(format!("cannot start a worker thread: {e}")))?;
-    ready_rx.recv().map_err(|_| StageError::new("build", "worker thread died while building the stage"))??;
+    ready_rx
+        .recv()
+        .map_err(|_| StageError::new("build", "worker thread died while building the stage"))??;
     Ok(tx)
 }
 
@@ -550,7 +594,10 @@ impl ActorState {
                         stats.m_restarts.increment(1);
                         tracing::warn!(stage = %stats.id, frame = %frame_s, "restarting the stage after a panic");
                         if let Err(e) = self.runner.rebuild(&self.args.config, &self.args.ctx).await {
-                            self.args.shared.set_fatal(format!("stage `{}` could not be restarted after a panic on frame {frame_s}: {e}", stats.id));
+                            self.args.shared.set_fatal(format!(
+                                "stage `{}` could not be restarted after a panic on frame {frame_s}: {e}",
+                                stats.id
+                            ));
                         }
                     }
                 }
@@ -563,7 +610,9 @@ impl ActorState {
         let Some(p) = self.joins.remove(&id) else { return };
         let joined = Joined { id, parts: p.parts };
         if joined.lost() > 0 {
-            self.args.shared.stats[self.args.group.index].incomplete.fetch_add(1, Ordering::Relaxed);
+            self.args.shared.stats[self.args.group.index]
+                .incomplete
+                .fetch_add(1, Ordering::Relaxed);
         }
         let outs = self.run_input(Some(Input::Joined(joined))).await.unwrap_or_default();
         route(&self.args.group, &self.args.shared, outs).await;
@@ -588,7 +637,11 @@ impl ActorState {
         let idx = (msg.part.index as usize).min(count as usize - 1);
         slots[idx] = Some(msg);
         entry.permits.push(permit);
-        let complete = entry.expected.iter().zip(&entry.parts).all(|(e, p)| matches!(e, Some(c) if p.len() == *c as usize && p.iter().all(Option::is_some)));
+        let complete = entry
+            .expected
+            .iter()
+            .zip(&entry.parts)
+            .all(|(e, p)| matches!(e, Some(c) if p.len() == *c as usize && p.iter().all(Option::is_some)));
         if complete {
             self.emit_join(id).await;
         }
@@ -597,7 +650,12 @@ impl ActorState {
     async fn expire_joins(&mut self, all: bool) {
         let Some(timeout) = self.args.join else { return };
         let now = Instant::now();
-        let due: Vec<FrameId> = self.joins.iter().filter(|(_, p)| all || now.duration_since(p.first_seen) >= timeout).map(|(k, _)| *k).collect();
+        let due: Vec<FrameId> = self
+            .joins
+            .iter()
+            .filter(|(_, p)| all || now.duration_since(p.first_seen) >= timeout)
+            .map(|(k, _)| *k)
+            .collect();
         for id in due {
             if let Some(p) = self.joins.get_mut(&id) {
                 for parts in p.parts.iter_mut() {
@@ -637,10 +695,20 @@ impl Actor for StageActor {
                 }
             });
         }
-        Ok(ActorState { args, runner, eos_seen: 0, joins: BTreeMap::new() })
+        Ok(ActorState {
+            args,
+            runner,
+            eos_seen: 0,
+            joins: BTreeMap::new(),
+        })
     }
 
-    async fn handle(&self, myself: ActorRef<StageMsg>, msg: StageMsg, state: &mut ActorState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        myself: ActorRef<StageMsg>,
+        msg: StageMsg,
+        state: &mut ActorState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             StageMsg::Data { input, order, ticket } => {
                 let group = state.args.group.clone();
@@ -657,7 +725,10 @@ impl Actor for StageActor {
                 if state.args.join.is_some() {
                     state.on_join(input, msg, permit).await;
                 } else {
-                    let outs = state.run_input(Some(Input::Message { input, msg })).await.unwrap_or_default();
+                    let outs = state
+                        .run_input(Some(Input::Message { input, msg }))
+                        .await
+                        .unwrap_or_default();
                     complete(&group, &shared, order, outs, Some(permit)).await;
                 }
             }
@@ -712,13 +783,15 @@ impl Actor for SourceActor {
             t.push(source.total());
         }
         let handle = tokio::runtime::Handle::current();
-        let thread = std::thread::Builder::new().name(format!("{}-source", a.ctx.stage)).spawn(move || {
-            let mut start = a.start.clone();
-            if handle.block_on(start.wait_for(|go| *go)).is_err() {
-                return;
-            }
-            run_source(source.as_mut(), &a, &handle);
-        })?;
+        let thread = std::thread::Builder::new()
+            .name(format!("{}-source", a.ctx.stage))
+            .spawn(move || {
+                let mut start = a.start.clone();
+                if handle.block_on(start.wait_for(|go| *go)).is_err() {
+                    return;
+                }
+                run_source(source.as_mut(), &a, &handle);
+            })?;
         Ok(Some(thread))
     }
 
@@ -756,7 +829,8 @@ fn run_source(source: &mut dyn Source, a: &SourceArgs, handle: &tokio::runtime::
             Ok(SourceItem::End) => break,
             Err(p) => {
                 let text = panic_text(p);
-                a.shared.set_fatal(format!("source `{}` panicked after frame {seq}: {text}", a.ctx.stage));
+                a.shared
+                    .set_fatal(format!("source `{}` panicked after frame {seq}: {text}", a.ctx.stage));
                 break;
             }
         }
@@ -767,9 +841,17 @@ fn run_source(source: &mut dyn Source, a: &SourceArgs, handle: &tokio::runtime::
 
 /// Runs a validated plan until every stage has seen end of stream, or it is stopped.
 pub async fn run(plan: &Plan, opts: RunOptions) -> Result<RunSummary, StageError> {
-    std::fs::create_dir_all(&opts.out_dir)
-        .map_err(|e| StageError::io(format!("cannot create the output folder {}: {e}", opts.out_dir.display())))?;
-    let stats: Vec<Arc<StageStats>> = plan.stages.iter().map(|s| Arc::new(StageStats::new(&s.id, &s.kind, s.role, s.replicas))).collect();
+    std::fs::create_dir_all(&opts.out_dir).map_err(|e| {
+        StageError::io(format!(
+            "cannot create the output folder {}: {e}",
+            opts.out_dir.display()
+        ))
+    })?;
+    let stats: Vec<Arc<StageStats>> = plan
+        .stages
+        .iter()
+        .map(|s| Arc::new(StageStats::new(&s.id, &s.kind, s.role, s.replicas)))
+        .collect();
     let shared = Arc::new(RunShared {
         graph: plan.name.clone(),
         stop: opts.stop.clone(),
@@ -808,7 +890,8 @@ pub async fn run(plan: &Plan, opts: RunOptions) -> Result<RunSummary, StageError
             role: s.role,
             replicas: OnceLock::new(),
             dispatch_lock: Mutex::new(0),
-            sequencer: (s.replicas > 1 && s.ports.join.is_none()).then(|| tokio::sync::Mutex::new(Sequencer::default())),
+            sequencer: (s.replicas > 1 && s.ports.join.is_none())
+                .then(|| tokio::sync::Mutex::new(Sequencer::default())),
             outputs,
             input_edges: s.inputs.len(),
             finished_replicas: AtomicUsize::new(0),
@@ -839,7 +922,10 @@ pub async fn run(plan: &Plan, opts: RunOptions) -> Result<RunSummary, StageError
             match Actor::spawn(None, SourceActor, args).await {
                 Ok((r, _)) => actors.push(r.get_cell()),
                 Err(e) => {
-                    spawn_error = Some(StageError::new("build", format!("stage `{}`: {}", s.id, spawn_text(&e))));
+                    spawn_error = Some(StageError::new(
+                        "build",
+                        format!("stage `{}`: {}", s.id, spawn_text(&e)),
+                    ));
                     break;
                 }
             }
@@ -863,7 +949,10 @@ pub async fn run(plan: &Plan, opts: RunOptions) -> Result<RunSummary, StageError
                     refs.push(a);
                 }
                 Err(e) => {
-                    spawn_error = Some(StageError::new("build", format!("stage `{}`: {}", s.id, spawn_text(&e))));
+                    spawn_error = Some(StageError::new(
+                        "build",
+                        format!("stage `{}`: {}", s.id, spawn_text(&e)),
+                    ));
                     break;
                 }
             }
@@ -894,7 +983,12 @@ pub async fn run(plan: &Plan, opts: RunOptions) -> Result<RunSummary, StageError
                 iv.tick().await;
                 ticks += 1;
                 if let Some(pb) = &progress {
-                    let done = stats.iter().filter(|s| s.role == Role::Sink).map(|s| s.received.load(Ordering::Relaxed)).min().unwrap_or(0);
+                    let done = stats
+                        .iter()
+                        .filter(|s| s.role == Role::Sink)
+                        .map(|s| s.received.load(Ordering::Relaxed))
+                        .min()
+                        .unwrap_or(0);
                     pb.set_position(done);
                 }
                 if ticks.is_multiple_of(4) {
@@ -938,14 +1032,21 @@ pub async fn run(plan: &Plan, opts: RunOptions) -> Result<RunSummary, StageError
         if shared.stop.is_set() {
             let since = *stop_seen_at.get_or_insert_with(Instant::now);
             if since.elapsed() >= opts.drain_timeout {
-                shared.set_fatal(format!("the drain after the stop request took longer than {:?}", opts.drain_timeout));
+                shared.set_fatal(format!(
+                    "the drain after the stop request took longer than {:?}",
+                    opts.drain_timeout
+                ));
                 aborted = true;
                 break;
             }
         }
         let _ = tokio::time::timeout(Duration::from_millis(100), shared.done.notified()).await;
     }
-    let in_flight: u64 = if aborted { all_edges.iter().map(|e| e.depth() as u64).sum() } else { 0 };
+    let in_flight: u64 = if aborted {
+        all_edges.iter().map(|e| e.depth() as u64).sum()
+    } else {
+        0
+    };
     for a in &actors {
         a.stop(None);
     }
@@ -975,7 +1076,11 @@ pub async fn run(plan: &Plan, opts: RunOptions) -> Result<RunSummary, StageError
             incomplete: s.incomplete.load(Ordering::Relaxed),
         })
         .collect();
-    let frames_in = stats.iter().filter(|s| s.role == Role::Source).map(|s| s.received.load(Ordering::Relaxed)).sum();
+    let frames_in = stats
+        .iter()
+        .filter(|s| s.role == Role::Source)
+        .map(|s| s.received.load(Ordering::Relaxed))
+        .sum();
     let fatal = shared.fatal.lock().ok().and_then(|f| f.clone());
     Ok(RunSummary {
         graph: shared.graph.clone(),
@@ -1016,5 +1121,9 @@ fn progress_bar(total: Option<u64>) -> indicatif::ProgressBar {
 
 /// Frames each stage has seen, by id (for tests and tools that run a plan in-process).
 pub fn stage_counts(summary: &RunSummary) -> HashMap<String, (u64, u64)> {
-    summary.stages.iter().map(|s| (s.id.clone(), (s.received, s.sent))).collect()
+    summary
+        .stages
+        .iter()
+        .map(|s| (s.id.clone(), (s.received, s.sent)))
+        .collect()
 }

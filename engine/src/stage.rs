@@ -39,12 +39,20 @@ pub struct OutPort {
 impl OutPort {
     /// A port named `name` adding `adds`, carrying the input's fields along.
     pub fn passing(name: &str, adds: &[&str]) -> Self {
-        OutPort { name: name.into(), adds: adds.iter().map(|s| s.to_string()).collect(), passthrough: true }
+        OutPort {
+            name: name.into(),
+            adds: adds.iter().map(|s| s.to_string()).collect(),
+            passthrough: true,
+        }
     }
 
     /// A port named `name` whose messages carry only `adds`.
     pub fn fresh(name: &str, adds: &[&str]) -> Self {
-        OutPort { name: name.into(), adds: adds.iter().map(|s| s.to_string()).collect(), passthrough: false }
+        OutPort {
+            name: name.into(),
+            adds: adds.iter().map(|s| s.to_string()).collect(),
+            passthrough: false,
+        }
     }
 }
 
@@ -116,7 +124,10 @@ pub struct StageError {
 impl StageError {
     /// A new error of `class`.
     pub fn new(class: &'static str, message: impl Into<String>) -> Self {
-        StageError { class, message: message.into() }
+        StageError {
+            class,
+            message: message.into(),
+        }
     }
 
     /// An input the stage cannot use (missing field, wrong shape).

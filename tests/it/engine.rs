@@ -32,13 +32,19 @@ probe = "bound"
     let p = probe("bound");
     let seen = p.seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 10_000, "every frame arrives");
-    assert!(seen.iter().enumerate().all(|(i, s)| *s == i as u64), "exactly once, in order");
+    assert!(
+        seen.iter().enumerate().all(|(i, s)| *s == i as u64),
+        "exactly once, in order"
+    );
     // Three edges of 4 places, plus one frame in the hands of each of the 4 stages.
     let bound = 3 * 4 + 4;
     let max = p.max.load(Ordering::SeqCst);
     println!("frames alive at most: {max} (bound {bound})");
     assert!(max <= bound, "{max} frames were alive at once, over the bound {bound}");
-    assert!(max >= 4, "the slow stage should have filled its queue (max alive {max})");
+    assert!(
+        max >= 4,
+        "the slow stage should have filled its queue (max alive {max})"
+    );
     assert_eq!(p.now.load(Ordering::SeqCst), 0, "no frame leaked");
     assert_eq!(s.failed, 0);
     assert_eq!(s.dropped, 0);
@@ -72,7 +78,10 @@ probe = "{name}"
     let dropped = stage(&s, "slow").dropped;
     println!("{policy}: in {} out {} dropped {dropped}", s.frames_in, seen.len());
     assert_eq!(s.frames_in, 3000);
-    assert!(dropped > 0, "a source 10x faster than its consumer must drop with {policy}");
+    assert!(
+        dropped > 0,
+        "a source 10x faster than its consumer must drop with {policy}"
+    );
     assert_eq!(seen.len() as u64 + dropped, 3000, "frames in = frames out + dropped");
     assert!(seen.windows(2).all(|w| w[0] < w[1]), "survivors keep their order");
     assert_eq!(p.now.load(Ordering::SeqCst), 0);
@@ -140,7 +149,11 @@ probe = "restart"
         dir.path(),
     );
     let seen = probe("restart").seen.lock().unwrap().clone();
-    assert_eq!(seen.len(), 90, "the 10 frames in flight at the panics are lost, the rest arrive");
+    assert_eq!(
+        seen.len(),
+        90,
+        "the 10 frames in flight at the panics are lost, the rest arrive"
+    );
     assert!(!seen.contains(&13));
     let bad = stage(&s, "bad");
     assert_eq!(bad.restarts, 10);
@@ -149,7 +162,10 @@ probe = "restart"
     assert!(s.failed(), "failed frames make a non-zero exit");
     let log = std::fs::read_to_string(dir.path().join("errors.jsonl")).unwrap();
     assert_eq!(log.lines().count(), 10);
-    assert!(log.contains("\"frame\":\"0:3\""), "the frame in flight is reported: {log}");
+    assert!(
+        log.contains("\"frame\":\"0:3\""),
+        "the frame in flight is reported: {log}"
+    );
     assert!(log.contains("injected fault"));
 }
 

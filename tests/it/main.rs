@@ -1,4 +1,5 @@
 //! Integration tests of dataflow: one binary, one module per area.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod cli;
 mod engine;

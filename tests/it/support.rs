@@ -70,10 +70,16 @@ impl StageKind for Tracked {
     const ROLE: Role = Role::Source;
     const DOC: &'static str = "test source counting live frames";
     fn ports(_: &Self::Config) -> Ports {
-        Ports { outputs: vec![OutPort::fresh("out", &["guard"])], ..Ports::default() }
+        Ports {
+            outputs: vec![OutPort::fresh("out", &["guard"])],
+            ..Ports::default()
+        }
     }
     fn build(c: &Self::Config, _: &BuildContext) -> Result<Built, StageError> {
-        Ok(Built::Source(Box::new(TrackedRun { left: c.frames, probe: probe(&c.probe) })))
+        Ok(Built::Source(Box::new(TrackedRun {
+            left: c.frames,
+            probe: probe(&c.probe),
+        })))
     }
 }
 
@@ -135,7 +141,10 @@ impl StageKind for Fault {
     const ROLE: Role = Role::Transform;
     const DOC: &'static str = "test stage that panics";
     fn ports(_: &Self::Config) -> Ports {
-        Ports { outputs: vec![OutPort::passing("out", &[])], ..Ports::default() }
+        Ports {
+            outputs: vec![OutPort::passing("out", &[])],
+            ..Ports::default()
+        }
     }
     fn build(c: &Self::Config, _: &BuildContext) -> Result<Built, StageError> {
         Ok(Built::Stage(Box::new(FaultRun(c.every, c.at))))
@@ -153,7 +162,11 @@ pub fn registry() -> Registry {
 pub fn run_text(text: &str, out: &Path) -> RunSummary {
     let src = GraphSource::from_text(Path::new("test.toml"), text.to_string(), &[]).unwrap();
     let plan = dataflow_engine::plan(&src, &registry()).unwrap_or_else(|d| panic!("{d}"));
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let mut opts = RunOptions::new(out.to_path_buf());
     opts.progress = false;
     opts.handle_signals = false;
@@ -184,5 +197,8 @@ pub fn root() -> PathBuf {
 
 /// The summary of a stage by id.
 pub fn stage<'a>(s: &'a RunSummary, id: &str) -> &'a dataflow_engine::runtime::StageSummary {
-    s.stages.iter().find(|st| st.id == id).unwrap_or_else(|| panic!("no stage {id}"))
+    s.stages
+        .iter()
+        .find(|st| st.id == id)
+        .unwrap_or_else(|| panic!("no stage {id}"))
 }
