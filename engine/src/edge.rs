@@ -35,7 +35,8 @@ pub(crate) struct Edge {
     sem: Arc<Semaphore>,
     /// Tickets not yet taken by the consumer, oldest first (`drop_oldest` only).
     pending: Mutex<VecDeque<Weak<Ticket>>>,
-    pub dropped: AtomicU64,
+    /// Drops on this edge; shared with the consumer stage's counters.
+    pub dropped: Arc<AtomicU64>,
     depth: Gauge,
     blocked: Histogram,
     dropped_metric: Counter,
@@ -68,7 +69,14 @@ impl Ticket {
 }
 
 impl Edge {
-    pub fn new(from: &str, to: &str, input: usize, capacity: usize, policy: WhenFull) -> Arc<Edge> {
+    pub fn new(
+        from: &str,
+        to: &str,
+        input: usize,
+        capacity: usize,
+        policy: WhenFull,
+        dropped: Arc<AtomicU64>,
+    ) -> Arc<Edge> {
         let labels = [(names::LABEL_FROM, from.to_string()), (names::LABEL_TO, to.to_string())];
         metrics::gauge!(names::EDGE_CAPACITY, &labels).set(capacity as f64);
         let reason = match policy {
@@ -84,7 +92,7 @@ impl Edge {
             policy,
             sem: Arc::new(Semaphore::new(capacity)),
             pending: Mutex::new(VecDeque::new()),
-            dropped: AtomicU64::new(0),
+            dropped,
             depth: metrics::gauge!(names::EDGE_QUEUE_DEPTH, &labels),
             blocked: metrics::histogram!(names::EDGE_SEND_BLOCKED_SECONDS, &labels),
             dropped_metric: metrics::counter!(names::STAGE_DROPPED, names::LABEL_STAGE => to.to_string(), names::LABEL_REASON => reason),

@@ -57,8 +57,8 @@ pub struct StageStats {
     pub sent: AtomicU64,
     /// Failed frames (errors and panics).
     pub errors: AtomicU64,
-    /// Messages dropped on this stage's input edges.
-    pub dropped: AtomicU64,
+    /// Messages dropped on this stage's input edges (the edges count into it).
+    pub dropped: Arc<AtomicU64>,
     /// Restarts after a panic.
     pub restarts: AtomicU64,
     /// Joined frames emitted with parts missing.
@@ -86,7 +86,7 @@ impl StageStats {
             received: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             errors: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
+            dropped: Arc::new(AtomicU64::new(0)),
             restarts: AtomicU64::new(0),
             incomplete: AtomicU64::new(0),
             busy_ns: AtomicU64::new(0),
@@ -373,11 +373,9 @@ async fn route(group: &Group, shared: &RunShared, outputs: Vec<(usize, Message)>
             let m = if k == last { msg.take() } else { msg.clone() };
             let Some(m) = m else { continue };
             let (part, seq) = (m.part, m.id.seq);
-            match edge.admit(m).await {
-                Some(ticket) => consumer.dispatch(edge.input, ticket, part, seq),
-                None => {
-                    shared.stats[consumer.index].dropped.fetch_add(1, Ordering::Relaxed);
-                }
+            // `None`: dropped by policy, already counted by the edge.
+            if let Some(ticket) = edge.admit(m).await {
+                consumer.dispatch(edge.input, ticket, part, seq);
             }
         }
     }
@@ -878,7 +876,7 @@ pub async fn run(plan: &Plan, opts: RunOptions) -> Result<RunSummary, StageError
                     .filter_map(|&(c, input)| {
                         let cs = &plan.stages[c];
                         let g = groups[c].clone()?;
-                        let e = Edge::new(&s.id, &cs.id, input, cs.mailbox, cs.when_full);
+                        let e = Edge::new(&s.id, &cs.id, input, cs.mailbox, cs.when_full, stats[c].dropped.clone());
                         all_edges.push(e.clone());
                         Some((e, g))
                     })

@@ -3,4 +3,7 @@
 
 mod cli;
 mod engine;
+mod graphs;
+mod monitoring;
+mod multisc;
 mod support;
