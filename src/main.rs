@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use dataflow_engine::{GraphSource, Override, Registry, RunOptions};
+use dataflow_monitoring::LogFormat;
 
 #[derive(Parser)]
 #[command(
@@ -17,15 +18,12 @@ use dataflow_engine::{GraphSource, Override, Registry, RunOptions};
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    /// Log format on stderr: `text` or `json`.
+    #[arg(long, global = true, default_value = "text")]
     log_format: LogFormat,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
+    /// More log detail (-v debug, -vv trace); `RUST_LOG` overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -64,6 +62,9 @@ enum Command {
         /// Seconds a drain after Ctrl-C may take before the run is aborted.
         #[arg(long, default_value_t = 30.0)]
         drain_timeout: f64,
+        /// Keep serving the metrics this many seconds after the run ends (so a short run can be scraped).
+        #[arg(long, default_value_t = 0.0)]
+        linger: f64,
     },
     /// Check graph files and report every error at once (exit 1 on errors).
     Validate {
@@ -85,6 +86,34 @@ enum Command {
     Schema,
     /// List the stage kinds.
     Kinds,
+    /// Check the set-up: ONNX Runtime, execution providers, GPU, assets, the models each shipped graph needs.
+    Doctor {
+        /// Graph files to check (default: every file in graphs/).
+        graphs: Vec<PathBuf>,
+    },
+    /// Models and data files of the offline tier.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+    /// Live view of a running pipeline: rate, queue, utilization and errors per stage.
+    Top {
+        /// The metrics endpoint of `dataflow run`.
+        #[arg(default_value = dataflow_monitoring::DEFAULT_LISTEN)]
+        addr: String,
+        /// Print one table and exit.
+        #[arg(long)]
+        once: bool,
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Every asset with its source package, licence and state.
+    List,
 }
 
 fn registry() -> Registry {
@@ -205,6 +234,22 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Doctor { graphs } => doctor(&graphs, &registry),
+        Command::Models {
+            command: ModelsCommand::List,
+        } => {
+            models_list();
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Top { addr, once, interval } => {
+            let opts = dataflow_monitoring::top::TopOptions {
+                endpoint: addr,
+                interval: Duration::from_secs_f64(interval.max(0.1)),
+                once,
+            };
+            dataflow_monitoring::top::run(&opts, &mut std::io::stdout())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Kinds => {
             for k in registry.kinds() {
                 println!(
@@ -223,6 +268,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             metrics,
             no_progress,
             drain_timeout,
+            linger,
         } => {
             let src = match load(&graph, &overrides, &registry) {
                 Ok(s) => s,
@@ -243,7 +289,23 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 eprintln!("{d}");
                 return Ok(ExitCode::from(1));
             }
-            let _ = metrics;
+            let listen = metrics
+                .or_else(|| plan.metrics_listen.clone())
+                .unwrap_or_else(|| dataflow_monitoring::DEFAULT_LISTEN.to_string());
+            if listen != "off" {
+                match dataflow_monitoring::install_exporter(&listen) {
+                    Ok(addr) => {
+                        dataflow_monitoring::describe_all();
+                        eprintln!("metrics: http://{addr}/metrics (watch with `dataflow top {addr}`)");
+                    }
+                    Err(e) => {
+                        eprintln!(
+                            "error: metrics endpoint: {e}\n  help: pass --metrics ADDR (e.g. 127.0.0.1:0 for any free port) or --metrics off"
+                        );
+                        return Ok(ExitCode::from(1));
+                    }
+                }
+            }
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -256,11 +318,108 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             let _ = std::fs::write(out_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?);
             eprint!("{}", summary.render());
+            if linger > 0.0 {
+                eprintln!("serving metrics for {linger} s more (--linger)");
+                std::thread::sleep(Duration::from_secs_f64(linger));
+            }
             Ok(if summary.failed() {
                 ExitCode::from(2)
             } else {
                 ExitCode::SUCCESS
             })
         }
+    }
+}
+
+fn models_list() {
+    let statuses = dataflow_models::assets::check_assets();
+    println!("{:<34} {:<9} {:<34} {}", "asset", "state", "source", "licence");
+    for a in statuses {
+        let state = match (a.present, a.sha256_ok) {
+            (true, true) => "ok",
+            (true, false) => "CORRUPT",
+            (false, _) if a.optional => "optional",
+            (false, _) => "MISSING",
+        };
+        println!("{:<34} {:<9} {:<34} {}", a.name, state, a.source, a.license);
+    }
+}
+
+/// What `dataflow doctor` prints: the runtime, providers, GPU, assets and per-graph needs.
+fn doctor(graphs: &[PathBuf], registry: &Registry) -> Result<ExitCode> {
+    let mut problems = 0;
+    match dataflow_models::runtime::runtime() {
+        Ok(rt) => {
+            println!("ONNX Runtime {} at {}", rt.version(), rt.dylib_path().display());
+            println!("execution providers: {}", rt.providers().join(", "));
+            println!(
+                "CUDA provider: {}",
+                if rt.has_cuda() {
+                    "available"
+                } else {
+                    "not in this runtime (scripts/setup-assets --gpu)"
+                }
+            );
+        }
+        Err(e) => {
+            problems += 1;
+            println!("ONNX Runtime: NOT FOUND: {e}");
+        }
+    }
+    let gpu = Path::new("/dev/nvidia0").exists() || Path::new("/proc/driver/nvidia/version").exists();
+    println!("NVIDIA GPU: {}", if gpu { "seen" } else { "none seen" });
+    println!();
+    let statuses = dataflow_models::assets::check_assets();
+    for a in &statuses {
+        let ok = a.present && a.sha256_ok;
+        if !ok && !a.optional {
+            problems += 1;
+        }
+        let state = if ok {
+            "ok"
+        } else if a.present {
+            "checksum MISMATCH"
+        } else if a.optional {
+            "not installed (optional)"
+        } else {
+            "MISSING"
+        };
+        println!("{:<34} {:<26} {}", a.name, state, a.path.display());
+    }
+    println!();
+    let files: Vec<PathBuf> = if graphs.is_empty() {
+        let mut v: Vec<PathBuf> = std::fs::read_dir("graphs")
+            .map(|d| {
+                d.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    } else {
+        graphs.to_vec()
+    };
+    for g in files {
+        let verdict = load(&g, &OverrideArgs::default(), registry)
+            .and_then(|src| dataflow_engine::plan(&src, registry).map_err(|d| d.to_string()))
+            .and_then(|plan| {
+                let tmp = std::env::temp_dir().join("dataflow-doctor");
+                dataflow_engine::plan::check_resources(&plan, &tmp).map_err(|d| d.to_string())
+            });
+        match verdict {
+            Ok(()) => println!("{}: ready", g.display()),
+            Err(e) => {
+                problems += 1;
+                println!("{}: NOT READY\n{e}", g.display());
+            }
+        }
+    }
+    if problems > 0 {
+        println!("\n{problems} problem(s); `make setup` (scripts/setup-assets) fetches the offline assets");
+        Ok(ExitCode::from(1))
+    } else {
+        println!("\nall good");
+        Ok(ExitCode::SUCCESS)
     }
 }
