@@ -17,6 +17,8 @@ build:
 run: setup build
 	./target/release/dataflow run $(GRAPH)
 
+# The model tests skip when assets are missing unless this is set: after `setup` they must run.
+test: export DATAFLOW_REQUIRE_ASSETS = 1
 test: setup
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --all-features --no-fail-fast; \

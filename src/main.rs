@@ -333,7 +333,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
 
 fn models_list() {
     let statuses = dataflow_models::assets::check_assets();
-    println!("{:<34} {:<9} {:<34} {}", "asset", "state", "source", "licence");
+    println!("{:<34} {:<9} {:<34} licence", "asset", "state", "source");
     for a in statuses {
         let state = match (a.present, a.sha256_ok) {
             (true, true) => "ok",
