@@ -202,3 +202,146 @@ pub fn stage<'a>(s: &'a RunSummary, id: &str) -> &'a dataflow_engine::runtime::S
         .find(|st| st.id == id)
         .unwrap_or_else(|| panic!("no stage {id}"))
 }
+
+// Helpers for the Multi-SC and shipped-graph tests ------------------------------------
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FixedTextConfig {
+    text: String,
+}
+
+/// Transform that replaces every message by one whose `text` is a fixed string, keeping
+/// its frame id and part (so every tile of a frame sends the same caption).
+pub struct FixedText;
+struct FixedTextRun(Arc<str>);
+impl Stage for FixedTextRun {
+    fn process(&mut self, input: Input, out: &mut Outputs) -> Result<(), StageError> {
+        if let Input::Message { msg, .. } = input {
+            out.emit(msg.derive(Fields::new().with("text", Value::Text(self.0.clone()))));
+        }
+        Ok(())
+    }
+}
+impl StageKind for FixedText {
+    type Config = FixedTextConfig;
+    const NAME: &'static str = "fixed_text";
+    const ROLE: Role = Role::Transform;
+    const DOC: &'static str = "test stage giving every message the same text";
+    fn ports(_: &Self::Config) -> Ports {
+        Ports {
+            outputs: vec![OutPort::fresh("out", &["text"])],
+            ..Ports::default()
+        }
+    }
+    fn build(c: &Self::Config, _: &BuildContext) -> Result<Built, StageError> {
+        Ok(Built::Stage(Box::new(FixedTextRun(Arc::from(c.text.as_str())))))
+    }
+}
+
+/// [`run_text`] with the extra kind [`FixedText`] registered.
+pub fn run_text_fixed(text: &str, out: &Path) -> RunSummary {
+    let mut reg = registry();
+    reg.register::<FixedText>();
+    let src = GraphSource::from_text(Path::new("test.toml"), text.to_string(), &[]).unwrap();
+    let plan = dataflow_engine::plan(&src, &reg).unwrap_or_else(|d| panic!("{d}"));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut opts = RunOptions::new(out.to_path_buf());
+    opts.progress = false;
+    opts.handle_signals = false;
+    rt.block_on(dataflow_engine::run(&plan, opts)).unwrap()
+}
+
+/// Runs `dataflow run <graph> --out <out> --no-progress --metrics off <args>` in the
+/// workspace root and returns what it printed; stderr is echoed for the test log.
+pub fn run_graph(graph: &Path, out: &Path, args: &[&str]) -> std::process::Output {
+    let t0 = std::time::Instant::now();
+    let o = std::process::Command::new(bin())
+        .current_dir(root())
+        .env("RUST_LOG", "warn")
+        .arg("run")
+        .arg(graph)
+        .arg("--out")
+        .arg(out)
+        .args(["--no-progress", "--metrics", "off"])
+        .args(args)
+        .output()
+        .unwrap();
+    println!(
+        "dataflow run {} {args:?}: {:?} in {:.1} s\n{}",
+        graph.display(),
+        o.status.code(),
+        t0.elapsed().as_secs_f64(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+/// The Kodak24 folder (768x512 PNGs).
+pub fn kodak_dir() -> PathBuf {
+    root().join("../shared/datasets/kodak24")
+}
+
+/// Copies the named Kodak images (e.g. `kodim03`) into `dir` (created).
+pub fn copy_kodak(dir: &Path, names: &[&str]) {
+    std::fs::create_dir_all(dir).unwrap();
+    for n in names {
+        let f = format!("{n}.png");
+        std::fs::copy(kodak_dir().join(&f), dir.join(&f)).unwrap_or_else(|e| panic!("copying {f}: {e}"));
+    }
+}
+
+/// A CSV file (RFC 4180 quoting) as rows keyed by column name.
+pub fn read_csv(path: &Path) -> Vec<HashMap<String, String>> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut records: Vec<Vec<String>> = Vec::new();
+    let (mut row, mut field, mut quoted, mut chars) = (Vec::new(), String::new(), false, text.chars().peekable());
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            (true, '"') => quoted = false,
+            (true, c) => field.push(c),
+            (false, '"') => quoted = true,
+            (false, ',') => row.push(std::mem::take(&mut field)),
+            (false, '\r') => {}
+            (false, '\n') => {
+                row.push(std::mem::take(&mut field));
+                records.push(std::mem::take(&mut row));
+            }
+            (false, c) => field.push(c),
+        }
+    }
+    if !field.is_empty() || !row.is_empty() {
+        row.push(field);
+        records.push(row);
+    }
+    let mut it = records.into_iter();
+    let header = it.next().unwrap_or_default();
+    it.map(|r| {
+        assert_eq!(r.len(), header.len(), "ragged CSV row in {}", path.display());
+        header.iter().cloned().zip(r).collect()
+    })
+    .collect()
+}
+
+/// A numeric CSV cell.
+pub fn num(row: &HashMap<String, String>, col: &str) -> f64 {
+    let v = row.get(col).unwrap_or_else(|| panic!("no column {col} in {row:?}"));
+    v.parse().unwrap_or_else(|e| panic!("column {col}: {v:?}: {e}"))
+}
+
+/// The parts of a `" | "`-joined texts cell.
+pub fn texts(row: &HashMap<String, String>, col: &str) -> Vec<String> {
+    row.get(col)
+        .unwrap_or_else(|| panic!("no column {col}"))
+        .split(" | ")
+        .map(str::to_string)
+        .collect()
+}
