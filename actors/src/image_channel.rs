@@ -12,10 +12,11 @@ use std::io::Cursor;
 use dataflow_engine::{
     BuildContext, Built, Image, Input, OutPort, Outputs, Ports, Role, Stage, StageError, StageKind, Value,
 };
-use dataflow_models::channel::{channel_rng, ideal, transmit_bytes, Modulation, Transmission};
-use dataflow_monitoring::names;
+use dataflow_models::channel::Modulation;
 use schemars::JsonSchema;
 use serde::Deserialize;
+
+use crate::util::Link;
 
 /// Channel coding of the slice.
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
@@ -65,14 +66,9 @@ fn default_coding() -> Coding {
 pub struct ImageChannel;
 
 struct Run {
-    snr_db: f64,
-    modulation: Modulation,
-    ideal: bool,
+    link: Link,
     quality: u8,
-    seed: u64,
     stage: String,
-    bits: metrics::Counter,
-    errors: metrics::Counter,
 }
 
 fn jpeg(img: &image::DynamicImage, quality: u8) -> Result<Vec<u8>, StageError> {
@@ -81,17 +77,6 @@ fn jpeg(img: &image::DynamicImage, quality: u8) -> Result<Vec<u8>, StageError> {
     img.write_with_encoder(enc)
         .map_err(|e| StageError::new("encode", format!("JPEG encoding failed: {e}")))?;
     Ok(buf.into_inner())
-}
-
-impl Run {
-    fn send(&self, bytes: &[u8], seq: u64, stream: u32) -> Result<Transmission, StageError> {
-        if self.ideal {
-            return Ok(ideal(bytes, self.modulation));
-        }
-        let mut rng = channel_rng(self.seed, &self.stage, seq, stream);
-        transmit_bytes(bytes, self.modulation, self.snr_db, &mut rng)
-            .map_err(|e| StageError::input(format!("channel: {e}")))
-    }
 }
 
 impl Stage for Run {
@@ -115,12 +100,10 @@ impl Stage for Run {
         let colour_bytes = jpeg(&image::DynamicImage::ImageRgb8(rgb), self.quality)?;
         let alpha_bytes = jpeg(&image::DynamicImage::ImageLuma8(alpha), self.quality)?;
         // Two independent draws: the part index 0/1 picks the stream of each.
-        let tc = self.send(&colour_bytes, msg.id.seq, 0)?;
-        let ta = self.send(&alpha_bytes, msg.id.seq, 1)?;
+        let tc = self.link.send(&colour_bytes, msg.id.seq, 0)?;
+        let ta = self.link.send(&alpha_bytes, msg.id.seq, 1)?;
         let bits = tc.bits + ta.bits;
         let bit_errors = tc.bit_errors + ta.bit_errors;
-        self.bits.increment(bits);
-        self.errors.increment(bit_errors);
         let decoded = std::panic::catch_unwind(|| {
             let c = image::load_from_memory_with_format(&tc.received, image::ImageFormat::Jpeg)
                 .ok()?
@@ -192,26 +175,10 @@ impl StageKind for ImageChannel {
                 c.quality
             )));
         }
-        if !c.snr_db.is_finite() {
-            return Err(StageError::input(format!(
-                "`snr_db` must be a finite number, got {}",
-                c.snr_db
-            )));
-        }
-        let labels = [
-            (names::LABEL_STAGE, ctx.stage.clone()),
-            (names::LABEL_MODULATION, c.modulation.to_string()),
-        ];
-        metrics::gauge!(names::CHANNEL_SNR_DB, names::LABEL_STAGE => ctx.stage.clone()).set(c.snr_db);
         Ok(Built::Stage(Box::new(Run {
-            snr_db: c.snr_db,
-            modulation: c.modulation,
-            ideal: c.ideal,
+            link: Link::new(c.snr_db, c.modulation, c.ideal, ctx)?,
             quality: c.quality,
-            seed: ctx.seed,
             stage: ctx.stage.clone(),
-            bits: metrics::counter!(names::CHANNEL_BITS, &labels),
-            errors: metrics::counter!(names::CHANNEL_BIT_ERRORS, &labels),
         })))
     }
 }

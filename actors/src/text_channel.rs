@@ -10,10 +10,11 @@
 use std::sync::Arc;
 
 use dataflow_engine::{BuildContext, Built, Input, OutPort, Outputs, Ports, Role, Stage, StageError, StageKind, Value};
-use dataflow_models::channel::{channel_rng, decode_text_lossy, ideal, transmit_bytes, Modulation};
-use dataflow_monitoring::names;
+use dataflow_models::channel::{decode_text_lossy, Modulation};
 use schemars::JsonSchema;
 use serde::Deserialize;
+
+use crate::util::Link;
 
 /// Keys of `text_channel` (inherited from `[channel]` when not set).
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -41,11 +42,7 @@ fn default_modulation() -> Modulation {
 pub struct TextChannel;
 
 struct Run {
-    cfg: (f64, Modulation, bool),
-    seed: u64,
-    stage: String,
-    bits: metrics::Counter,
-    errors: metrics::Counter,
+    link: Link,
 }
 
 impl Stage for Run {
@@ -58,16 +55,7 @@ impl Stage for Run {
             .text("text")
             .ok_or_else(|| StageError::input(format!("frame {} has no `text` to send", msg.id)))?
             .to_string();
-        let (snr, modulation, is_ideal) = self.cfg;
-        let tx = if is_ideal {
-            ideal(sent.as_bytes(), modulation)
-        } else {
-            let mut rng = channel_rng(self.seed, &self.stage, msg.id.seq, msg.part.index);
-            transmit_bytes(sent.as_bytes(), modulation, snr, &mut rng)
-                .map_err(|e| StageError::input(format!("channel: {e}")))?
-        };
-        self.bits.increment(tx.bits);
-        self.errors.increment(tx.bit_errors);
+        let tx = self.link.send(sent.as_bytes(), msg.id.seq, msg.part.index)?;
         let received = decode_text_lossy(&tx.received);
         let mut fields = msg.fields.clone();
         fields.insert("sent", Value::Text(Arc::from(sent.as_str())));
@@ -95,23 +83,7 @@ impl StageKind for TextChannel {
     }
 
     fn build(c: &Self::Config, ctx: &BuildContext) -> Result<Built, StageError> {
-        if !c.snr_db.is_finite() {
-            return Err(StageError::input(format!(
-                "`snr_db` must be a finite number, got {}",
-                c.snr_db
-            )));
-        }
-        let labels = [
-            (names::LABEL_STAGE, ctx.stage.clone()),
-            (names::LABEL_MODULATION, c.modulation.to_string()),
-        ];
-        metrics::gauge!(names::CHANNEL_SNR_DB, names::LABEL_STAGE => ctx.stage.clone()).set(c.snr_db);
-        Ok(Built::Stage(Box::new(Run {
-            cfg: (c.snr_db, c.modulation, c.ideal),
-            seed: ctx.seed,
-            stage: ctx.stage.clone(),
-            bits: metrics::counter!(names::CHANNEL_BITS, &labels),
-            errors: metrics::counter!(names::CHANNEL_BIT_ERRORS, &labels),
-        })))
+        let link = Link::new(c.snr_db, c.modulation, c.ideal, ctx)?;
+        Ok(Built::Stage(Box::new(Run { link })))
     }
 }

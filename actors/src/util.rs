@@ -118,3 +118,66 @@ pub fn merge_joined(j: &dataflow_engine::Joined) -> dataflow_engine::Fields {
     }
     f
 }
+
+/// One digital link of a channel stage: modulation and AWGN at an SNR, seeded per
+/// graph, stage, frame and stream, with the bit counters of DESIGN §8.
+pub struct Link {
+    snr_db: f64,
+    modulation: dataflow_models::channel::Modulation,
+    ideal: bool,
+    seed: u64,
+    stage: String,
+    bits: metrics::Counter,
+    errors: metrics::Counter,
+}
+
+impl Link {
+    /// A link for stage `ctx.stage`; checks the SNR and registers the channel metrics.
+    pub fn new(
+        snr_db: f64,
+        modulation: dataflow_models::channel::Modulation,
+        ideal: bool,
+        ctx: &dataflow_engine::BuildContext,
+    ) -> Result<Link, StageError> {
+        use dataflow_monitoring::names;
+        if !snr_db.is_finite() {
+            return Err(StageError::input(format!(
+                "`snr_db` must be a finite number, got {snr_db}"
+            )));
+        }
+        let labels = [
+            (names::LABEL_STAGE, ctx.stage.clone()),
+            (names::LABEL_MODULATION, modulation.to_string()),
+        ];
+        metrics::gauge!(names::CHANNEL_SNR_DB, names::LABEL_STAGE => ctx.stage.clone()).set(snr_db);
+        Ok(Link {
+            snr_db,
+            modulation,
+            ideal,
+            seed: ctx.seed,
+            stage: ctx.stage.clone(),
+            bits: metrics::counter!(names::CHANNEL_BITS, &labels),
+            errors: metrics::counter!(names::CHANNEL_BIT_ERRORS, &labels),
+        })
+    }
+
+    /// Sends `bytes` of frame `seq`, stream `stream` (tile or sub-stream), and counts the bits.
+    pub fn send(
+        &self,
+        bytes: &[u8],
+        seq: u64,
+        stream: u32,
+    ) -> Result<dataflow_models::channel::Transmission, StageError> {
+        use dataflow_models::channel::{channel_rng, ideal, transmit_bytes};
+        let tx = if self.ideal {
+            ideal(bytes, self.modulation)
+        } else {
+            let mut rng = channel_rng(self.seed, &self.stage, seq, stream);
+            transmit_bytes(bytes, self.modulation, self.snr_db, &mut rng)
+                .map_err(|e| StageError::input(format!("channel: {e}")))?
+        };
+        self.bits.increment(tx.bits);
+        self.errors.increment(tx.bit_errors);
+        Ok(tx)
+    }
+}

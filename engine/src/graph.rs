@@ -120,32 +120,17 @@ impl GraphSource {
 
     /// Parses graph text that claims to come from `path`.
     pub fn from_text(path: &Path, text: String, overrides: &[Override]) -> Result<GraphSource, Diagnostics> {
-        let doc = match toml_edit::Document::parse(text.clone()) {
-            Ok(d) => d,
-            Err(e) => {
-                let location = e.span().map(|s| offset_to_location(&text, s.start));
-                return Err(Diagnostics(vec![Diagnostic {
-                    file: path.to_path_buf(),
-                    location,
-                    stage: None,
-                    message: format!("not a valid TOML graph file: {}", e.message()),
-                    help: Some("a stage is a table `[stage.<id>]`; each id may appear once".into()),
-                }]));
-            }
+        let syntax = |span: Option<Range<usize>>, message: &str| {
+            Diagnostics(vec![Diagnostic {
+                file: path.to_path_buf(),
+                location: span.map(|s| offset_to_location(&text, s.start)),
+                stage: None,
+                message: format!("not a valid TOML graph file: {message}"),
+                help: Some("a stage is a table `[stage.<id>]`; each id may appear once".into()),
+            }])
         };
-        let mut values: toml::Table = match toml::from_str(&text) {
-            Ok(v) => v,
-            Err(e) => {
-                let location = e.span().map(|s| offset_to_location(&text, s.start));
-                return Err(Diagnostics(vec![Diagnostic {
-                    file: path.to_path_buf(),
-                    location,
-                    stage: None,
-                    message: format!("not a valid TOML graph file: {}", e.message()),
-                    help: None,
-                }]));
-            }
-        };
+        let doc = toml_edit::Document::parse(text.clone()).map_err(|e| syntax(e.span(), e.message()))?;
+        let mut values: toml::Table = toml::from_str(&text).map_err(|e| syntax(e.span(), e.message()))?;
         let mut errors = Vec::new();
         for o in overrides {
             if let Err(m) = apply_override(&mut values, o) {
