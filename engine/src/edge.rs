@@ -68,6 +68,24 @@ impl Ticket {
     }
 }
 
+/// A message admitted to an edge, as it travels in the consumer's mailbox.
+pub(crate) enum Delivery {
+    /// `block` and `drop_newest` edges: nobody can take it back, so no ticket is needed.
+    Direct(Message, Permit),
+    /// `drop_oldest` edges: a producer may still empty the ticket.
+    Queued(Arc<Ticket>),
+}
+
+impl Delivery {
+    /// The message and its place; `None` when it was discarded on the way.
+    pub fn take(self) -> Option<(Message, Permit)> {
+        match self {
+            Delivery::Direct(m, p) => Some((m, p)),
+            Delivery::Queued(t) => t.take(),
+        }
+    }
+}
+
 impl Edge {
     pub fn new(
         from: &str,
@@ -117,7 +135,7 @@ impl Edge {
     }
 
     /// Admits `msg` according to the edge's policy; `None` when it was dropped.
-    pub async fn admit(self: &Arc<Self>, msg: Message) -> Option<Arc<Ticket>> {
+    pub async fn admit(self: &Arc<Self>, msg: Message) -> Option<Delivery> {
         let permit = match self.sem.clone().try_acquire_owned() {
             Ok(p) => self.wrap(p),
             Err(_) => match self.policy {
@@ -134,16 +152,17 @@ impl Edge {
             },
         };
         self.depth.set(self.depth() as f64);
+        if self.policy != WhenFull::DropOldest {
+            return Some(Delivery::Direct(msg, permit));
+        }
         let ticket = Arc::new(Ticket {
             slot: Mutex::new(Some((msg, permit))),
         });
-        if self.policy == WhenFull::DropOldest {
-            if let Ok(mut q) = self.pending.lock() {
-                q.retain(|w| w.strong_count() > 0);
-                q.push_back(Arc::downgrade(&ticket));
-            }
+        if let Ok(mut q) = self.pending.lock() {
+            q.retain(|w| w.strong_count() > 0);
+            q.push_back(Arc::downgrade(&ticket));
         }
-        Some(ticket)
+        Some(Delivery::Queued(ticket))
     }
 
     async fn wait(self: &Arc<Self>, frame: crate::message::FrameId) -> Option<Permit> {

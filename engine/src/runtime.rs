@@ -32,7 +32,7 @@ use metrics::{Counter, Gauge, Histogram};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{oneshot, Notify};
 
-use crate::edge::{Edge, Permit, Ticket};
+use crate::edge::{Delivery, Edge, Permit};
 use crate::message::{FrameId, Message, Part};
 use crate::plan::{Plan, Restart};
 use crate::registry::Configured;
@@ -296,7 +296,7 @@ pub(crate) enum StageMsg {
     Data {
         input: usize,
         order: u64,
-        ticket: Arc<Ticket>,
+        delivery: Delivery,
     },
     /// End of stream on one input edge.
     Eos,
@@ -319,7 +319,7 @@ struct Group {
     index: usize,
     role: Role,
     replicas: OnceLock<Vec<ActorRef<StageMsg>>>,
-    /// Serialises numbering and enqueueing, so numbers follow mailbox order.
+    /// Serialises numbering and enqueueing, so numbers follow mailbox order (sequenced groups only).
     dispatch_lock: Mutex<u64>,
     /// Present when replicas > 1: restores arrival order downstream.
     sequencer: Option<tokio::sync::Mutex<Sequencer>>,
@@ -332,7 +332,7 @@ struct Group {
 }
 
 impl Group {
-    fn dispatch(&self, input: usize, ticket: Arc<Ticket>, part: Part, seq: u64) {
+    fn dispatch(&self, input: usize, delivery: Delivery, part: Part, seq: u64) {
         let Some(refs) = self.replicas.get() else { return };
         let replica = if refs.len() == 1 {
             0
@@ -341,10 +341,13 @@ impl Group {
         } else {
             (seq % refs.len() as u64) as usize
         };
-        if let Ok(mut next) = self.dispatch_lock.lock() {
+        if self.sequencer.is_none() {
+            // Arrival numbers only matter to a sequencer.
+            let _ = refs[replica].send_message(StageMsg::Data { input, order: 0, delivery });
+        } else if let Ok(mut next) = self.dispatch_lock.lock() {
             let order = *next;
             *next += 1;
-            let _ = refs[replica].send_message(StageMsg::Data { input, order, ticket });
+            let _ = refs[replica].send_message(StageMsg::Data { input, order, delivery });
         }
     }
 
@@ -374,8 +377,8 @@ async fn route(group: &Group, shared: &RunShared, outputs: Vec<(usize, Message)>
             let Some(m) = m else { continue };
             let (part, seq) = (m.part, m.id.seq);
             // `None`: dropped by policy, already counted by the edge.
-            if let Some(ticket) = edge.admit(m).await {
-                consumer.dispatch(edge.input, ticket, part, seq);
+            if let Some(delivery) = edge.admit(m).await {
+                consumer.dispatch(edge.input, delivery, part, seq);
             }
         }
     }
@@ -708,10 +711,10 @@ impl Actor for StageActor {
         state: &mut ActorState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            StageMsg::Data { input, order, ticket } => {
+            StageMsg::Data { input, order, delivery } => {
                 let group = state.args.group.clone();
                 let shared = state.args.shared.clone();
-                let Some((msg, permit)) = ticket.take() else {
+                let Some((msg, permit)) = delivery.take() else {
                     // Discarded by a drop_oldest producer (already counted); keep the order moving.
                     complete(&group, &shared, order, Vec::new(), None).await;
                     return Ok(());
