@@ -343,7 +343,11 @@ impl Group {
         };
         if self.sequencer.is_none() {
             // Arrival numbers only matter to a sequencer.
-            let _ = refs[replica].send_message(StageMsg::Data { input, order: 0, delivery });
+            let _ = refs[replica].send_message(StageMsg::Data {
+                input,
+                order: 0,
+                delivery,
+            });
         } else if let Ok(mut next) = self.dispatch_lock.lock() {
             let order = *next;
             *next += 1;
