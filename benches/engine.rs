@@ -1,11 +1,14 @@
 //! Engine overhead: messages per second through `synthetic -> 8 × passthrough -> sink`
-//! next to a plain chain of tokio `mpsc::channel(4)` tasks making the same hops.
+//! next to a plain chain of tokio `mpsc::channel(4)` tasks making the same hops (the
+//! floor of what the runtime can cost), and next to the bare ractor chain of DESIGN.md §3
+//! (the engine's own mechanism, actors + a semaphore per edge, without its bookkeeping).
 //!
-//! `cargo bench --bench engine` prints one table. Both chains run in this process on
+//! `cargo bench --bench engine` prints one table. All chains run in this process on
 //! the same multi-thread tokio runtime (one worker per core, as `dataflow run` builds
-//! it), alternating, `BENCH_REPS` times each (default 5); the table shows medians.
+//! it), alternating, `BENCH_REPS` times each (default 5); the table shows medians and
+//! the median of the per-run ratios (`e/t` = engine ÷ tokio, `e/r` = engine ÷ ractor).
 //!
-//! - Hops: 9 in both chains (source → p1 → … → p8 → sink; producer → f1 → … → f8 → consumer).
+//! - Hops: 9 in every chain (source → p1 → … → p8 → sink; producer → f1 → … → f8 → consumer).
 //! - Rate: messages ÷ (last arrival at the sink − birth of the first message).
 //! - Latency per hop: each message's age at the sink (`Message::born` for the engine,
 //!   a send timestamp for the tokio chain) ÷ 9. "saturated" is with the source
@@ -16,7 +19,8 @@
 //!
 //! Environment: `BENCH_REPS`, `BENCH_SMALL_MSGS` (default 100000), `BENCH_LARGE_MSGS`
 //! (default 50000), `BENCH_PACED_MSGS` (default 4000), `BENCH_PACED_RATE`,
-//! `BENCH_PROM=0` to skip the run with a Prometheus recorder installed.
+//! `BENCH_PROM=0` to skip the run with a Prometheus recorder installed,
+//! `BENCH_ONLY=engine|tokio|ractor` to run one chain (for `perf record`).
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
@@ -232,6 +236,148 @@ async fn run_tokio(payload: usize, n: usize, rate: Option<f64>) -> Sample {
     sample(ages, n, elapsed)
 }
 
+// ---------------------------------------------------------------------------
+// The bare actor chain of DESIGN.md §3: 8 ractor actors forwarding a shared `Bytes`
+// under a 4-permit semaphore per edge (the permit travels with the message and is
+// dropped once the next hop has admitted it), i.e. the engine's mechanism without its
+// bookkeeping (tickets, stats, metrics, catch_unwind, dispatch lock, Outputs).
+
+type BareMsg = (Bytes, Instant, tokio::sync::OwnedSemaphorePermit);
+
+struct BareFwd;
+
+struct BareFwdArgs {
+    next: ractor::ActorRef<BareMsg>,
+    next_sem: Arc<tokio::sync::Semaphore>,
+}
+
+impl ractor::Actor for BareFwd {
+    type Msg = BareMsg;
+    type State = BareFwdArgs;
+    type Arguments = BareFwdArgs;
+
+    async fn pre_start(
+        &self,
+        _me: ractor::ActorRef<BareMsg>,
+        a: BareFwdArgs,
+    ) -> Result<BareFwdArgs, ractor::ActorProcessingErr> {
+        Ok(a)
+    }
+
+    async fn handle(
+        &self,
+        _me: ractor::ActorRef<BareMsg>,
+        (b, born, permit): BareMsg,
+        s: &mut BareFwdArgs,
+    ) -> Result<(), ractor::ActorProcessingErr> {
+        let p = s.next_sem.clone().acquire_owned().await?;
+        let _ = s.next.send_message((b, born, p));
+        drop(permit);
+        Ok(())
+    }
+}
+
+struct BareSink;
+
+struct BareSinkState {
+    n: usize,
+    seen: Seen,
+    done: Option<tokio::sync::oneshot::Sender<Seen>>,
+}
+
+impl ractor::Actor for BareSink {
+    type Msg = BareMsg;
+    type State = BareSinkState;
+    type Arguments = (usize, tokio::sync::oneshot::Sender<Seen>);
+
+    async fn pre_start(
+        &self,
+        _me: ractor::ActorRef<BareMsg>,
+        (n, done): (usize, tokio::sync::oneshot::Sender<Seen>),
+    ) -> Result<BareSinkState, ractor::ActorProcessingErr> {
+        Ok(BareSinkState {
+            n,
+            seen: Seen {
+                ages_ns: Vec::with_capacity(n),
+                ..Seen::default()
+            },
+            done: Some(done),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _me: ractor::ActorRef<BareMsg>,
+        (b, born, permit): BareMsg,
+        st: &mut BareSinkState,
+    ) -> Result<(), ractor::ActorProcessingErr> {
+        let now = Instant::now();
+        let s = &mut st.seen;
+        s.ages_ns.push(now.duration_since(born).as_nanos() as u64);
+        s.first_born.get_or_insert(born);
+        s.last_arrival = Some(now);
+        let p = b.as_ptr() as usize;
+        if *s.payload_ptr.get_or_insert(p) != p {
+            s.copies += 1;
+        }
+        drop(permit);
+        if s.ages_ns.len() == st.n {
+            if let Some(d) = st.done.take() {
+                let _ = d.send(std::mem::take(s));
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn run_ractor(payload: usize, n: usize, rate: Option<f64>) -> Sample {
+    use ractor::Actor;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let (sink, sink_h) = Actor::spawn(None, BareSink, (n, done_tx)).await.unwrap();
+    let mut cells = vec![(sink.get_cell(), sink_h)];
+    let mut next = sink;
+    let mut next_sem = Arc::new(tokio::sync::Semaphore::new(4));
+    for _ in 0..STAGES {
+        let sem = Arc::new(tokio::sync::Semaphore::new(4));
+        let (a, h) = Actor::spawn(None, BareFwd, BareFwdArgs { next, next_sem })
+            .await
+            .unwrap();
+        cells.push((a.get_cell(), h));
+        next = a;
+        next_sem = sem;
+    }
+    let payload = Bytes::from(vec![0xA5u8; payload]);
+    let handle = tokio::runtime::Handle::current();
+    let producer = std::thread::spawn(move || {
+        let period = rate.map(|r| Duration::from_secs_f64(1.0 / r));
+        let mut next_at = Instant::now();
+        for _ in 0..n {
+            if let Some(p) = period {
+                let now = Instant::now();
+                if next_at > now {
+                    std::thread::sleep(next_at - now);
+                }
+                next_at += p;
+            }
+            let Ok(permit) = handle.block_on(next_sem.clone().acquire_owned()) else {
+                break;
+            };
+            if next.send_message((payload.clone(), Instant::now(), permit)).is_err() {
+                break;
+            }
+        }
+    });
+    let s = done_rx.await.unwrap();
+    producer.join().unwrap();
+    for (c, h) in cells {
+        c.stop(None);
+        let _ = h.await;
+    }
+    assert_eq!(s.copies, 0);
+    let elapsed = s.last_arrival.unwrap() - s.first_born.unwrap();
+    sample(s.ages_ns, n, elapsed)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let m = v.len() / 2;
@@ -242,36 +388,71 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+#[derive(Default)]
 struct Row {
     label: String,
     engine: Vec<Sample>,
     tokio: Vec<Sample>,
+    ractor: Vec<Sample>,
+}
+
+fn med(v: &[Sample], f: fn(&Sample) -> f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    median(v.iter().map(f).collect())
+}
+
+fn ratio(a: &[Sample], b: &[Sample]) -> f64 {
+    if a.is_empty() || b.is_empty() {
+        return f64::NAN;
+    }
+    median(a.iter().zip(b).map(|(x, y)| x.rate / y.rate).collect())
 }
 
 impl Row {
+    fn new(label: &str) -> Self {
+        Row {
+            label: label.into(),
+            ..Row::default()
+        }
+    }
+
+    /// One run of each chain (in the order engine, tokio, bare ractor), as `BENCH_ONLY` allows.
+    async fn rep(&mut self, only: &str, payload: usize, n: usize, rate: Option<f64>, out: &Path) {
+        if only.is_empty() || only == "engine" {
+            self.engine.push(run_engine(payload, n, rate, out).await);
+        }
+        if only.is_empty() || only == "tokio" {
+            self.tokio.push(run_tokio(payload, n, rate).await);
+        }
+        if only.is_empty() || only == "ractor" {
+            self.ractor.push(run_ractor(payload, n, rate).await);
+        }
+    }
+
     fn print(&self) {
-        let e = |f: fn(&Sample) -> f64| median(self.engine.iter().map(f).collect());
-        let t = |f: fn(&Sample) -> f64| median(self.tokio.iter().map(f).collect());
-        let ratios: Vec<f64> = self
-            .engine
-            .iter()
-            .zip(&self.tokio)
-            .map(|(a, b)| a.rate / b.rate)
-            .collect();
-        let er: Vec<String> = self.engine.iter().map(|s| format!("{:.0}", s.rate)).collect();
-        let tr: Vec<String> = self.tokio.iter().map(|s| format!("{:.0}", s.rate)).collect();
+        let lat = |v: &[Sample]| format!("{:.1} / {:.1}", med(v, |s| s.p50_hop_us), med(v, |s| s.p99_hop_us));
         println!(
-            "| {:<26} | {:>10.0} | {:>10.0} | {:>5.2} | {:>9.1} / {:>9.1} | {:>9.1} / {:>9.1} |",
+            "| {:<26} | {:>9.0} | {:>9.0} | {:>5.2} | {:>9.0} | {:>5.2} | {:>13} | {:>13} | {:>13} |",
             self.label,
-            e(|s| s.rate),
-            t(|s| s.rate),
-            median(ratios),
-            e(|s| s.p50_hop_us),
-            e(|s| s.p99_hop_us),
-            t(|s| s.p50_hop_us),
-            t(|s| s.p99_hop_us),
+            med(&self.engine, |s| s.rate),
+            med(&self.tokio, |s| s.rate),
+            ratio(&self.engine, &self.tokio),
+            med(&self.ractor, |s| s.rate),
+            ratio(&self.engine, &self.ractor),
+            lat(&self.engine),
+            lat(&self.tokio),
+            lat(&self.ractor),
         );
-        eprintln!("  {}: engine msg/s per rep {er:?}; tokio {tr:?}", self.label);
+        let rates = |v: &[Sample]| v.iter().map(|s| format!("{:.0}", s.rate)).collect::<Vec<_>>().join(" ");
+        eprintln!(
+            "  {}: msg/s per run: engine [{}] tokio [{}] ractor [{}]",
+            self.label,
+            rates(&self.engine),
+            rates(&self.tokio),
+            rates(&self.ractor)
+        );
     }
 }
 
@@ -286,6 +467,7 @@ fn main() {
     let paced_n = env_usize("BENCH_PACED_MSGS", 4_000);
     let paced_rate = env_usize("BENCH_PACED_RATE", 2_000) as f64;
     let prom = std::env::var("BENCH_PROM").map(|v| v != "0").unwrap_or(true);
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -293,6 +475,8 @@ fn main() {
         .expect("tokio runtime");
     let out = std::env::temp_dir().join(format!("dataflow-bench-engine-{}", std::process::id()));
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load_at_start: Vec<&str> = load.split_whitespace().take(3).collect();
 
     let mut rows = Vec::new();
     let cases: [(String, usize, usize, Option<f64>); 3] = [
@@ -307,18 +491,12 @@ fn main() {
     ];
     rt.block_on(async {
         // One warm-up of each, unmeasured (page faults, thread start-up).
-        run_engine(KIB, 10_000, None, &out).await;
-        run_tokio(KIB, 10_000, None).await;
+        Row::new("warm-up").rep(&only, KIB, 10_000, None, &out).await;
         for (label, payload, n, rate) in &cases {
             let reps = if rate.is_some() { reps.min(3) } else { reps };
-            let mut row = Row {
-                label: label.clone(),
-                engine: Vec::new(),
-                tokio: Vec::new(),
-            };
+            let mut row = Row::new(label);
             for _ in 0..reps {
-                row.engine.push(run_engine(*payload, *n, *rate, &out).await);
-                row.tokio.push(run_tokio(*payload, *n, *rate).await);
+                row.rep(&only, *payload, *n, *rate, &out).await;
             }
             rows.push(row);
         }
@@ -336,14 +514,9 @@ fn main() {
                     }
                 })
             };
-            let mut row = Row {
-                label: "1 KiB, sat., + Prometheus".into(),
-                engine: Vec::new(),
-                tokio: Vec::new(),
-            };
+            let mut row = Row::new("1 KiB, sat., + Prometheus");
             for _ in 0..reps {
-                row.engine.push(run_engine(KIB, small_n, None, &out).await);
-                row.tokio.push(run_tokio(KIB, small_n, None).await);
+                row.rep(&only, KIB, small_n, None, &out).await;
             }
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             let _ = upkeep.join();
@@ -351,25 +524,34 @@ fn main() {
         }
     });
     let _ = std::fs::remove_dir_all(&out);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load_at_end: Vec<&str> = load.split_whitespace().take(3).collect();
 
     println!();
     println!(
-        "engine: synthetic -> {STAGES} x passthrough -> sink ({HOPS} hops), mailbox 4, block; \
-         tokio: {HOPS} x mpsc::channel(4); {workers} tokio workers; median of {reps} runs \
-         ({small_n} msgs at 1 KiB, {large_n} at 6 MiB; paced runs: min(reps, 3) x {paced_n})"
+        "engine: synthetic -> {STAGES} x passthrough -> sink ({HOPS} hops), mailbox 4, block | \
+         tokio: {HOPS} x mpsc::channel(4) | ractor: bare chain, {STAGES} actors + sink, 4-permit semaphore per edge"
+    );
+    println!(
+        "{workers} tokio workers; median of {reps} runs ({small_n} msgs at 1 KiB, {large_n} at 6 MiB; paced: \
+         min(reps, 3) x {paced_n}); load average at start {load_at_start:?}, at end {load_at_end:?}"
     );
     println!();
     println!(
-        "| {:<26} | {:>10} | {:>10} | {:>5} | {:>21} | {:>21} |",
-        "case", "engine/s", "tokio/s", "ratio", "engine hop p50/p99 µs", "tokio hop p50/p99 µs"
+        "| {:<26} | {:>9} | {:>9} | {:>5} | {:>9} | {:>5} | {:>13} | {:>13} | {:>13} |",
+        "case", "engine/s", "tokio/s", "e/t", "ractor/s", "e/r", "engine hop µs", "tokio hop µs", "ractor hop µs"
     );
     println!(
-        "|{:-<28}|{:->12}|{:->12}|{:->7}|{:->23}|{:->23}|",
-        "", "", "", "", "", ""
+        "| {:<26} | {:>9} | {:>9} | {:>5} | {:>9} | {:>5} | {:>13} | {:>13} | {:>13} |",
+        "", "", "", "", "", "", "p50 / p99", "p50 / p99", "p50 / p99"
+    );
+    println!(
+        "|{:-<28}|{:->11}|{:->11}|{:->7}|{:->11}|{:->7}|{:->15}|{:->15}|{:->15}|",
+        "", "", "", "", "", "", "", "", ""
     );
     for r in &rows {
         r.print();
     }
     println!();
-    println!("payloads: every message at the sink pointed at the source's buffer (0 copies), 1 KiB and 6 MiB");
+    println!("payloads: every message at every sink pointed at the source's buffer (0 copies), 1 KiB and 6 MiB");
 }

@@ -7,19 +7,24 @@
 //! - Evaluation: [`evaluate`], [`sheet`].
 //! - Helpers for tests and benchmarks: [`passthrough`], [`delay`].
 //! - Sinks: [`image_sink`], [`csv_sink`], [`null_sink`].
+//! - Live: [`ffmpeg`] (source: frames from an ffmpeg process), [`video_sink`] (writes a video file).
+//! - Live: [`camera`] (source: V4L2 device), [`preview`] (sink: live view over HTTP); `image_dir` follows a folder with `watch = true`.
 //! - [`util`]: small helpers shared by kinds (field access, image decoding).
 
+pub mod camera;
 pub mod caption;
 pub mod correct;
 pub mod csv_sink;
 pub mod delay;
 pub mod evaluate;
+pub mod ffmpeg;
 pub mod fuse;
 pub mod image_channel;
 pub mod image_dir;
 pub mod image_sink;
 pub mod null_sink;
 pub mod passthrough;
+pub mod preview;
 pub mod reconstruct;
 pub mod segment;
 pub mod sheet;
@@ -27,6 +32,7 @@ pub mod split;
 pub mod synthetic;
 pub mod text_channel;
 pub mod util;
+pub mod video_sink;
 
 use dataflow_engine::Registry;
 
@@ -49,6 +55,10 @@ pub fn register_all(r: &mut Registry) {
     r.register::<reconstruct::Reconstruct>();
     r.register::<evaluate::Evaluate>();
     r.register::<sheet::Sheet>();
+    r.register::<preview::Preview>();
+    r.register::<camera::Camera>();
+    r.register::<ffmpeg::Ffmpeg>();
+    r.register::<video_sink::VideoSink>();
 }
 
 /// A registry with every kind of the project.

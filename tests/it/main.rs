@@ -4,6 +4,8 @@
 mod cli;
 mod engine;
 mod graphs;
+mod live;
+mod live_ffmpeg;
 mod monitoring;
 mod multisc;
 mod support;
