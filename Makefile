@@ -8,7 +8,7 @@ GRAPH ?= graphs/multisc-lite.toml
 .PHONY: run test setup build bench
 
 setup:
-	scripts/setup-system prometheus ffmpeg
+	scripts/setup-system prometheus ffmpeg chromium
 	scripts/setup-assets
 
 build:

@@ -184,7 +184,7 @@ table{border-collapse:collapse;margin-top:1em}td{padding:2px 8px;border-bottom:1
 <script>
 const labels = {original: "original", slice: "object slice", image: "reconstruction"};
 const order = ["original", "slice", "image"];
-const shown = new Set();
+const shown = new Map();
 function row(table, cells) {
   const tr = document.createElement("tr");
   for (const c of cells) { const td = document.createElement("td"); td.textContent = c; tr.appendChild(td); }
@@ -200,15 +200,24 @@ async function poll() {
       (ch.snr_db != null ? "SNR " + ch.snr_db + " dB " : "") + (ch.modulation || "");
     const fields = order.filter(f => s.images.includes(f)).concat(s.images.filter(f => !order.includes(f)));
     for (const f of fields) {
-      if (shown.has(f)) continue;
-      shown.add(f);
-      const fig = document.createElement("figure");
-      const img = document.createElement("img");
-      img.src = "/stream/" + encodeURIComponent(f) + ".mjpg";
-      const cap = document.createElement("figcaption");
-      cap.textContent = labels[f] || f;
-      fig.appendChild(img); fig.appendChild(cap);
-      document.getElementById("panels").appendChild(fig);
+      if (!shown.has(f)) {
+        const fig = document.createElement("figure");
+        const img = document.createElement("img");
+        img.id = "img-" + f;
+        // Each load completes (unlike an endless MJPEG stream), so `load` fires and
+        // records the decoded size: tests and scripts read it from data-loaded.
+        img.onload = () => { img.dataset.loaded = img.naturalWidth + "x" + img.naturalHeight; };
+        const cap = document.createElement("figcaption");
+        cap.textContent = labels[f] || f;
+        fig.appendChild(img); fig.appendChild(cap);
+        document.getElementById("panels").appendChild(fig);
+        shown.set(f, null);
+      }
+      if (shown.get(f) !== s.frame) {
+        shown.set(f, s.frame);
+        document.getElementById("img-" + f).src =
+          "/frame/" + encodeURIComponent(f) + ".jpg?frame=" + encodeURIComponent(s.frame);
+      }
     }
     const t = document.getElementById("texts"); t.replaceChildren();
     const n = Math.max(s.sent.length, s.received.length, s.corrected.length);

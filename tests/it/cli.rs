@@ -116,6 +116,8 @@ fn set_and_out_override_the_graph() {
             "--set",
             "stage.src.width=8",
             "--no-progress",
+            "--metrics",
+            "off",
             "--out",
         ])
         .arg(&out_dir)
@@ -250,7 +252,7 @@ fn bad_images_are_reported_with_their_path_and_the_rest_go_through() {
         .arg(&g)
         .arg("--out")
         .arg(&out_dir)
-        .arg("--no-progress")
+        .args(["--no-progress", "--metrics", "off"])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -284,7 +286,7 @@ fn sigint_drains_and_prints_the_summary() {
         .arg(&g)
         .arg("--out")
         .arg(&out_dir)
-        .arg("--no-progress")
+        .args(["--no-progress", "--metrics", "off"])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();

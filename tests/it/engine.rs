@@ -196,3 +196,66 @@ probe = "never"
     assert!(fatal.contains("frame 0:5"), "{fatal}");
     assert!(s.failed());
 }
+
+fn live_ages(policy: &str, name: &str) -> (Vec<(u64, std::time::Duration)>, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = run_text(
+        &format!(
+            r#"
+[stage.src]
+kind = "synthetic"
+frames = 150
+rate = 200
+width = 16
+height = 16
+[stage.live]
+kind = "passthrough"
+inputs = ["src"]
+when_full = "{policy}"
+mailbox = 1
+[stage.slow]
+kind = "delay"
+inputs = ["live"]
+ms = 20
+mailbox = 1
+[stage.sink]
+kind = "fresh"
+inputs = ["slow"]
+probe = "{name}"
+"#
+        ),
+        dir.path(),
+    );
+    let ages = crate::support::ages(name).lock().unwrap().clone();
+    assert_eq!(s.frames_in, 150);
+    assert_eq!(
+        ages.len() as u64 + stage(&s, "live").dropped,
+        150,
+        "frames in = frames out + dropped"
+    );
+    (ages, stage(&s, "live").dropped)
+}
+
+#[test]
+fn drop_oldest_keeps_live_frames_fresh_and_counts_drops() {
+    // A 200 fps source into a 50 fps stage: with `drop_oldest` in front of it, what
+    // reaches the sink is at most a couple of stage times old, and the newest frame of
+    // the stream gets through.
+    let (fresh, dropped) = live_ages("drop_oldest", "fresh-live");
+    let worst = fresh.iter().map(|(_, a)| *a).max().unwrap();
+    println!(
+        "drop_oldest: {} frames out, {dropped} dropped, worst age {worst:?}",
+        fresh.len()
+    );
+    assert!(
+        dropped > 50,
+        "most frames of a 4x faster source are dropped ({dropped})"
+    );
+    assert!(worst < std::time::Duration::from_millis(150), "worst age {worst:?}");
+    assert!(fresh.windows(2).all(|w| w[0].0 < w[1].0), "frames stay in order");
+    assert!(
+        fresh.last().unwrap().0 >= 145,
+        "the end of the stream arrives: {:?}",
+        fresh.last()
+    );
+}

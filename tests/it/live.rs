@@ -278,7 +278,7 @@ fn preview_serves_page_state_jpeg_and_mjpeg() {
     assert_eq!(status, "HTTP/1.1 200 OK");
     assert_eq!(h["content-type"], "text/html; charset=utf-8");
     let page = String::from_utf8(body).unwrap();
-    assert!(page.contains("/state.json") && page.contains(".mjpg"), "{page}");
+    assert!(page.contains("/state.json") && page.contains("/frame/"), "{page}");
 
     let (status, h, body) = get(&addr, "/frame/image.jpg");
     assert_eq!(status, "HTTP/1.1 200 OK");
@@ -344,4 +344,96 @@ fn camera_missing_device_is_a_clear_error() {
     assert_eq!(o.status.code(), Some(1));
     assert!(err.contains("camera device /dev/video97 not found"), "{err}");
     assert!(err.contains("stage `cam`") || err.contains("cam"), "{err}");
+}
+
+/// Headless Chromium (Debian's `chromium`, installed by `scripts/setup-system`) with the
+/// flags this machine needs, on `url`, with extra arguments.
+fn chromium(profile: &Path, url: &str, extra: &[&str]) -> Output {
+    let bin = ["chromium", "/usr/bin/chromium"]
+        .into_iter()
+        .find(|b| {
+            Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .expect("chromium not found: `scripts/setup-system chromium` installs it");
+    Command::new(bin)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1000,800",
+            "--virtual-time-budget=4000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(extra)
+        .arg(url)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn preview_page_in_headless_chromium_shows_loaded_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = dir.path().join("g.toml");
+    std::fs::write(
+        &g,
+        "[stage.src]\nkind = \"synthetic\"\nwidth = 160\nheight = 120\nframes = 3\n\
+         [stage.view]\nkind = \"preview\"\ninputs = [\"src\"]\nlisten = \"127.0.0.1:0\"\nlinger_s = 60\n",
+    )
+    .unwrap();
+    let (out, log) = (dir.path().join("out"), dir.path().join("run.log"));
+    let mut child = start(&g, &out, &log);
+    let url_file = out.join("preview.url");
+    wait_for(&url_file, Duration::from_secs(20));
+    let url = std::fs::read_to_string(&url_file).unwrap().trim().to_string();
+    let dom = chromium(&dir.path().join("p1"), &url, &["--dump-dom"]);
+    let shot = dir.path().join("shot.png");
+    let shot_run = chromium(
+        &dir.path().join("p2"),
+        &url,
+        &[&format!("--screenshot={}", shot.display())],
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let dom = String::from_utf8_lossy(&dom.stdout).to_string();
+    println!("{dom}");
+    // The page's script records each image's decoded size once it has loaded.
+    assert!(
+        dom.contains("id=\"img-image\""),
+        "the reconstruction panel is on the page: {dom}"
+    );
+    assert!(
+        dom.contains("data-loaded=\"160x120\""),
+        "the image loaded with its size: {dom}"
+    );
+    assert!(
+        dom.contains("frame 0:2") || dom.contains(">0:2<"),
+        "the page shows the latest frame: {dom}"
+    );
+    assert!(
+        shot.exists(),
+        "no screenshot: {}",
+        String::from_utf8_lossy(&shot_run.stderr)
+    );
+    let png = image::open(&shot).unwrap().to_rgb8();
+    if let Ok(keep) = std::env::var("DATAFLOW_KEEP_SCREENSHOT") {
+        let _ = std::fs::copy(&shot, keep);
+    }
+    assert_eq!(png.dimensions(), (1000, 800));
+    // The synthetic gradient shows up in the screenshot: many distinct colours, not a blank page.
+    let mut colours: Vec<[u8; 3]> = png.pixels().map(|p| p.0).collect();
+    colours.sort_unstable();
+    colours.dedup();
+    assert!(
+        colours.len() > 100,
+        "the screenshot looks blank ({} colours)",
+        colours.len()
+    );
 }

@@ -154,7 +154,10 @@ impl StageKind for Fault {
 /// Every project kind plus the test kinds above.
 pub fn registry() -> Registry {
     let mut r = dataflow_actors::registry();
-    r.register::<Tracked>().register::<Record>().register::<Fault>();
+    r.register::<Tracked>()
+        .register::<Record>()
+        .register::<Fault>()
+        .register::<Fresh>();
     r
 }
 
@@ -344,4 +347,45 @@ pub fn texts(row: &HashMap<String, String>, col: &str) -> Vec<String> {
         .split(" | ")
         .map(str::to_string)
         .collect()
+}
+
+/// (sequence number, age at the sink) of each frame a `fresh` sink saw.
+pub type Ages = Arc<Mutex<Vec<(u64, std::time::Duration)>>>;
+
+/// Ages (arrival − capture) of the frames a `fresh` sink saw, per probe name.
+pub fn ages(name: &str) -> Ages {
+    static A: OnceLock<Mutex<HashMap<String, Ages>>> = OnceLock::new();
+    A.get_or_init(Default::default)
+        .lock()
+        .unwrap()
+        .entry(name.to_string())
+        .or_default()
+        .clone()
+}
+
+/// Sink recording how old each frame is when it arrives (capture time to sink time).
+pub struct Fresh;
+struct FreshRun(Ages);
+impl Stage for FreshRun {
+    fn process(&mut self, input: Input, _out: &mut Outputs) -> Result<(), StageError> {
+        if let Input::Message { msg, .. } = input {
+            let age = std::time::SystemTime::now()
+                .duration_since(msg.captured)
+                .unwrap_or_default();
+            self.0.lock().unwrap().push((msg.id.seq, age));
+        }
+        Ok(())
+    }
+}
+impl StageKind for Fresh {
+    type Config = RecordConfig;
+    const NAME: &'static str = "fresh";
+    const ROLE: Role = Role::Sink;
+    const DOC: &'static str = "test sink recording frame ages";
+    fn ports(_: &Self::Config) -> Ports {
+        Ports::default()
+    }
+    fn build(c: &Self::Config, _: &BuildContext) -> Result<Built, StageError> {
+        Ok(Built::Stage(Box::new(FreshRun(ages(&c.probe)))))
+    }
 }
