@@ -217,6 +217,12 @@ impl RunSummary {
                 st.id, st.kind, st.received, st.sent, st.errors, st.dropped, st.restarts
             ));
         }
+        for st in self.stages.iter().filter(|s| s.incomplete > 0) {
+            s.push_str(&format!(
+                "stage `{}` emitted {} frame(s) with parts missing (lost upstream or timed out)\n",
+                st.id, st.incomplete
+            ));
+        }
         if self.in_flight_at_abort > 0 {
             s.push_str(&format!(
                 "{} message(s) were still in flight when the run was aborted\n",
@@ -240,6 +246,8 @@ struct RunShared {
     error_log_path: PathBuf,
     fatal: Mutex<Option<String>>,
     finished: AtomicUsize,
+    /// Set by Ctrl-C (not by a fatal error, which also stops the sources).
+    interrupted: std::sync::atomic::AtomicBool,
     done: Notify,
     latency: Histogram,
 }
@@ -865,6 +873,7 @@ pub async fn run(plan: &Plan, opts: RunOptions) -> Result<RunSummary, StageError
         error_log_path: opts.out_dir.join("errors.jsonl"),
         fatal: Mutex::new(None),
         finished: AtomicUsize::new(0),
+        interrupted: std::sync::atomic::AtomicBool::new(false),
         done: Notify::new(),
         latency: metrics::histogram!(names::PIPELINE_LATENCY_SECONDS, names::LABEL_GRAPH => plan.name.clone()),
     });
@@ -1012,6 +1021,7 @@ pub async fn run(plan: &Plan, opts: RunOptions) -> Result<RunSummary, StageError
         Some(tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
                 eprintln!("\ndataflow: stopping — sources closed, draining frames in flight (Ctrl-C again to abort)");
+                shared.interrupted.store(true, Ordering::Relaxed);
                 shared.stop.set();
                 shared.done.notify_waiters();
                 if tokio::signal::ctrl_c().await.is_ok() {
@@ -1095,7 +1105,7 @@ pub async fn run(plan: &Plan, opts: RunOptions) -> Result<RunSummary, StageError
         failed: summary_stages.iter().map(|s| s.errors).sum(),
         dropped: summary_stages.iter().map(|s| s.dropped).sum(),
         in_flight_at_abort: in_flight,
-        interrupted: opts.stop.is_set() && fatal.as_deref().map(|f| !f.starts_with("stage")).unwrap_or(true),
+        interrupted: shared.interrupted.load(Ordering::Relaxed) || (opts.stop.is_set() && fatal.is_none()),
         fatal,
         stages: summary_stages,
     })
