@@ -5,11 +5,16 @@
 CARGO ?= cargo
 GRAPH ?= graphs/multisc-lite.toml
 
-.PHONY: run test setup build bench
+.PHONY: run test setup setup-system build bench
 
+# Offline-tier assets (ONNX Runtime, ISNet, SymSpell, LPIPS heads, sample photos):
+# all the main job needs.
 setup:
-	scripts/setup-system prometheus ffmpeg chromium
 	scripts/setup-assets
+
+# Debian packages the tests and live sources use (prometheus, ffmpeg, chromium).
+setup-system:
+	scripts/setup-system prometheus ffmpeg chromium
 
 build:
 	$(CARGO) build --release
@@ -19,7 +24,7 @@ run: setup build
 
 # The model tests skip when assets are missing unless this is set: after `setup` they must run.
 test: export DATAFLOW_REQUIRE_ASSETS = 1
-test: setup
+test: setup setup-system
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --all-features --no-fail-fast; \
 	else \
