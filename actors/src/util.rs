@@ -18,19 +18,20 @@ pub fn image_field<'a>(msg: &'a Message, name: &str, stage: &str) -> Result<&'a 
 /// Decodes an image file to RGB, refusing headers larger than `max_pixels`.
 pub fn decode_rgb(path: &Path, max_pixels: u64) -> Result<image::RgbImage, StageError> {
     let shown = path.display();
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| StageError::io(format!("{shown}: cannot open: {e}")))?
-        .with_guessed_format()
-        .map_err(|e| StageError::io(format!("{shown}: cannot read: {e}")))?;
-    if reader.format().is_none() {
+    // One read from disk; the header is parsed from memory before any pixel is allocated.
+    let bytes = std::fs::read(path).map_err(|e| StageError::io(format!("{shown}: cannot open: {e}")))?;
+    let reader = || {
+        image::ImageReader::new(std::io::Cursor::new(bytes.as_slice()))
+            .with_guessed_format()
+            .map_err(|e| StageError::io(format!("{shown}: cannot read: {e}")))
+    };
+    if reader()?.format().is_none() {
         return Err(StageError::new(
             "decode",
             format!("{shown}: not an image (unknown format); remove it from the folder"),
         ));
     }
-    let (w, h) = image::ImageReader::open(path)
-        .and_then(|r| r.with_guessed_format())
-        .map_err(|e| StageError::io(format!("{shown}: cannot read: {e}")))?
+    let (w, h) = reader()?
         .into_dimensions()
         .map_err(|e| StageError::new("decode", format!("{shown}: corrupt image header: {e}")))?;
     if w == 0 || h == 0 {
@@ -47,7 +48,7 @@ pub fn decode_rgb(path: &Path, max_pixels: u64) -> Result<image::RgbImage, Stage
             ),
         ));
     }
-    let mut reader = reader;
+    let mut reader = reader()?;
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(w);
     limits.max_image_height = Some(h);
