@@ -95,7 +95,10 @@ impl Stage for Run {
         };
         let rgba = slice.to_rgba();
         let (w, h) = rgba.dimensions();
-        let rgb = image::DynamicImage::ImageRgba8(rgba.clone()).to_rgb8();
+        let rgb = image::RgbImage::from_fn(w, h, |x, y| {
+            let p = rgba.get_pixel(x, y);
+            image::Rgb([p[0], p[1], p[2]])
+        });
         let alpha = image::GrayImage::from_fn(w, h, |x, y| image::Luma([rgba.get_pixel(x, y)[3]]));
         let colour_bytes = jpeg(&image::DynamicImage::ImageRgb8(rgb), self.quality)?;
         let alpha_bytes = jpeg(&image::DynamicImage::ImageLuma8(alpha), self.quality)?;

@@ -38,13 +38,26 @@ struct Run {
     stage: String,
 }
 
-fn crop(img: &Image, r: (u32, u32, u32, u32)) -> Image {
-    let (x, y, w, h) = r;
-    match img.format {
-        dataflow_engine::PixelFormat::Gray8 => {
-            Image::from_gray(image::imageops::crop_imm(&img.to_gray(), x, y, w, h).to_image())
+/// The frame (or mask) decoded once per frame, then cropped per tile.
+enum Plane {
+    Rgb(image::RgbImage),
+    Gray(image::GrayImage),
+}
+
+impl Plane {
+    fn of(img: &Image) -> Plane {
+        match img.format {
+            dataflow_engine::PixelFormat::Gray8 => Plane::Gray(img.to_gray()),
+            _ => Plane::Rgb(img.to_rgb()),
         }
-        _ => Image::from_rgb(image::imageops::crop_imm(&img.to_rgb(), x, y, w, h).to_image()),
+    }
+
+    fn crop(&self, r: (u32, u32, u32, u32)) -> Image {
+        let (x, y, w, h) = r;
+        match self {
+            Plane::Gray(g) => Image::from_gray(image::imageops::crop_imm(g, x, y, w, h).to_image()),
+            Plane::Rgb(c) => Image::from_rgb(image::imageops::crop_imm(c, x, y, w, h).to_image()),
+        }
     }
 }
 
@@ -56,11 +69,16 @@ impl Stage for Run {
         let img = image_field(&msg, "image", &self.stage)?;
         let size = (img.width, img.height);
         let n = self.grid.0 * self.grid.1;
-        let mask = msg.fields.image("mask");
+        let frame = Plane::of(img);
+        let mask = msg
+            .fields
+            .image("mask")
+            .filter(|m| (m.width, m.height) == size)
+            .map(Plane::of);
         for k in 0..n {
             let r = tile_rect(k, self.grid, size);
             let mut f = Fields::new()
-                .with("image", Value::Image(crop(img, r)))
+                .with("image", Value::Image(frame.crop(r)))
                 .with(
                     "tile",
                     Value::Rect(Rect {
@@ -81,10 +99,8 @@ impl Stage for Run {
                 )
                 .with("grid_rows", Value::Number(self.grid.0 as f64))
                 .with("grid_cols", Value::Number(self.grid.1 as f64));
-            if let Some(m) = mask {
-                if (m.width, m.height) == size {
-                    f.insert("mask", Value::Image(crop(m, r)));
-                }
+            if let Some(m) = &mask {
+                f.insert("mask", Value::Image(m.crop(r)));
             }
             if let Some(nm) = msg.fields.get("name") {
                 f.insert("name", nm.clone());

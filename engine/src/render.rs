@@ -1,6 +1,6 @@
 //! Pictures of a plan (`dot`, `mermaid`) and the JSON Schema of graph files.
 
-use crate::plan::{Plan, RESERVED_KEYS};
+use crate::plan::Plan;
 use crate::registry::Registry;
 use crate::stage::Role;
 
@@ -127,7 +127,6 @@ pub fn schema(registry: &Registry) -> serde_json::Value {
         }
         variants.push(v);
     }
-    let _ = RESERVED_KEYS;
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "dataflow graph file",

@@ -19,7 +19,7 @@
 //! flush. A second Ctrl-C, or a drain that outlasts `drain_timeout`, aborts and
 //! reports the frames still in flight.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::panic::AssertUnwindSafe;
@@ -1132,13 +1132,4 @@ fn progress_bar(total: Option<u64>) -> indicatif::ProgressBar {
         pb.set_style(style);
     }
     pb
-}
-
-/// Frames each stage has seen, by id (for tests and tools that run a plan in-process).
-pub fn stage_counts(summary: &RunSummary) -> HashMap<String, (u64, u64)> {
-    summary
-        .stages
-        .iter()
-        .map(|s| (s.id.clone(), (s.received, s.sent)))
-        .collect()
 }
