@@ -17,6 +17,7 @@
 //! - [`composite`]: object slice on a background made from the text (offline `reconstruct`).
 //! - [`quality`]: image and text quality measures for `evaluate`.
 //! - [`channel`]: digital channel maths (modulation, AWGN).
+//! - [`ldpc`]: 5G NR LDPC coding of a transport block (BPG-LDPC baseline).
 
 pub mod assets;
 pub mod attributes;
@@ -25,6 +26,7 @@ pub mod colors;
 pub mod composite;
 pub mod error;
 pub mod isnet;
+pub mod ldpc;
 pub mod provider;
 pub mod quality;
 pub mod runtime;
