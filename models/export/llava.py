@@ -339,7 +339,7 @@ class OrtLlava:
                         done[row] = True
                     else:
                         out[row].append(int(nxt[row]))
-            if all(done):
+            if all(done) or step + 1 == max_new:
                 break
             if started is None:
                 started = time.perf_counter()

@@ -200,7 +200,8 @@ pub fn salient_bbox(mask: &GrayImage, threshold: u8) -> Option<BBox> {
     })
 }
 
-fn cut_out(image: &RgbImage, mask: &GrayImage, bbox: BBox) -> ObjectSlice {
+/// The pixels of `image` inside `bbox` as RGBA, alpha = `mask` (the object slice of `segment`).
+pub fn cut_out(image: &RgbImage, mask: &GrayImage, bbox: BBox) -> ObjectSlice {
     let slice = RgbaImage::from_fn(bbox.width, bbox.height, |x, y| {
         let (sx, sy) = (bbox.x + x, bbox.y + y);
         let [r, g, b] = image.get_pixel(sx, sy).0;

@@ -11,6 +11,10 @@
 //! - [`session`]: loading a model with its inputs/outputs checked ([`session::load_session`]).
 //! - [`assets`]: where `assets/` is and whether its files match the manifest.
 //! - [`isnet`]: ISNet salient-object segmentation (offline tier of `segment`).
+//! - [`fcn`]: FCN-ResNet50 VOC segmentation (paper tier of `segment`).
+//! - [`llava`]: LLaVA-Interleave-Qwen-0.5B captions with a KV cache (paper tier of `caption`).
+//! - [`bart`]: BART spelling correction, greedy or beam search (paper tier of `correct`).
+//! - [`textgen`]: tokenizer, next-token choice and export folders shared by `llava`, `bart`, `fcn`.
 //! - [`attributes`]: deterministic captioner from mask and colour statistics (offline `caption`).
 //! - [`colors`]: colour and brightness vocabulary shared by the captioner.
 //! - [`symspell`]: SymSpell spelling corrector (offline `correct`).
@@ -21,14 +25,18 @@
 
 pub mod assets;
 pub mod attributes;
+pub mod bart;
 pub mod channel;
 pub mod colors;
 pub mod composite;
 pub mod error;
+pub mod fcn;
 pub mod isnet;
 pub mod ldpc;
+pub mod llava;
 pub mod provider;
 pub mod quality;
 pub mod runtime;
 pub mod session;
 pub mod symspell;
+pub mod textgen;

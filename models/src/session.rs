@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use ort::ep;
 use ort::session::builder::SessionBuilder;
-use ort::session::Session;
-use ort::value::{TensorElementType, TensorRef, ValueType};
+use ort::session::{Session, SessionInputValue};
+use ort::value::{DynValue, Tensor, TensorElementType, TensorRef, ValueType};
 
 use crate::error::ModelError;
 use crate::provider::{ActiveProvider, Provider, SessionOptions};
@@ -97,6 +97,11 @@ impl TensorSpec {
     /// An `f32` tensor spec.
     pub fn f32(name: impl Into<String>, shape: &[i64]) -> Self {
         Self::new(name, ElementType::F32, shape)
+    }
+
+    /// An `i64` tensor spec (token ids, masks, positions).
+    pub fn i64(name: impl Into<String>, shape: &[i64]) -> Self {
+        Self::new(name, ElementType::I64, shape)
     }
 
     /// Why the model's tensor `actual` cannot stand where `self` is expected, if it can't.
@@ -197,6 +202,71 @@ pub struct TensorF32 {
     pub data: Vec<f32>,
 }
 
+/// The named outputs of one [`LoadedSession::run`], owned by the caller: a KV cache is
+/// fed back into the next run as it is, without a copy.
+#[derive(Debug)]
+pub struct RunOutputs {
+    model: String,
+    values: Vec<(String, Option<DynValue>)>,
+}
+
+impl RunOutputs {
+    /// Takes output `name` out (an error if there is none or it was taken).
+    pub fn take(&mut self, name: &str) -> Result<DynValue, ModelError> {
+        self.values
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.take())
+            .ok_or_else(|| ModelError::Invalid(format!("{} produced no output `{name}`", self.model)))
+    }
+
+    /// Output `name` as an `f32` tensor: its shape and elements.
+    pub fn f32(&self, name: &str) -> Result<(Vec<usize>, &[f32]), ModelError> {
+        let value = self
+            .values
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.as_ref())
+            .ok_or_else(|| ModelError::Invalid(format!("{} produced no output `{name}`", self.model)))?;
+        view_f32(value, name)
+    }
+}
+
+/// An owned `f32` tensor of `shape` (a dimension may be 0, e.g. an empty KV cache).
+pub fn tensor_f32(shape: &[usize], data: Vec<f32>) -> Result<DynValue, ModelError> {
+    check_len(shape, data.len())?;
+    Tensor::from_array((shape.to_vec(), data))
+        .map(|t| t.into_dyn())
+        .map_err(|e| ModelError::ort("creating an f32 tensor", e))
+}
+
+/// An owned `i64` tensor of `shape`.
+pub fn tensor_i64(shape: &[usize], data: Vec<i64>) -> Result<DynValue, ModelError> {
+    check_len(shape, data.len())?;
+    Tensor::from_array((shape.to_vec(), data))
+        .map(|t| t.into_dyn())
+        .map_err(|e| ModelError::ort("creating an i64 tensor", e))
+}
+
+fn check_len(shape: &[usize], len: usize) -> Result<(), ModelError> {
+    let expected: usize = shape.iter().product();
+    if expected == len {
+        Ok(())
+    } else {
+        Err(ModelError::Invalid(format!(
+            "tensor of shape {shape:?} needs {expected} values, got {len}"
+        )))
+    }
+}
+
+/// The shape and elements of an `f32` tensor value (`what` names it in errors).
+pub fn view_f32<'v>(value: &'v DynValue, what: &str) -> Result<(Vec<usize>, &'v [f32]), ModelError> {
+    let (shape, data) = value
+        .try_extract_tensor::<f32>()
+        .map_err(|e| ModelError::ort(format!("reading `{what}` as f32"), e))?;
+    Ok((shape.iter().map(|&d| d.max(0) as usize).collect(), data))
+}
+
 /// A model loaded into a session whose inputs and outputs matched the caller's [`IoSpec`].
 #[derive(Debug)]
 pub struct LoadedSession {
@@ -238,6 +308,21 @@ impl LoadedSession {
     /// (integer inputs, KV caches, I/O binding).
     pub fn session_mut(&mut self) -> &mut Session {
         &mut self.session
+    }
+
+    /// Runs the model on named values of any type (owned tensors from [`tensor_f32`] /
+    /// [`tensor_i64`], or outputs of an earlier run) and returns every output, owned.
+    pub fn run(&mut self, inputs: Vec<(String, SessionInputValue<'_>)>) -> Result<RunOutputs, ModelError> {
+        let model = self.path.display().to_string();
+        let results = self
+            .session
+            .run(inputs)
+            .map_err(|e| ModelError::ort(format!("running {model}"), e))?;
+        let values = results
+            .into_iter()
+            .map(|(name, value)| (name.to_string(), Some(value)))
+            .collect();
+        Ok(RunOutputs { model, values })
     }
 
     /// Runs the model on `f32` inputs `(name, shape, data)` and copies out the named `f32`

@@ -6,6 +6,7 @@
 
 mod assets;
 mod isnet;
+mod paper;
 mod provider;
 mod session;
 

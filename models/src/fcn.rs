@@ -1,0 +1,244 @@
+//! FCN-ResNet50 semantic segmentation (PASCAL VOC, 21 classes): the paper tier of `segment`.
+//!
+//! - Paper: Long, Shelhamer, Darrell, "Fully Convolutional Networks for Semantic Segmentation",
+//!   CVPR 2015; Multi-SC segments the main object with FCN. Weights: torchvision
+//!   `FCN_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1` (BSD-3-Clause), model card
+//!   <https://pytorch.org/vision/stable/models/generated/torchvision.models.segmentation.fcn_resnet50.html>.
+//! - Export: `python models/export/fcn.py --out assets/models/fcn` (internet);
+//!   `--tiny-random --out models/fixtures/fcn` gives the test fixture (torchvision's FCN and
+//!   FCNHead over a narrow ResNet of Bottleneck blocks; same tensors).
+//! - Tensors: `fcn.onnx`: input `input` f32 `[1, 3, H, W]` (any H×W), output `out` f32
+//!   `[1, 21, H, W]`, class logits at the input's resolution.
+//!
+//! Pre-processing is torchvision's preset: the shorter side resized to 520 px (bilinear; `None`
+//! keeps the size), `x / 255`, ImageNet mean/std. The class of each pixel is the argmax of the
+//! logits (resized back to the frame with nearest neighbour). The main object is the
+//! non-background class covering the most pixels (ties: the lower class id); its pixels are the
+//! mask, their bounding box the box, and the slice is cut out as on the ISNet path.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use image::imageops::{self, FilterType};
+use image::{GrayImage, Luma, RgbImage};
+use serde::Deserialize;
+
+use crate::error::ModelError;
+use crate::isnet::{cut_out, salient_bbox, BBox, ObjectSlice, THRESHOLD};
+use crate::provider::{ActiveProvider, SessionOptions};
+use crate::session::{load_session, IoSpec, LoadedSession, TensorSpec};
+use crate::textgen::read_export_json;
+
+/// Where `dataflow` looks for the export, relative to the assets folder.
+pub const ASSET_DIR: &str = "models/fcn";
+/// The command that makes the export (run from the repository root, with internet).
+pub const EXPORT_COMMAND: &str = "python models/export/fcn.py --out assets/models/fcn";
+/// The export script, relative to the repository root.
+pub const SCRIPT: &str = "models/export/fcn.py";
+
+/// The export folder: `explicit`, else `assets/models/fcn`; the error says the export command.
+pub fn locate_export(explicit: Option<&Path>) -> Result<std::path::PathBuf, ModelError> {
+    crate::textgen::locate_export(explicit, ASSET_DIR, SCRIPT)
+}
+/// The model file inside the export folder.
+pub const MODEL_FILE: &str = "fcn.onnx";
+
+/// `export.json` of an FCN export.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FcnExport {
+    /// Class names, index = class id (`background` first).
+    pub labels: Vec<String>,
+    /// ImageNet mean.
+    pub mean: [f32; 3],
+    /// ImageNet standard deviation.
+    pub std: [f32; 3],
+    /// The preset's shorter side.
+    pub resize_shorter: u32,
+}
+
+/// The main object of a frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MainObject {
+    /// Class id.
+    pub class: usize,
+    /// VOC label, e.g. `person`.
+    pub label: String,
+    /// Pixels of that class at the frame's resolution.
+    pub pixels: u64,
+    /// The object cut out (alpha = mask) and its box.
+    pub object: ObjectSlice,
+}
+
+/// The result of [`Fcn::segment`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct SemanticSegmentation {
+    /// Class id per pixel at the frame's resolution, row-major.
+    pub classes: Vec<u8>,
+    /// 255 on the main object's pixels, 0 elsewhere.
+    pub mask: GrayImage,
+    /// The main object; `None` when every pixel is background.
+    pub main: Option<MainObject>,
+    /// Time in the model alone.
+    pub inference: Duration,
+}
+
+/// An FCN export loaded into its own session.
+#[derive(Debug)]
+pub struct Fcn {
+    session: LoadedSession,
+    export: FcnExport,
+    resize_shorter: Option<u32>,
+}
+
+impl Fcn {
+    /// The tensors FCN must have.
+    pub fn io_spec(classes: usize) -> IoSpec {
+        IoSpec::new()
+            .input(TensorSpec::f32("input", &[1, 3, -1, -1]))
+            .output(TensorSpec::f32("out", &[1, classes as i64, -1, -1]))
+    }
+
+    /// Loads the export in `dir` with torchvision's resize.
+    pub fn load(dir: impl AsRef<Path>, options: &SessionOptions) -> Result<Self, ModelError> {
+        let dir = dir.as_ref();
+        let export: FcnExport = read_export_json(dir, EXPORT_COMMAND)?;
+        let session = load_session(dir.join(MODEL_FILE), options, &Self::io_spec(export.labels.len()))?;
+        let resize_shorter = Some(export.resize_shorter);
+        Ok(Fcn {
+            session,
+            export,
+            resize_shorter,
+        })
+    }
+
+    /// Runs at this shorter side instead of the preset's (`None`: at the frame's own size).
+    pub fn with_resize(mut self, shorter: Option<u32>) -> Self {
+        self.resize_shorter = shorter;
+        self
+    }
+
+    /// The class names.
+    pub fn labels(&self) -> &[String] {
+        &self.export.labels
+    }
+
+    /// The provider the session runs on.
+    pub fn provider(&self) -> ActiveProvider {
+        self.session.provider()
+    }
+
+    /// The model file.
+    pub fn path(&self) -> &Path {
+        self.session.path()
+    }
+
+    /// Classes of every pixel of `image` and its main object.
+    pub fn segment(&mut self, image: &RgbImage) -> Result<SemanticSegmentation, ModelError> {
+        let (width, height) = image.dimensions();
+        if width == 0 || height == 0 {
+            return Err(ModelError::Invalid(format!(
+                "cannot segment an empty image ({width}x{height})"
+            )));
+        }
+        let resized;
+        let input = match self.resize_shorter {
+            Some(side) if width.min(height) != side => {
+                let scale = f64::from(side) / f64::from(width.min(height));
+                let w = ((f64::from(width) * scale).round() as u32).max(1);
+                let h = ((f64::from(height) * scale).round() as u32).max(1);
+                resized = imageops::resize(image, w, h, FilterType::Triangle);
+                &resized
+            }
+            _ => image,
+        };
+        let (w, h) = (input.width() as usize, input.height() as usize);
+        let plane = w * h;
+        let mut data = vec![0f32; 3 * plane];
+        for (i, px) in input.pixels().enumerate() {
+            for c in 0..3 {
+                let x = f32::from(px[c]) / 255.0;
+                data[c * plane + i] = (x - self.export.mean[c]) / self.export.std[c];
+            }
+        }
+        let started = Instant::now();
+        let mut outputs = self.session.run_f32(&[("input", &[1, 3, h, w], &data)], &["out"])?;
+        let inference = started.elapsed();
+        let logits = outputs
+            .pop()
+            .ok_or_else(|| ModelError::Invalid("FCN returned no output".into()))?;
+        let classes_n = self.export.labels.len();
+        if logits.shape != [1, classes_n, h, w] {
+            return Err(ModelError::Invalid(format!(
+                "FCN output has shape {:?}, expected [1, {classes_n}, {h}, {w}]",
+                logits.shape
+            )));
+        }
+        let map = argmax_classes(&logits.data, classes_n, plane);
+        let classes = if (w, h) == (width as usize, height as usize) {
+            map
+        } else {
+            let small = GrayImage::from_raw(w as u32, h as u32, map)
+                .ok_or_else(|| ModelError::Invalid("class map has the wrong size".into()))?;
+            imageops::resize(&small, width, height, FilterType::Nearest).into_raw()
+        };
+        let (mask, main) = self.main_object(image, &classes);
+        Ok(SemanticSegmentation {
+            classes,
+            mask,
+            main,
+            inference,
+        })
+    }
+
+    fn main_object(&self, image: &RgbImage, classes: &[u8]) -> (GrayImage, Option<MainObject>) {
+        let (width, height) = image.dimensions();
+        let mut counts = vec![0u64; self.export.labels.len()];
+        for &c in classes {
+            counts[usize::from(c)] += 1;
+        }
+        counts[0] = 0;
+        let best = (1..counts.len()).fold(0, |best, c| if counts[c] > counts[best] { c } else { best });
+        let mask = GrayImage::from_fn(width, height, |x, y| {
+            let c = classes[(y * width + x) as usize];
+            Luma([if best > 0 && usize::from(c) == best { 255 } else { 0 }])
+        });
+        if best == 0 {
+            return (mask, None);
+        }
+        let main = salient_bbox(&mask, THRESHOLD).map(|bbox: BBox| MainObject {
+            class: best,
+            label: self.export.labels[best].clone(),
+            pixels: counts[best],
+            object: cut_out(image, &mask, bbox),
+        });
+        (mask, main)
+    }
+}
+
+/// Argmax over the class planes of `[classes, plane]` logits (ties: the lower class).
+fn argmax_classes(logits: &[f32], classes: usize, plane: usize) -> Vec<u8> {
+    let mut best = vec![0u8; plane];
+    let mut best_val = logits[..plane].to_vec();
+    for c in 1..classes {
+        let row = &logits[c * plane..(c + 1) * plane];
+        for i in 0..plane {
+            if row[i] > best_val[i] {
+                best_val[i] = row[i];
+                best[i] = c as u8;
+            }
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argmax_over_class_planes() {
+        // 3 classes, 2 pixels: pixel 0 -> class 2, pixel 1 -> class 0 (tie with 1 keeps 0).
+        let logits = [0.0, 1.0, 0.5, 1.0, 0.9, 0.2];
+        assert_eq!(argmax_classes(&logits, 3, 2), vec![2, 0]);
+    }
+}

@@ -1,0 +1,457 @@
+//! LLaVA-Interleave-Qwen-0.5B captions: the paper tier of the `caption` stage.
+//!
+//! - Paper: Multi-SC uses "a lightweight LLaVA" with Qwen1.5-0.5B; model card
+//!   <https://huggingface.co/llava-hf/llava-interleave-qwen-0.5b-hf> (SigLIP-so400m/14 at 384 px,
+//!   729 image tokens, Qwen1.5-0.5B text model).
+//! - Export: `python models/export/llava.py --out assets/models/llava` (internet, real weights);
+//!   `--tiny-random --out models/fixtures/llava` gives the test fixture with the same classes and
+//!   tensor names. The folder holds `onnx/{vision_encoder,embed_tokens,decoder_model_merged}.onnx`,
+//!   `tokenizer.json` and `export.json` (prompt template, image token, pre-processing, stop tokens).
+//! - Tensors: `vision_encoder`: `pixel_values` f32 `[b, 3, S, S]` → `image_features` f32
+//!   `[b, N, hidden]`; `embed_tokens`: `input_ids` i64 `[b, s]` → `inputs_embeds` f32 `[b, s, hidden]`;
+//!   `decoder_model_merged`: `inputs_embeds`, `attention_mask` i64 `[b, past + s]`, `position_ids`
+//!   i64 `[b, s]`, `past_key_values.{i}.key/value` f32 `[b, kv_heads, past, head_dim]` → `logits`
+//!   f32 `[b, s, vocab]`, `present.{i}.key/value` (a past of length 0 is "no past").
+//!
+//! Pre-processing is the SigLIP processor's: RGB, bicubic resize to S×S, `x / 255`, then
+//! `(x − mean) / std`. The prompt is the checkpoint's chat template around the paper's query
+//! ([`QUERY`]) with `<image>` expanded to N image tokens, whose embeddings are replaced by the
+//! image features. Decoding: greedy or sampled, with the KV cache (or without, for checks),
+//! until a stop token or `max_new_tokens`; a batch of tiles of the same size runs in one call.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use image::imageops::{self, FilterType};
+use image::RgbImage;
+use ort::session::SessionInputValue;
+use ort::value::DynValue;
+use serde::Deserialize;
+
+use crate::error::ModelError;
+use crate::provider::{ActiveProvider, SessionOptions};
+use crate::session::{load_session, tensor_f32, tensor_i64, IoSpec, LoadedSession, TensorSpec};
+use crate::textgen::{read_export_json, Decoding, Picker, TextTokenizer};
+
+/// The paper's captioning query.
+pub const QUERY: &str = "Relay a brief, clear account of the picture shown.";
+/// Where `dataflow` looks for the export, relative to the assets folder.
+pub const ASSET_DIR: &str = "models/llava";
+/// The command that makes the export (run from the repository root, with internet).
+pub const EXPORT_COMMAND: &str = "python models/export/llava.py --out assets/models/llava";
+/// The export script, relative to the repository root.
+pub const SCRIPT: &str = "models/export/llava.py";
+
+/// The export folder: `explicit`, else `assets/models/llava`; the error says the export command.
+pub fn locate_export(explicit: Option<&Path>) -> Result<std::path::PathBuf, ModelError> {
+    crate::textgen::locate_export(explicit, ASSET_DIR, SCRIPT)
+}
+
+/// `export.json` of an export: what the Rust side needs besides the ONNX files.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LlavaExport {
+    /// The checkpoint (or `tiny-random`).
+    pub model: String,
+    /// The chat-rendered prompt with `{query}` where the query goes.
+    pub prompt_template: String,
+    /// The image placeholder token, e.g. `<image>`.
+    pub image_token: String,
+    /// Its id.
+    pub image_token_id: u32,
+    /// Image tokens per image (rows of `image_features`).
+    pub image_seq_length: usize,
+    /// Model input size `[height, width]`.
+    pub image_size: [u32; 2],
+    /// Per-channel mean after rescaling.
+    pub image_mean: [f32; 3],
+    /// Per-channel standard deviation.
+    pub image_std: [f32; 3],
+    /// Pixel rescale factor (1/255).
+    pub rescale_factor: f32,
+    /// Tokens that end a caption.
+    pub stop_token_ids: Vec<u32>,
+    /// Decoder layers.
+    pub num_layers: usize,
+    /// Key/value heads of the cache.
+    pub num_key_value_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Width of the embeddings.
+    pub hidden_size: usize,
+    /// Vocabulary size (width of `logits`).
+    pub vocab_size: usize,
+}
+
+/// Generation settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GenerateOptions {
+    /// Most new tokens per caption.
+    pub max_new_tokens: usize,
+    /// Greedy or sampled.
+    pub decoding: Decoding,
+    /// Feed the KV cache back (the normal case); `false` re-runs the whole sequence each step.
+    pub use_cache: bool,
+    /// Stop at the export's stop tokens (`false`: always `max_new_tokens`, for benchmarks).
+    pub stop_at_stop_tokens: bool,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions {
+            max_new_tokens: 48,
+            decoding: Decoding::Greedy,
+            use_cache: true,
+            stop_at_stop_tokens: true,
+        }
+    }
+}
+
+/// One generated caption.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caption {
+    /// New token ids, the stop token left out.
+    pub ids: Vec<u32>,
+    /// Their text, special tokens left out.
+    pub text: String,
+}
+
+/// The captions of one call and where the time went.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// One caption per image, in order.
+    pub captions: Vec<Caption>,
+    /// Vision encoder, embedding and the first decoder run.
+    pub prefill: Duration,
+    /// Every later decoder step (the decode loop).
+    pub decode: Duration,
+    /// Decoder steps after the prefill.
+    pub decode_steps: usize,
+}
+
+/// A LLaVA export loaded into three sessions.
+#[derive(Debug)]
+pub struct Llava {
+    vision: LoadedSession,
+    embed: LoadedSession,
+    decoder: LoadedSession,
+    tokenizer: TextTokenizer,
+    export: LlavaExport,
+    dir: PathBuf,
+}
+
+impl Llava {
+    /// The tensors of the three files for an export described by `e`.
+    pub fn io_specs(e: &LlavaExport) -> [IoSpec; 3] {
+        let (h, w) = (i64::from(e.image_size[0]), i64::from(e.image_size[1]));
+        let hidden = e.hidden_size as i64;
+        let vision = IoSpec::new()
+            .input(TensorSpec::f32("pixel_values", &[-1, 3, h, w]))
+            .output(TensorSpec::f32("image_features", &[-1, -1, hidden]));
+        let embed = IoSpec::new()
+            .input(TensorSpec::i64("input_ids", &[-1, -1]))
+            .output(TensorSpec::f32("inputs_embeds", &[-1, -1, hidden]));
+        let mut decoder = IoSpec::new()
+            .input(TensorSpec::f32("inputs_embeds", &[-1, -1, hidden]))
+            .input(TensorSpec::i64("attention_mask", &[-1, -1]))
+            .input(TensorSpec::i64("position_ids", &[-1, -1]))
+            .output(TensorSpec::f32("logits", &[-1, -1, e.vocab_size as i64]));
+        let cache = [-1, e.num_key_value_heads as i64, -1, e.head_dim as i64];
+        for i in 0..e.num_layers {
+            for kind in ["key", "value"] {
+                decoder = decoder
+                    .input(TensorSpec::f32(format!("past_key_values.{i}.{kind}"), &cache))
+                    .output(TensorSpec::f32(format!("present.{i}.{kind}"), &cache));
+            }
+        }
+        [vision, embed, decoder]
+    }
+
+    /// Loads the export in `dir` (checking every file's tensors against `export.json`).
+    pub fn load(dir: impl AsRef<Path>, options: &SessionOptions) -> Result<Self, ModelError> {
+        let dir = dir.as_ref();
+        let export: LlavaExport = read_export_json(dir, EXPORT_COMMAND)?;
+        let [vs, es, ds] = Self::io_specs(&export);
+        let onnx = dir.join("onnx");
+        let vision = load_session(onnx.join("vision_encoder.onnx"), options, &vs)?;
+        let embed = load_session(onnx.join("embed_tokens.onnx"), options, &es)?;
+        let decoder = load_session(onnx.join("decoder_model_merged.onnx"), options, &ds)?;
+        let tokenizer = TextTokenizer::load(&dir.join("tokenizer.json"))?;
+        match tokenizer.token_id(&export.image_token) {
+            Some(id) if id == export.image_token_id => {}
+            other => {
+                return Err(ModelError::Invalid(format!(
+                    "{}: the tokenizer gives `{}` the id {other:?}, export.json says {}",
+                    dir.display(),
+                    export.image_token,
+                    export.image_token_id
+                )))
+            }
+        }
+        Ok(Llava {
+            vision,
+            embed,
+            decoder,
+            tokenizer,
+            export,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// What `export.json` says.
+    pub fn export(&self) -> &LlavaExport {
+        &self.export
+    }
+
+    /// The export folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The provider the decoder runs on.
+    pub fn provider(&self) -> ActiveProvider {
+        self.decoder.provider()
+    }
+
+    /// The prompt's token ids for `query`, with the image placeholder expanded.
+    pub fn prompt_ids(&self, query: &str) -> Result<Vec<u32>, ModelError> {
+        let e = &self.export;
+        let text = e
+            .prompt_template
+            .replace("{query}", query)
+            .replace(&e.image_token, &e.image_token.repeat(e.image_seq_length));
+        self.tokenizer.encode(&text, false)
+    }
+
+    /// `pixel_values` of `images` (NCHW, the processor's pre-processing).
+    pub fn pixel_values(&self, images: &[&RgbImage]) -> Vec<f32> {
+        let e = &self.export;
+        let (h, w) = (e.image_size[0], e.image_size[1]);
+        let plane = (h * w) as usize;
+        let mut out = vec![0f32; images.len() * 3 * plane];
+        for (n, img) in images.iter().enumerate() {
+            let resized;
+            let img = if img.dimensions() == (w, h) {
+                *img
+            } else {
+                resized = imageops::resize(*img, w, h, FilterType::CatmullRom);
+                &resized
+            };
+            let base = n * 3 * plane;
+            for (i, px) in img.pixels().enumerate() {
+                for c in 0..3 {
+                    let x = f32::from(px[c]) * e.rescale_factor;
+                    out[base + c * plane + i] = (x - e.image_mean[c]) / e.image_std[c];
+                }
+            }
+        }
+        out
+    }
+
+    /// One caption of `image` for the paper's query.
+    pub fn caption(&mut self, image: &RgbImage, options: &GenerateOptions) -> Result<Caption, ModelError> {
+        let mut g = self.generate(&[image], QUERY, options)?;
+        g.captions
+            .pop()
+            .ok_or_else(|| ModelError::Invalid("LLaVA returned no caption".into()))
+    }
+
+    /// Captions of `images` for `query` in one batch (one row per image).
+    pub fn generate(
+        &mut self,
+        images: &[&RgbImage],
+        query: &str,
+        options: &GenerateOptions,
+    ) -> Result<Generation, ModelError> {
+        let b = images.len();
+        if b == 0 {
+            return Ok(Generation {
+                captions: Vec::new(),
+                prefill: Duration::ZERO,
+                decode: Duration::ZERO,
+                decode_steps: 0,
+            });
+        }
+        if let Some(img) = images.iter().find(|i| i.width() == 0 || i.height() == 0) {
+            return Err(ModelError::Invalid(format!(
+                "cannot caption an empty image ({}x{})",
+                img.width(),
+                img.height()
+            )));
+        }
+        let e = self.export.clone();
+        let started = Instant::now();
+        let prompt: Vec<i64> = self.prompt_ids(query)?.into_iter().map(i64::from).collect();
+        let s = prompt.len();
+        let hidden = e.hidden_size;
+
+        // Image features, then the prompt's embeddings with the image rows replaced.
+        let (h, w) = (e.image_size[0] as usize, e.image_size[1] as usize);
+        let pixels = tensor_f32(&[b, 3, h, w], self.pixel_values(images))?;
+        let out = self.vision.run(vec![("pixel_values".into(), pixels.into())])?;
+        let (fshape, feats) = out.f32("image_features")?;
+        if fshape != [b, e.image_seq_length, hidden] {
+            return Err(ModelError::Invalid(format!(
+                "image_features has shape {fshape:?}, expected [{b}, {}, {hidden}]",
+                e.image_seq_length
+            )));
+        }
+        let ids: Vec<i64> = (0..b).flat_map(|_| prompt.iter().copied()).collect();
+        let mut embeds = self.embed_ids(&ids, b, s)?;
+        let image_id = i64::from(e.image_token_id);
+        let positions: Vec<usize> = (0..s).filter(|&i| prompt[i] == image_id).collect();
+        if positions.len() != e.image_seq_length {
+            return Err(ModelError::Invalid(format!(
+                "the prompt has {} image tokens, the vision encoder gives {}",
+                positions.len(),
+                e.image_seq_length
+            )));
+        }
+        for row in 0..b {
+            for (j, &p) in positions.iter().enumerate() {
+                let dst = (row * s + p) * hidden;
+                let src = (row * e.image_seq_length + j) * hidden;
+                embeds[dst..dst + hidden].copy_from_slice(&feats[src..src + hidden]);
+            }
+        }
+
+        let mut picker = Picker::new(options.decoding, b)?;
+        let mut generated: Vec<Vec<u32>> = vec![Vec::new(); b];
+        let mut done = vec![false; b];
+        let mut past = self.empty_past(b)?;
+        // Without the cache the whole sequence's embeddings are kept and re-run.
+        let mut all_embeds = if options.use_cache { Vec::new() } else { embeds.clone() };
+        let mut step_embeds = embeds;
+        let mut step_len = s;
+        let mut total = s;
+        let mut prefill = Duration::ZERO;
+        let mut decode_started = None;
+        let mut steps = 0;
+        for step in 0..options.max_new_tokens {
+            let (seq_embeds, seq_len, past_len) = if options.use_cache {
+                (std::mem::take(&mut step_embeds), step_len, total - step_len)
+            } else {
+                (all_embeds.clone(), total, 0)
+            };
+            let mut inputs: Vec<(String, SessionInputValue<'_>)> = vec![
+                (
+                    "inputs_embeds".into(),
+                    tensor_f32(&[b, seq_len, hidden], seq_embeds)?.into(),
+                ),
+                (
+                    "attention_mask".into(),
+                    tensor_i64(&[b, total], vec![1; b * total])?.into(),
+                ),
+                (
+                    "position_ids".into(),
+                    tensor_i64(
+                        &[b, seq_len],
+                        (0..b).flat_map(|_| (past_len..total).map(|p| p as i64)).collect(),
+                    )?
+                    .into(),
+                ),
+            ];
+            let fresh_past;
+            let past_now = if options.use_cache {
+                std::mem::take(&mut past)
+            } else {
+                fresh_past = self.empty_past(b)?;
+                fresh_past
+            };
+            for (name, value) in past_now {
+                inputs.push((name, value.into()));
+            }
+            let mut res = self.decoder.run(inputs)?;
+            let (lshape, logits) = res.f32("logits")?;
+            if lshape != [b, seq_len, e.vocab_size] {
+                return Err(ModelError::Invalid(format!(
+                    "logits has shape {lshape:?}, expected [{b}, {seq_len}, {}]",
+                    e.vocab_size
+                )));
+            }
+            let mut next = Vec::with_capacity(b);
+            for row in 0..b {
+                let at = (row * seq_len + seq_len - 1) * e.vocab_size;
+                let token = picker.pick(row, &logits[at..at + e.vocab_size]);
+                if !done[row] {
+                    if options.stop_at_stop_tokens && e.stop_token_ids.contains(&token) {
+                        done[row] = true;
+                    } else {
+                        generated[row].push(token);
+                    }
+                }
+                next.push(i64::from(token));
+            }
+            if step == 0 {
+                prefill = started.elapsed();
+            } else {
+                steps += 1;
+            }
+            if done.iter().all(|&d| d) || step + 1 == options.max_new_tokens {
+                break;
+            }
+            if decode_started.is_none() {
+                decode_started = Some(Instant::now());
+            }
+            if options.use_cache {
+                past = Vec::with_capacity(2 * e.num_layers);
+                for i in 0..e.num_layers {
+                    for kind in ["key", "value"] {
+                        past.push((
+                            format!("past_key_values.{i}.{kind}"),
+                            res.take(&format!("present.{i}.{kind}"))?,
+                        ));
+                    }
+                }
+            }
+            let new = self.embed_ids(&next, b, 1)?;
+            total += 1;
+            if options.use_cache {
+                step_embeds = new;
+                step_len = 1;
+            } else {
+                let mut grown = Vec::with_capacity(b * total * hidden);
+                for row in 0..b {
+                    grown.extend_from_slice(&all_embeds[row * (total - 1) * hidden..(row + 1) * (total - 1) * hidden]);
+                    grown.extend_from_slice(&new[row * hidden..(row + 1) * hidden]);
+                }
+                all_embeds = grown;
+            }
+        }
+        let decode = decode_started.map(|t| t.elapsed()).unwrap_or_default();
+        let captions = generated
+            .into_iter()
+            .map(|ids| {
+                let text = self.tokenizer.decode(&ids)?.trim().to_string();
+                Ok(Caption { ids, text })
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        Ok(Generation {
+            captions,
+            prefill,
+            decode,
+            decode_steps: steps,
+        })
+    }
+
+    fn embed_ids(&mut self, ids: &[i64], b: usize, s: usize) -> Result<Vec<f32>, ModelError> {
+        let input = tensor_i64(&[b, s], ids.to_vec())?;
+        let out = self.embed.run(vec![("input_ids".into(), input.into())])?;
+        let (shape, data) = out.f32("inputs_embeds")?;
+        if shape != [b, s, self.export.hidden_size] {
+            return Err(ModelError::Invalid(format!("inputs_embeds has shape {shape:?}")));
+        }
+        Ok(data.to_vec())
+    }
+
+    fn empty_past(&self, b: usize) -> Result<Vec<(String, DynValue)>, ModelError> {
+        let e = &self.export;
+        let mut past = Vec::with_capacity(2 * e.num_layers);
+        for i in 0..e.num_layers {
+            for kind in ["key", "value"] {
+                let shape = [b, e.num_key_value_heads, 0, e.head_dim];
+                past.push((format!("past_key_values.{i}.{kind}"), tensor_f32(&shape, Vec::new())?));
+            }
+        }
+        Ok(past)
+    }
+}
