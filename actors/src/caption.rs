@@ -6,10 +6,15 @@
 //! Deterministic, plain dictionary words, never empty. A message without a
 //! `tile` field is described as a whole image (the single-text baseline).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use dataflow_engine::{BuildContext, Built, Input, OutPort, Outputs, Ports, Role, Stage, StageError, StageKind, Value};
 use dataflow_models::attributes::{describe_image, describe_tile, TilePosition};
+use dataflow_models::llava::{self, GenerateOptions, Llava};
+use dataflow_models::provider::SessionOptions;
+use dataflow_models::textgen::Decoding;
+use dataflow_monitoring::names;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -21,15 +26,36 @@ use crate::util::image_field;
 pub enum CaptionModel {
     /// Deterministic describer of colours, brightness and the object mask (offline tier).
     Attributes,
+    /// LLaVA-Interleave-Qwen-0.5B (paper tier, exported by `models/export/llava.py`).
+    Llava,
 }
 
 /// Keys of `caption`.
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct CaptionConfig {
     /// Which captioner.
     #[serde(default = "default_model")]
     pub model: CaptionModel,
+    /// LLaVA: the export folder (default `assets/models/llava`).
+    #[serde(default)]
+    pub model_dir: Option<PathBuf>,
+    /// LLaVA: the question asked about each tile (default: the paper's query).
+    #[serde(default)]
+    pub query: Option<String>,
+    /// LLaVA: most new tokens per caption.
+    #[serde(default = "default_max_new_tokens")]
+    pub max_new_tokens: usize,
+    /// LLaVA: `{ mode = "greedy" }` (default) or `{ mode = "sample", temperature = 0.7,
+    /// top_k = 50, top_p = 0.9 }`; sampling is seeded from the graph seed, frame and tile.
+    #[serde(default)]
+    pub decoding: Decoding,
+    /// ONNX Runtime session options (provider, device_id, intra_threads, arena_limit_bytes).
+    #[serde(flatten)]
+    pub session: SessionOptions,
+}
+
+fn default_max_new_tokens() -> usize {
+    48
 }
 
 fn default_model() -> CaptionModel {
@@ -41,6 +67,48 @@ pub struct Caption;
 
 struct Run {
     stage: String,
+}
+
+/// LLaVA captions of one replica.
+struct LlavaRun {
+    model: Llava,
+    stage: String,
+    query: String,
+    options: GenerateOptions,
+    seed: u64,
+    inference: metrics::Histogram,
+}
+
+impl Stage for LlavaRun {
+    fn process(&mut self, input: Input, out: &mut Outputs) -> Result<(), StageError> {
+        let Input::Message { msg, .. } = input else {
+            return Ok(());
+        };
+        let img = image_field(&msg, "image", &self.stage)?;
+        if img.width == 0 || img.height == 0 {
+            return Err(StageError::input(format!("frame {}: the tile is empty", msg.id)));
+        }
+        let rgb = img.to_rgb();
+        let mut options = self.options;
+        if let Decoding::Sample { seed, .. } = &mut options.decoding {
+            // Reproducible per graph seed, frame and tile, whatever replica draws.
+            *seed = seed
+                .wrapping_add(self.seed)
+                .wrapping_add(msg.id.seq.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+                .wrapping_add(u64::from(msg.part.index).wrapping_mul(0xD1B5_4A32_D192_ED03))
+                .wrapping_add(u64::from(msg.id.stream) << 48);
+        }
+        let gen = self
+            .model
+            .generate(&[&rgb], &self.query, &options)
+            .map_err(|e| StageError::new("model", format!("captioning frame {} failed: {e}", msg.id)))?;
+        self.inference.record((gen.prefill + gen.decode).as_secs_f64());
+        let text = gen.captions.into_iter().next().map(|c| c.text).unwrap_or_default();
+        let mut fields = msg.fields.clone();
+        fields.insert("text", Value::Text(Arc::from(text.as_str())));
+        out.emit(msg.derive(fields));
+        Ok(())
+    }
 }
 
 impl Stage for Run {
@@ -93,9 +161,45 @@ impl StageKind for Caption {
         }
     }
 
-    fn build(_: &Self::Config, ctx: &BuildContext) -> Result<Built, StageError> {
-        Ok(Built::Stage(Box::new(Run {
-            stage: ctx.stage.clone(),
-        })))
+    fn check(c: &Self::Config, ctx: &BuildContext) -> Vec<String> {
+        match c.model {
+            CaptionModel::Attributes => Vec::new(),
+            CaptionModel::Llava => llava_dir(c, ctx).err().map(|e| vec![e.message]).unwrap_or_default(),
+        }
     }
+
+    fn build(c: &Self::Config, ctx: &BuildContext) -> Result<Built, StageError> {
+        match c.model {
+            CaptionModel::Attributes => Ok(Built::Stage(Box::new(Run {
+                stage: ctx.stage.clone(),
+            }))),
+            CaptionModel::Llava => {
+                if c.max_new_tokens == 0 {
+                    return Err(StageError::input("`max_new_tokens` must be at least 1"));
+                }
+                let dir = llava_dir(c, ctx)?;
+                let model = Llava::load(&dir, &c.session).map_err(|e| StageError::new("model", e.to_string()))?;
+                let inference = metrics::histogram!(names::MODEL_INFERENCE_SECONDS,
+                    names::LABEL_MODEL => "llava", names::LABEL_PROVIDER => model.provider().as_str());
+                tracing::info!(stage = %ctx.stage, replica = ctx.replica, model = %dir.display(), provider = %model.provider(), "captioner loaded");
+                Ok(Built::Stage(Box::new(LlavaRun {
+                    model,
+                    stage: ctx.stage.clone(),
+                    query: c.query.clone().unwrap_or_else(|| llava::QUERY.to_string()),
+                    options: GenerateOptions {
+                        max_new_tokens: c.max_new_tokens,
+                        decoding: c.decoding,
+                        ..GenerateOptions::default()
+                    },
+                    seed: ctx.seed,
+                    inference,
+                })))
+            }
+        }
+    }
+}
+
+fn llava_dir(c: &CaptionConfig, ctx: &BuildContext) -> Result<PathBuf, StageError> {
+    let explicit = c.model_dir.as_deref().map(|d| ctx.resolve(d));
+    llava::locate_export(explicit.as_deref()).map_err(|e| StageError::io(format!("caption model = \"llava\": {e}")))
 }

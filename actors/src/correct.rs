@@ -3,11 +3,18 @@
 //! `model = "symspell"` (offline tier): SymSpell compound correction with the
 //! English unigram and bigram dictionaries of the `symspellpy` package. Reads
 //! `texts` (or `text`) and adds `corrected`; numbers and punctuation are kept.
+//!
+//! `model = "bart"` (paper tier): a BART seq2seq spelling corrector exported by
+//! `models/export/bart.py` (default checkpoint `oliverguhr/spelling-correction-english-base`),
+//! the encoder once per text and the decoder with its KV cache; greedy by default,
+//! `beams = N` for beam search.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use dataflow_engine::{BuildContext, Built, Input, OutPort, Outputs, Ports, Role, Stage, StageError, StageKind, Value};
+use dataflow_models::bart::{self, Bart, CorrectOptions};
+use dataflow_models::provider::SessionOptions;
 use dataflow_models::symspell::Corrector;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -20,11 +27,12 @@ pub enum CorrectModel {
     Symspell,
     /// No correction: `corrected` = received (for comparisons).
     None,
+    /// A BART spelling corrector (paper tier, exported by `models/export/bart.py`).
+    Bart,
 }
 
 /// Keys of `correct`.
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct CorrectConfig {
     /// Which corrector.
     #[serde(default = "default_model")]
@@ -32,6 +40,25 @@ pub struct CorrectConfig {
     /// Folder holding the SymSpell dictionaries (default: the set-up's `assets/symspell`).
     #[serde(default)]
     pub dictionary: Option<PathBuf>,
+    /// BART: the export folder (default `assets/models/bart`).
+    #[serde(default)]
+    pub model_dir: Option<PathBuf>,
+    /// BART: beam width (1 = greedy).
+    #[serde(default = "default_beams")]
+    pub beams: usize,
+    /// BART: most new tokens per text.
+    #[serde(default = "default_max_new_tokens")]
+    pub max_new_tokens: usize,
+    /// ONNX Runtime session options for BART (provider, device_id, intra_threads, arena_limit_bytes).
+    #[serde(flatten)]
+    pub session: SessionOptions,
+}
+
+fn default_beams() -> usize {
+    1
+}
+fn default_max_new_tokens() -> usize {
+    64
 }
 
 fn default_model() -> CorrectModel {
@@ -41,15 +68,24 @@ fn default_model() -> CorrectModel {
 /// The `correct` kind.
 pub struct Correct;
 
+enum Fixer {
+    Symspell(Box<Corrector>),
+    Bart(Box<Bart>, CorrectOptions),
+    None,
+}
+
 struct Run {
-    corrector: Option<Corrector>,
+    corrector: Fixer,
 }
 
 impl Run {
-    fn fix(&self, t: &str) -> String {
-        match &self.corrector {
-            Some(c) => c.correct(t),
-            None => t.to_string(),
+    fn fix(&mut self, t: &str) -> Result<String, StageError> {
+        match &mut self.corrector {
+            Fixer::Symspell(c) => Ok(c.correct(t)),
+            Fixer::Bart(b, options) => b
+                .correct(t, options)
+                .map_err(|e| StageError::new("model", format!("BART correction failed: {e}"))),
+            Fixer::None => Ok(t.to_string()),
         }
     }
 }
@@ -61,10 +97,13 @@ impl Stage for Run {
         };
         let mut fields = msg.fields.clone();
         if let Some(texts) = msg.fields.texts("texts") {
-            let fixed: Vec<Option<String>> = texts.iter().map(|t| t.as_deref().map(|t| self.fix(t))).collect();
+            let fixed: Vec<Option<String>> = texts
+                .iter()
+                .map(|t| t.as_deref().map(|t| self.fix(t)).transpose())
+                .collect::<Result<_, _>>()?;
             fields.insert("corrected", Value::Texts(Arc::from(fixed)));
         } else if let Some(t) = msg.fields.text("text") {
-            fields.insert("corrected", Value::Text(Arc::from(self.fix(t).as_str())));
+            fields.insert("corrected", Value::Text(Arc::from(self.fix(t)?.as_str())));
         } else {
             return Err(StageError::input(format!(
                 "frame {} has neither `texts` nor `text` to correct",
@@ -74,6 +113,11 @@ impl Stage for Run {
         out.emit(msg.derive(fields));
         Ok(())
     }
+}
+
+fn bart_dir(c: &CorrectConfig, ctx: &BuildContext) -> Result<PathBuf, StageError> {
+    let explicit = c.model_dir.as_deref().map(|d| ctx.resolve(d));
+    bart::locate_export(explicit.as_deref()).map_err(|e| StageError::io(format!("correct model = \"bart\": {e}")))
 }
 
 fn dictionary_dir(c: &CorrectConfig, ctx: &BuildContext) -> Result<PathBuf, StageError> {
@@ -96,7 +140,7 @@ impl StageKind for Correct {
     type Config = CorrectConfig;
     const NAME: &'static str = "correct";
     const ROLE: Role = Role::Transform;
-    const DOC: &'static str = "Corrects the received texts (SymSpell compound correction).";
+    const DOC: &'static str = "Corrects the received texts (SymSpell compound correction, or BART).";
 
     fn ports(_: &Self::Config) -> Ports {
         Ports {
@@ -107,24 +151,37 @@ impl StageKind for Correct {
     }
 
     fn check(c: &Self::Config, ctx: &BuildContext) -> Vec<String> {
-        if c.model == CorrectModel::None {
-            return Vec::new();
-        }
-        dictionary_dir(c, ctx)
-            .err()
-            .map(|e| vec![e.message])
-            .unwrap_or_default()
+        let found = match c.model {
+            CorrectModel::None => return Vec::new(),
+            CorrectModel::Symspell => dictionary_dir(c, ctx).map(|_| ()),
+            CorrectModel::Bart => bart_dir(c, ctx).map(|_| ()),
+        };
+        found.err().map(|e| vec![e.message]).unwrap_or_default()
     }
 
     fn build(c: &Self::Config, ctx: &BuildContext) -> Result<Built, StageError> {
         let corrector = match c.model {
-            CorrectModel::None => None,
+            CorrectModel::None => Fixer::None,
+            CorrectModel::Bart => {
+                if c.beams == 0 || c.max_new_tokens == 0 {
+                    return Err(StageError::input("`beams` and `max_new_tokens` must be at least 1"));
+                }
+                let dir = bart_dir(c, ctx)?;
+                let model = Bart::load(&dir, &c.session).map_err(|e| StageError::new("model", e.to_string()))?;
+                tracing::info!(stage = %ctx.stage, model = %dir.display(), provider = %model.provider(), beams = c.beams, "BART corrector loaded");
+                let options = CorrectOptions {
+                    max_new_tokens: c.max_new_tokens,
+                    beams: c.beams,
+                    ..CorrectOptions::default()
+                };
+                Fixer::Bart(Box::new(model), options)
+            }
             CorrectModel::Symspell => {
                 let dir = dictionary_dir(c, ctx)?;
                 let t0 = std::time::Instant::now();
                 let corr = Corrector::load_dir(&dir).map_err(|e| StageError::io(format!("{}: {e}", dir.display())))?;
                 tracing::info!(stage = %ctx.stage, words = corr.symspell().word_count(), seconds = t0.elapsed().as_secs_f64(), "SymSpell dictionaries loaded");
-                Some(corr)
+                Fixer::Symspell(Box::new(corr))
             }
         };
         Ok(Built::Stage(Box::new(Run { corrector })))

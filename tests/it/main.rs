@@ -8,4 +8,5 @@ mod live;
 mod live_ffmpeg;
 mod monitoring;
 mod multisc;
+mod paper;
 mod support;

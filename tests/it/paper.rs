@@ -1,0 +1,112 @@
+//! The paper-tier graph (`graphs/multisc.toml`): it validates, it refuses to start without the
+//! exported models (naming the export commands), and it runs end to end on the tiny-random
+//! fixtures of `models/fixtures/`.
+
+use std::process::Command;
+
+use dataflow_models::channel::decode_text_lossy;
+
+use crate::support::{bin, copy_kodak, num, read_csv, root, run_graph, texts};
+
+fn multisc() -> std::path::PathBuf {
+    root().join("graphs/multisc.toml")
+}
+
+#[test]
+fn paper_graph_validates() {
+    let out = Command::new(bin())
+        .current_dir(root())
+        .arg("validate")
+        .arg(multisc())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("multisc.toml: ok ("), "{stdout}");
+}
+
+#[test]
+fn paper_graph_without_exports_stops_naming_each_export_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let assets = dir.path().join("assets");
+    std::fs::create_dir_all(&assets).unwrap();
+    let imgs = dir.path().join("in");
+    copy_kodak(&imgs, &["kodim03"]);
+    let out_dir = dir.path().join("out");
+    let o = Command::new(bin())
+        .current_dir(root())
+        .env("DATAFLOW_ASSETS", &assets)
+        .arg("run")
+        .arg(multisc())
+        .arg("--out")
+        .arg(&out_dir)
+        .args(["--no-progress", "--metrics", "off", "--set"])
+        .arg(format!("stage.source.path={}", imgs.display()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    println!("{stderr}");
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    for (stage, model) in [("segment", "fcn"), ("caption", "llava"), ("correct", "bart")] {
+        let cmd = format!(
+            "`python models/export/{model}.py --out {}`",
+            assets.join("models").join(model).display()
+        );
+        assert_eq!(
+            stderr.matches(&cmd).count(),
+            1,
+            "one message for {stage} with {cmd}:\n{stderr}"
+        );
+    }
+    assert!(!out_dir.join("summary.json").exists(), "nothing ran");
+}
+
+#[test]
+fn paper_graph_runs_end_to_end_on_the_tiny_fixtures() {
+    let dir = tempfile::tempdir().unwrap();
+    let imgs = dir.path().join("in");
+    copy_kodak(&imgs, &["kodim03", "kodim23"]);
+    let out = dir.path().join("out");
+    let fixtures = root().join("models/fixtures");
+    let sets = [
+        format!("stage.source.path={}", imgs.display()),
+        format!("stage.segment.model_dir={}", fixtures.join("fcn").display()),
+        format!("stage.caption.model_dir={}", fixtures.join("llava").display()),
+        format!("stage.correct.model_dir={}", fixtures.join("bart").display()),
+        // Short captions keep the run quick; the tiny models never say stop.
+        "stage.caption.max_new_tokens=6".to_string(),
+    ];
+    let mut args: Vec<&str> = vec!["--snr", "30"];
+    for s in &sets {
+        args.extend(["--set", s]);
+    }
+    let o = run_graph(&multisc(), &out, &args);
+    assert_eq!(o.status.code(), Some(0));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["frames_in"].as_u64(), Some(2), "{summary}");
+    assert_eq!(summary["failed"].as_u64(), Some(0), "{summary}");
+    let rows = read_csv(&out.join("metrics.csv"));
+    assert_eq!(rows.len(), 2);
+    for r in &rows {
+        let sent = texts(r, "sent_texts");
+        assert_eq!(sent.len(), 4, "four tile captions: {sent:?}");
+        assert!(sent.iter().all(|t| !t.is_empty() && !t.contains("<lost>")), "{sent:?}");
+        // No bit errors at 30 dB: the receiver gets the captions as the channel's text
+        // decoding gives them (the tiny model's random tokens include partial UTF-8 and
+        // control characters, which it drops).
+        assert_eq!(num(r, "bit_errors"), 0.0);
+        let clean: Vec<String> = sent.iter().map(|t| decode_text_lossy(t.as_bytes())).collect();
+        assert_eq!(texts(r, "texts"), clean, "30 dB: received = sent");
+        assert_eq!(texts(r, "corrected").len(), 4);
+        for d in ["reconstructions", "sheets"] {
+            let p = out.join(d).join(format!("{}.png", r["name"]));
+            assert!(p.is_file(), "{}", p.display());
+        }
+    }
+}
