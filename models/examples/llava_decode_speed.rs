@@ -3,7 +3,7 @@
 //! --bench-only --bench N` times the same loop with onnxruntime's Python API.
 //!
 //! ```sh
-//! cargo run --release -p dataflow-models --example llava_decode_speed -- models/fixtures/llava 64
+//! cargo run --release -p dataflow-models --example llava_decode_speed -- models/fixtures/llava 128 21
 //! ```
 //!
 //! The rate counts the decoder steps after the prefill (embedding the last token, one decoder
@@ -17,6 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let dir = args.next().unwrap_or_else(|| "models/fixtures/llava".into());
     let tokens: usize = args.next().map(|n| n.parse()).transpose()?.unwrap_or(64);
+    let runs: usize = args.next().map(|n| n.parse()).transpose()?.unwrap_or(21);
     let mut llava = Llava::load(&dir, &SessionOptions::cpu().with_intra_threads(1))?;
     let tile = std::path::Path::new(&dir).join("images/tile0.png");
     let img = if tile.is_file() {
@@ -36,17 +37,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     llava.generate(&[&img], QUERY, &warm)?;
     let mut rates = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..runs.max(1) {
         let g = llava.generate(&[&img], QUERY, &options)?;
         rates.push(g.decode_steps as f64 / g.decode.as_secs_f64());
     }
-    let mut sorted = rates.clone();
-    sorted.sort_by(f64::total_cmp);
-    let runs: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
+    rates.sort_by(f64::total_cmp);
     println!(
-        "rust decode loop: {tokens} new tokens, 1 thread: median {:.0} tokens/s (runs: {})",
-        sorted[sorted.len() / 2],
-        runs.join(", ")
+        "rust decode loop: {tokens} new tokens, 1 thread, {} runs: median {:.0} tokens/s (min {:.0}, max {:.0})",
+        rates.len(),
+        rates[rates.len() / 2],
+        rates[0],
+        rates[rates.len() - 1]
     );
     Ok(())
 }

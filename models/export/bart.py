@@ -136,8 +136,8 @@ def build(tiny: bool, seed: int, name: str):
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(name)
-        model = BartForConditionalGeneration.from_pretrained(name, torch_dtype=torch.float32).eval()
-        return model, tok._tokenizer
+        model = BartForConditionalGeneration.from_pretrained(name, dtype=torch.float32).eval()
+        return model, getattr(tok, "backend_tokenizer", None) or tok._tokenizer
     common.seed_everything(seed)
     tok = common.train_byte_level_bpe(300, ["<s>", "<pad>", "</s>", "<unk>"], qwen_style=False)
     tok.add_special_tokens(["<mask>"])

@@ -86,7 +86,8 @@ def command_line() -> str:
 
 def write_json(path: Path, value) -> None:
     """Writes JSON with sorted keys and a final newline (stable diffs)."""
-    path.write_text(json.dumps(value, indent=1, sort_keys=True) + "\n")
+    # `default=str`: processor settings may hold enums (e.g. PIL resampling filters).
+    path.write_text(json.dumps(value, indent=1, sort_keys=True, default=str) + "\n")
     print(f"wrote {path} ({path.stat().st_size} bytes)")
 
 

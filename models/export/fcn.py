@@ -79,6 +79,7 @@ def build(tiny: bool, seed: int):
     if not tiny:
         weights = segmentation.FCN_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1
         model = segmentation.fcn_resnet50(weights=weights)
+        model.aux_classifier = None  # training-time head; `out` does not use it
         # torchvision names the classes as VOC does, with "__background__" first.
         assert list(weights.meta["categories"])[1:] == VOC_LABELS[1:], weights.meta["categories"]
         return model.eval()

@@ -146,9 +146,10 @@ def build(tiny: bool, seed: int):
         from transformers import AutoProcessor
 
         processor = AutoProcessor.from_pretrained(REAL)
-        model = LlavaForConditionalGeneration.from_pretrained(REAL, torch_dtype=torch.float32).eval()
-        prompt = processor.apply_chat_template(MESSAGES, add_generation_prompt=True)
-        return model, processor.tokenizer._tokenizer, processor.image_processor.to_dict(), prompt
+        model = LlavaForConditionalGeneration.from_pretrained(REAL, dtype=torch.float32).eval()
+        prompt = processor.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
+        tokenizer = getattr(processor.tokenizer, "backend_tokenizer", None) or processor.tokenizer._tokenizer
+        return model, tokenizer, processor.image_processor.to_dict(), prompt
 
     common.seed_everything(seed)
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", IMAGE_TOKEN]
@@ -376,6 +377,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-new-tokens", type=int, default=8, help="length of the expected greedy outputs")
     ap.add_argument("--bench", type=int, default=0, help="time the ONNX decode loop for this many new tokens")
+    ap.add_argument("--bench-runs", type=int, default=21, help="timed runs (the median is printed)")
     ap.add_argument("--bench-only", action="store_true", help="only time an existing export in --out")
     args = ap.parse_args()
     out: Path = args.out
@@ -396,7 +398,7 @@ def main() -> None:
             "command": common.command_line(),
             "versions": common.versions(),
             "query": QUERY,
-            "prompt_template": prompt.replace(QUERY, "{query}").replace("{query}", "{query}"),
+            "prompt_template": prompt,
             "image_token": IMAGE_TOKEN,
             "image_token_id": cfg.image_token_index,
             "image_seq_length": int(n_img),
@@ -470,11 +472,12 @@ def main() -> None:
         runner = OrtLlava(out, meta)
         runner.generate(np.array([ids], np.int64), px, meta["image_token_id"], 4, [])  # warm-up
         rates = []
-        for _ in range(5):
+        for _ in range(args.bench_runs):
             got, secs = runner.generate(np.array([ids], np.int64), px, meta["image_token_id"], args.bench, [])
             rates.append((len(got[0]) - 1) / secs)
-        print(f"python onnxruntime decode loop: {args.bench} new tokens, 1 thread: "
-              f"median {sorted(rates)[len(rates) // 2]:.0f} tokens/s (runs: {', '.join(f'{r:.0f}' for r in rates)})")
+        rates.sort()
+        print(f"python onnxruntime decode loop: {args.bench} new tokens, 1 thread, {len(rates)} runs: "
+              f"median {rates[len(rates) // 2]:.0f} tokens/s (min {rates[0]:.0f}, max {rates[-1]:.0f})")
 
 
 if __name__ == "__main__":
