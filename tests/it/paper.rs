@@ -110,3 +110,51 @@ fn paper_graph_runs_end_to_end_on_the_tiny_fixtures() {
         }
     }
 }
+
+/// `segment model = "fcn"` gives the frame and the slice the VOC label of the main object:
+/// on the fixture's own test image (at its own size, `resize = 0`) the one PyTorch found.
+#[test]
+fn paper_fcn_segment_labels_the_main_object_as_pytorch_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = root().join("models/fixtures/fcn");
+    let imgs = dir.path().join("in");
+    std::fs::create_dir_all(&imgs).unwrap();
+    std::fs::copy(fixture.join("image.png"), imgs.join("image.png")).unwrap();
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture.join("expected.json")).unwrap()).unwrap();
+    let graph = format!(
+        r#"
+[graph]
+name = "fcn-label"
+[stage.source]
+kind = "image_dir"
+path = "{imgs}"
+[stage.segment]
+kind = "segment"
+inputs = ["source"]
+model = "fcn"
+model_dir = "{fixture}"
+resize = 0
+provider = "cpu"
+[stage.frames]
+kind = "csv_sink"
+inputs = ["segment.out"]
+path = "frames.csv"
+[stage.slices]
+kind = "csv_sink"
+inputs = ["segment.slice"]
+path = "slices.csv"
+"#,
+        imgs = imgs.display(),
+        fixture = fixture.display()
+    );
+    let out = dir.path().join("out");
+    let summary = crate::support::run_text(&graph, &out);
+    assert_eq!(summary.failed, 0);
+    let want = expected["main_label"].as_str().unwrap();
+    for file in ["frames.csv", "slices.csv"] {
+        let rows = read_csv(&out.join(file));
+        assert_eq!(rows.len(), 1, "{file}");
+        assert_eq!(rows[0]["label"], want, "{file}");
+    }
+}
