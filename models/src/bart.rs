@@ -197,6 +197,13 @@ impl Bart {
         if options.beams == 0 {
             return Err(ModelError::Invalid("beams must be at least 1".into()));
         }
+        // The decoder's learned positions bound the output: the start token and every fed
+        // token take one.
+        let mut options = *options;
+        options.max_new_tokens = options
+            .max_new_tokens
+            .min(self.export.max_position_embeddings.saturating_sub(1));
+        let options = &options;
         let s = input_ids.len();
         let ids: Vec<i64> = input_ids.iter().map(|&t| i64::from(t)).collect();
         let out = self.encoder.run(vec![

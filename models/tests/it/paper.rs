@@ -138,6 +138,16 @@ fn bart_greedy_and_beam_search_give_the_ids_of_pytorch_generate() -> Result<(), 
         )?;
         assert_eq!(beam_no_cache, got_beam, "beam search with and without the cache");
     }
+    // More new tokens than the 64 learned positions allow: bounded, not a runtime error.
+    let input = bart.encode("teh cat")?;
+    let long = bart.generate_ids(
+        &input,
+        &CorrectOptions {
+            max_new_tokens: 500,
+            ..CorrectOptions::default()
+        },
+    )?;
+    assert!(long.len() <= 63, "{}", long.len());
     Ok(())
 }
 
