@@ -103,7 +103,10 @@ fn paper_graph_runs_end_to_end_on_the_tiny_fixtures() {
         assert_eq!(num(r, "bit_errors"), 0.0);
         let clean: Vec<String> = sent.iter().map(|t| decode_text_lossy(t.as_bytes())).collect();
         assert_eq!(texts(r, "texts"), clean, "30 dB: received = sent");
-        assert_eq!(texts(r, "corrected").len(), 4);
+        // BART (random weights) rewrites what it is given: the corrector really ran.
+        let corrected = texts(r, "corrected");
+        assert_eq!(corrected.len(), 4);
+        assert_ne!(corrected, clean, "BART output equals its input");
         for d in ["reconstructions", "sheets"] {
             let p = out.join(d).join(format!("{}.png", r["name"]));
             assert!(p.is_file(), "{}", p.display());
