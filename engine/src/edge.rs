@@ -46,6 +46,27 @@ pub(crate) struct Edge {
 pub(crate) struct Permit {
     _permit: OwnedSemaphorePermit,
     edge: Arc<Edge>,
+    /// Runs when the last place held by a forwarded message is freed (see [`OnRelease`]).
+    pub release: Option<Arc<OnRelease>>,
+}
+
+/// A forwarded message's release callback, shared by the places it holds on every
+/// edge it went to; it runs when the last of them is dropped.
+pub(crate) struct OnRelease(Mutex<Option<crate::stage::Release>>);
+
+impl OnRelease {
+    /// Wraps a callback.
+    pub fn new(f: crate::stage::Release) -> Arc<OnRelease> {
+        Arc::new(OnRelease(Mutex::new(Some(f))))
+    }
+}
+
+impl Drop for OnRelease {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.get_mut().ok().and_then(Option::take) {
+            f();
+        }
+    }
 }
 
 impl Drop for Permit {
@@ -131,12 +152,14 @@ impl Edge {
         Permit {
             _permit: p,
             edge: self.clone(),
+            release: None,
         }
     }
 
     /// Admits `msg` according to the edge's policy; `None` when it was dropped.
-    pub async fn admit(self: &Arc<Self>, msg: Message) -> Option<Delivery> {
-        let permit = match self.sem.clone().try_acquire_owned() {
+    /// `release` (a forwarded message's callback) travels with the place it takes.
+    pub async fn admit(self: &Arc<Self>, msg: Message, release: Option<&Arc<OnRelease>>) -> Option<Delivery> {
+        let mut permit = match self.sem.clone().try_acquire_owned() {
             Ok(p) => self.wrap(p),
             Err(_) => match self.policy {
                 WhenFull::Block => self.wait(msg.id).await?,
@@ -151,6 +174,7 @@ impl Edge {
                 },
             },
         };
+        permit.release = release.cloned();
         self.depth.set(self.depth() as f64);
         if self.policy != WhenFull::DropOldest {
             return Some(Delivery::Direct(msg, permit));
@@ -178,9 +202,11 @@ impl Edge {
         let mut q = self.pending.lock().ok()?;
         while let Some(w) = q.pop_front() {
             if let Some(t) = w.upgrade() {
-                if let Some((old, permit)) = t.take() {
+                if let Some((old, mut permit)) = t.take() {
                     tracing::debug!(from = %self.from, to = %self.to, frame = %old.id, "drop_oldest: discarded a queued message");
                     self.count_drop();
+                    // The discarded message no longer holds this place: release it now.
+                    permit.release = None;
                     return Some(permit);
                 }
             }

@@ -7,12 +7,15 @@
 //! - [`registry`]: stage kinds by name, type-erased.
 //! - [`graph`]: graph files with positions, overrides and diagnostics.
 //! - [`plan`]: validation into a [`plan::Plan`].
+//! - [`partition`]: one machine's part of a distributed graph, with bridges for the
+//!   edges that cross machines (the transport itself lives outside the engine).
 //! - [`render`]: `dot` and `mermaid` pictures of a plan, and the graph JSON Schema.
 //! - [`runtime`]: actors, bounded edges, joins, replicas, shutdown.
 
 mod edge;
 pub mod graph;
 pub mod message;
+pub mod partition;
 pub mod plan;
 pub mod registry;
 pub mod render;
@@ -21,10 +24,11 @@ pub mod stage;
 
 pub use graph::{Diagnostic, Diagnostics, GraphSource, Override};
 pub use message::{Fields, FrameId, Image, Message, Part, PixelFormat, Rect, Value};
-pub use plan::{plan, Plan, Restart, WhenFull};
+pub use partition::{Bridges, CrossingEdge, PartitionError};
+pub use plan::{plan, MachineSpec, Plan, Restart, TlsSpec, WhenFull};
 pub use registry::Registry;
 pub use runtime::{run, RunOptions, RunSummary};
 pub use stage::{
-    BuildContext, Built, Input, Joined, OutPort, Outputs, Ports, Role, Source, SourceItem, Stage, StageError,
+    BuildContext, Built, Input, Joined, OutPort, Outputs, Ports, Release, Role, Source, SourceItem, Stage, StageError,
     StageKind, StopFlag,
 };

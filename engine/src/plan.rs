@@ -1,6 +1,6 @@
 //! Validation: from a [`GraphSource`] to a [`Plan`], reporting every error at once.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -44,8 +44,46 @@ pub const RESERVED_KEYS: &[&str] = &[
 ];
 const TOP_LEVEL: &[&str] = &["graph", "defaults", "metrics", "channel", "stage", "machines"];
 const GRAPH_KEYS: &[&str] = &["name", "seed", "description"];
-const DEFAULT_KEYS: &[&str] = &["mailbox", "when_full", "restart"];
+const DEFAULT_KEYS: &[&str] = &["mailbox", "when_full", "restart", "machine"];
 const METRICS_KEYS: &[&str] = &["listen"];
+
+/// How one machine of a distributed graph joins the others (`[machines.<name>]`, DESIGN §7).
+/// The engine only checks the keys; a transport (zenoh, in `dataflow-actors`) gives them meaning.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MachineSpec {
+    /// Endpoints this machine listens on, e.g. `["tcp/0.0.0.0:7447"]`.
+    #[serde(default)]
+    pub listen: Vec<String>,
+    /// Endpoints this machine connects to. When empty, it connects to the other
+    /// machines' `listen` endpoints that name a host (not `0.0.0.0` or `[::]`).
+    #[serde(default)]
+    pub connect: Vec<String>,
+    /// A router to go through instead of peer-to-peer, e.g. `tcp/router.lan:7447`.
+    #[serde(default)]
+    pub router: Option<String>,
+    /// TLS certificates for `tls/...` endpoints, when given.
+    #[serde(default)]
+    pub tls: Option<TlsSpec>,
+}
+
+/// TLS files of a machine (paths relative to the graph file's folder or the current one).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSpec {
+    /// Certificate of the authority that signed the peers' certificates (PEM).
+    #[serde(default)]
+    pub root_ca: Option<PathBuf>,
+    /// This machine's certificate (PEM).
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// This machine's private key (PEM).
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// Ask peers for a certificate too (mutual TLS).
+    #[serde(default)]
+    pub mtls: bool,
+}
 
 /// Default edge capacity in messages.
 pub const DEFAULT_MAILBOX: usize = 4;
@@ -86,8 +124,11 @@ pub struct PlannedStage {
     pub replicas: usize,
     /// Panic policy.
     pub restart: Restart,
-    /// Placement (DESIGN §7).
+    /// Placement (DESIGN §7): the stage's `machine`, else `[defaults] machine`.
     pub machine: Option<String>,
+    /// Stream number of a source (the `stream` of its frame ids): the same in a whole
+    /// graph and in each machine's part of it, so frame ids and seeded noise agree.
+    pub stream: u32,
 }
 
 /// A validated graph.
@@ -107,6 +148,8 @@ pub struct Plan {
     pub channel: toml::Table,
     /// Stages in a topological order (producers before consumers).
     pub stages: Vec<PlannedStage>,
+    /// `[machines.<name>]` tables (empty for a one-machine graph).
+    pub machines: BTreeMap<String, MachineSpec>,
 }
 
 impl Plan {
@@ -286,6 +329,57 @@ pub fn plan(src: &GraphSource, registry: &Registry) -> Result<Plan, Diagnostics>
         "never | on_failure",
     )
     .unwrap_or(Restart::OnFailure);
+    let def_machine = match defaults_t.get("machine") {
+        None => None,
+        Some(toml::Value::String(s)) => Some(s.clone()),
+        Some(o) => {
+            cx.err(
+                &["defaults", "machine"],
+                None,
+                format!("`machine` must be a string, found {}", type_name(o)),
+                None,
+            );
+            None
+        }
+    };
+    let mut machines = BTreeMap::new();
+    match v.get("machines") {
+        None => {}
+        Some(toml::Value::Table(t)) => {
+            for (name, spec) in t {
+                match serde_path_to_error::deserialize::<_, MachineSpec>(spec.clone()) {
+                    Ok(m) => {
+                        machines.insert(name.clone(), m);
+                    }
+                    Err(e) => {
+                        let path = e.path().to_string();
+                        let first = path.split('.').next().unwrap_or("").to_string();
+                        let mut at = vec!["machines", name.as_str()];
+                        if spec.as_table().is_some_and(|t| t.contains_key(&first)) {
+                            at.push(&first);
+                        }
+                        cx.err(
+                            &at,
+                            None,
+                            format!("machine `{name}`: {}", e.into_inner().message()),
+                            Some(
+                                "keys: listen = [\"tcp/0.0.0.0:7447\"], connect = [...], router = \"tcp/host:7447\", tls = { root_ca, cert, key, mtls }".into(),
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        Some(o) => cx.err(
+            &["machines"],
+            None,
+            format!(
+                "`machines` must be a table of [machines.<name>] tables, found {}",
+                type_name(o)
+            ),
+            None,
+        ),
+    }
 
     // Channel keys must be known to at least one channel kind.
     let channel_keys: BTreeSet<String> = registry
@@ -366,7 +460,7 @@ pub fn plan(src: &GraphSource, registry: &Registry) -> Result<Plan, Diagnostics>
                 "never | on_failure",
             )
             .unwrap_or(def_restart),
-            machine: None,
+            machine: def_machine.clone(),
         };
         match t.get("machine") {
             None => {}
@@ -509,6 +603,49 @@ pub fn plan(src: &GraphSource, registry: &Registry) -> Result<Plan, Diagnostics>
             }
         }
         raws.push(raw);
+    }
+
+    // Placements name a [machines.<name>] table; once one stage is placed, all are.
+    let placed = raws.iter().any(|r| r.machine.is_some());
+    for r in &raws {
+        match &r.machine {
+            Some(m) if !machines.contains_key(m) && v.get("machines").is_some_and(|t| t.is_table()) => {
+                let hint = did_you_mean(m, machines.keys().map(String::as_str));
+                let own = stages_t.get(&r.id).and_then(|t| t.get("machine")).is_some();
+                let at: Vec<&str> = if own {
+                    vec!["stage", &r.id, "machine"]
+                } else {
+                    vec!["defaults", "machine"]
+                };
+                cx.err(
+                    &at,
+                    Some(&r.id),
+                    format!("machine `{m}` is not described in [machines]"),
+                    Some(match hint {
+                        Some(h) => format!(
+                            "did you mean `{h}`? machines: {}",
+                            machines.keys().cloned().collect::<Vec<_>>().join(", ")
+                        ),
+                        None => format!("add [machines.{m}] with listen = [...] or connect = [...]"),
+                    }),
+                );
+            }
+            Some(m) if !machines.contains_key(m) => cx.err(
+                &["stage", &r.id, "machine"],
+                Some(&r.id),
+                format!("machine `{m}` is not described: the graph has no [machines] table"),
+                Some(format!(
+                    "add [machines.{m}] with listen = [\"tcp/0.0.0.0:7447\"] or connect = [...]"
+                )),
+            ),
+            None if placed => cx.err(
+                &["stage", &r.id],
+                Some(&r.id),
+                "stage has no `machine` while other stages are placed".into(),
+                Some("add machine = \"...\" to the stage, or [defaults] machine = \"...\"".into()),
+            ),
+            _ => {}
+        }
     }
 
     // Resolve inputs.
@@ -721,6 +858,8 @@ pub fn plan(src: &GraphSource, registry: &Registry) -> Result<Plan, Diagnostics>
         pos[i] = p;
     }
     let mut stages: Vec<PlannedStage> = Vec::with_capacity(n);
+    // Sources are numbered from the last in topological order (the runtime's spawn order).
+    let mut next_stream = order.iter().filter(|&&i| raws[i].role == Some(Role::Source)).count() as u32;
     for &i in &order {
         let r = &raws[i];
         let (Some(config), Some(ports), Some(role), Some(kind)) =
@@ -752,6 +891,12 @@ pub fn plan(src: &GraphSource, registry: &Registry) -> Result<Plan, Diagnostics>
             replicas: r.replicas,
             restart: r.restart,
             machine: r.machine.clone(),
+            stream: if r.role == Some(Role::Source) {
+                next_stream = next_stream.saturating_sub(1);
+                next_stream
+            } else {
+                0
+            },
         });
     }
     let graph_dir = src.path.parent().map(|p| p.to_path_buf()).unwrap_or_default();
@@ -763,6 +908,7 @@ pub fn plan(src: &GraphSource, registry: &Registry) -> Result<Plan, Diagnostics>
         metrics_listen,
         channel: channel_t,
         stages,
+        machines,
     })
 }
 

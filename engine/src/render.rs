@@ -136,11 +136,13 @@ pub fn schema(registry: &Registry) -> serde_json::Value {
             "graph": {"type": "object", "additionalProperties": false, "properties": {
                 "name": {"type": "string"}, "seed": {"type": "integer", "minimum": 0}, "description": {"type": "string"}}},
             "defaults": {"type": "object", "additionalProperties": false, "properties": {
-                "mailbox": reserved["mailbox"], "when_full": reserved["when_full"], "restart": reserved["restart"]}},
+                "mailbox": reserved["mailbox"], "when_full": reserved["when_full"], "restart": reserved["restart"],
+                "machine": {"type": "string", "description": "Placement of stages that do not set `machine`."}}},
             "metrics": {"type": "object", "additionalProperties": false, "properties": {
                 "listen": {"type": "string", "description": "Prometheus endpoint, e.g. 127.0.0.1:9464"}}},
             "channel": {"type": "object", "description": "Defaults every channel stage inherits (snr_db, modulation, ...)."},
-            "machines": {"type": "object"},
+            "machines": {"type": "object", "description": "How each machine joins the others (DESIGN §7).",
+                "additionalProperties": serde_json::to_value(schemars::schema_for!(crate::plan::MachineSpec)).unwrap_or_default()},
             "stage": {"type": "object", "additionalProperties": {"oneOf": variants}}
         }
     })

@@ -32,7 +32,7 @@ use metrics::{Counter, Gauge, Histogram};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{oneshot, Notify};
 
-use crate::edge::{Delivery, Edge, Permit};
+use crate::edge::{Delivery, Edge, OnRelease, Permit};
 use crate::message::{FrameId, Message, Part};
 use crate::plan::{Plan, Restart};
 use crate::registry::Configured;
@@ -378,6 +378,16 @@ impl Group {
 
 /// Routes a stage's outputs to its consumers, waiting for room per policy.
 async fn route(group: &Group, shared: &RunShared, outputs: Vec<(usize, Message)>) {
+    route_released(group, shared, outputs, None).await
+}
+
+/// [`route`], with a forwarded message's release callback riding on every place it takes.
+async fn route_released(
+    group: &Group,
+    shared: &RunShared,
+    outputs: Vec<(usize, Message)>,
+    release: Option<Arc<OnRelease>>,
+) {
     let stats = &shared.stats[group.index];
     for (port, msg) in outputs {
         stats.on_sent(1);
@@ -389,7 +399,7 @@ async fn route(group: &Group, shared: &RunShared, outputs: Vec<(usize, Message)>
             let Some(m) = m else { continue };
             let (part, seq) = (m.part, m.id.seq);
             // `None`: dropped by policy, already counted by the edge.
-            if let Some(delivery) = edge.admit(m).await {
+            if let Some(delivery) = edge.admit(m, release.as_ref()).await {
                 consumer.dispatch(edge.input, delivery, part, seq);
             }
         }
@@ -816,8 +826,9 @@ impl Actor for SourceActor {
 fn run_source(source: &mut dyn Source, a: &SourceArgs, handle: &tokio::runtime::Handle) {
     let stats = a.shared.stats[a.group.index].clone();
     let mut seq = 0u64;
+    let ends_on_stop = source.ends_on_stop();
     loop {
-        if a.shared.stop.is_set() {
+        if a.shared.stop.is_set() && ends_on_stop {
             break;
         }
         let t0 = Instant::now();
@@ -837,6 +848,14 @@ fn run_source(source: &mut dyn Source, a: &SourceArgs, handle: &tokio::runtime::
                 stats.on_received();
                 stats.m_processing.record(dt.as_secs_f64());
                 handle.block_on(route(&a.group, &a.shared, vec![(0, msg)]));
+            }
+            Ok(SourceItem::Forward { msg, on_release }) => {
+                stats.on_received();
+                stats.m_processing.record(dt.as_secs_f64());
+                // The callback runs when the last place it holds is freed (or right
+                // here, when every edge dropped the message).
+                let release = on_release.map(OnRelease::new);
+                handle.block_on(route_released(&a.group, &a.shared, vec![(0, msg)], release));
             }
             Ok(SourceItem::Failed(e)) => a.shared.record_error(a.group.index, None, &e),
             Ok(SourceItem::End) => break,
@@ -916,7 +935,6 @@ pub async fn run(plan: &Plan, opts: RunOptions) -> Result<RunSummary, StageError
 
     let (start_tx, start) = tokio::sync::watch::channel(false);
     let totals = Arc::new(Mutex::new(Vec::new()));
-    let mut stream = 0u32;
     let mut actors: Vec<ractor::ActorCell> = Vec::new();
     let mut spawn_error: Option<StageError> = None;
     for i in (0..n).rev() {
@@ -928,11 +946,10 @@ pub async fn run(plan: &Plan, opts: RunOptions) -> Result<RunSummary, StageError
                 shared: shared.clone(),
                 config: s.config.clone(),
                 ctx: plan.context(i, 0, &opts.out_dir),
-                stream,
+                stream: s.stream,
                 start: start.clone(),
                 totals: totals.clone(),
             };
-            stream += 1;
             match Actor::spawn(None, SourceActor, args).await {
                 Ok((r, _)) => actors.push(r.get_cell()),
                 Err(e) => {

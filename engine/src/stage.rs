@@ -251,7 +251,6 @@ impl StopFlag {
 }
 
 /// What a source yields each time it is asked.
-#[derive(Debug)]
 pub enum SourceItem {
     /// A new frame with these fields.
     Frame(Fields),
@@ -259,7 +258,36 @@ pub enum SourceItem {
     Failed(StageError),
     /// The stream has ended.
     End,
+    /// A message that already has its identity (frame id, part, capture time), such as
+    /// one that crossed from another machine. `on_release` runs once the message's
+    /// place on the edge is freed: when the consumer has sent its outputs on, or when
+    /// the edge's policy dropped it. A bridge acknowledges the message there, so the
+    /// edge's bound holds across machines.
+    Forward {
+        /// The message, routed as is on the source's first output port.
+        msg: Message,
+        /// Called once the message no longer holds a place on any edge.
+        on_release: Option<Release>,
+    },
 }
+
+impl std::fmt::Debug for SourceItem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SourceItem::Frame(fields) => f.debug_tuple("Frame").field(fields).finish(),
+            SourceItem::Failed(e) => f.debug_tuple("Failed").field(e).finish(),
+            SourceItem::End => f.write_str("End"),
+            SourceItem::Forward { msg, on_release } => f
+                .debug_struct("Forward")
+                .field("msg", msg)
+                .field("on_release", &on_release.is_some())
+                .finish(),
+        }
+    }
+}
+
+/// A callback run once, when a forwarded message's place on its edge is freed.
+pub type Release = Box<dyn FnOnce() + Send + Sync>;
 
 /// A source at run time, driven from a dedicated thread.
 pub trait Source: Send {
@@ -271,6 +299,13 @@ pub trait Source: Send {
     /// Produces the next item; may block (camera, rate limit). Must return
     /// [`SourceItem::End`] soon after `stop` is set.
     fn next(&mut self, stop: &StopFlag) -> SourceItem;
+
+    /// Whether the runtime stops asking for items once a stop is requested (the
+    /// default). A bridge from another machine returns `false`: after Ctrl-C it keeps
+    /// delivering until the far side's end of stream, so frames in flight drain.
+    fn ends_on_stop(&self) -> bool {
+        true
+    }
 }
 
 /// What `build` returns.

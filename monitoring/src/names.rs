@@ -21,6 +21,16 @@ pub const EDGE_QUEUE_DEPTH: &str = "dataflow_edge_queue_depth";
 pub const EDGE_CAPACITY: &str = "dataflow_edge_capacity";
 /// Time a producer waited for room on an edge. Labels: `from`, `to`.
 pub const EDGE_SEND_BLOCKED_SECONDS: &str = "dataflow_edge_send_blocked_seconds";
+/// 1 while the other end of an edge between machines is present, else 0. Labels: `from`, `to`.
+pub const LINK_UP: &str = "dataflow_link_up";
+/// Messages missing on arrival over an edge between machines (sequence gaps). Labels: `from`, `to`.
+pub const LINK_LOST: &str = "dataflow_link_lost_total";
+/// Messages that arrived after a later one over an edge between machines. Labels: `from`, `to`.
+pub const LINK_REORDERED: &str = "dataflow_link_reordered_total";
+/// Messages sent again to a receiver that came back. Labels: `from`, `to`.
+pub const LINK_RESENT: &str = "dataflow_link_resent_total";
+/// Payload bytes published over an edge between machines. Labels: `from`, `to`.
+pub const LINK_SENT_BYTES: &str = "dataflow_link_sent_bytes_total";
 /// Source-to-sink latency of a frame. Labels: `graph`.
 pub const PIPELINE_LATENCY_SECONDS: &str = "dataflow_pipeline_latency_seconds";
 /// Time of one model inference. Labels: `model`, `provider`.
@@ -104,7 +114,7 @@ use MetricKind::{Counter, Gauge, Histogram};
 /// [`crate::describe_all`] registers these; [`ALL`] is the list of their names.
 pub const METRICS: &[MetricSpec] = &METRIC_TABLE;
 
-const METRIC_TABLE: [MetricSpec; 21] = [
+const METRIC_TABLE: [MetricSpec; 26] = [
     spec(
         STAGE_MESSAGES_RECEIVED,
         Counter,
@@ -178,6 +188,41 @@ const METRIC_TABLE: [MetricSpec; 21] = [
         Some(metrics::Unit::Seconds),
         &[LABEL_FROM, LABEL_TO],
         "Time a producer waited for room on an edge.",
+    ),
+    spec(
+        LINK_UP,
+        Gauge,
+        None,
+        &[LABEL_FROM, LABEL_TO],
+        "1 while the other end of an edge between machines is present, else 0.",
+    ),
+    spec(
+        LINK_LOST,
+        Counter,
+        Some(metrics::Unit::Count),
+        &[LABEL_FROM, LABEL_TO],
+        "Messages missing on arrival over an edge between machines (sequence gaps).",
+    ),
+    spec(
+        LINK_REORDERED,
+        Counter,
+        Some(metrics::Unit::Count),
+        &[LABEL_FROM, LABEL_TO],
+        "Messages that arrived after a later one over an edge between machines.",
+    ),
+    spec(
+        LINK_RESENT,
+        Counter,
+        Some(metrics::Unit::Count),
+        &[LABEL_FROM, LABEL_TO],
+        "Messages sent again to a receiver that came back.",
+    ),
+    spec(
+        LINK_SENT_BYTES,
+        Counter,
+        Some(metrics::Unit::Bytes),
+        &[LABEL_FROM, LABEL_TO],
+        "Payload bytes published over an edge between machines.",
     ),
     spec(
         PIPELINE_LATENCY_SECONDS,

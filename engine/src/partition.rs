@@ -1,0 +1,326 @@
+//! One machine's part of a distributed graph (DESIGN §7).
+//!
+//! Stages carry `machine = "<name>"`. [`Plan::partition`] keeps the stages placed on
+//! one machine and replaces every edge that crosses machines by a bridge pair: a
+//! sending sink on the producer's machine and a receiving source on the consumer's,
+//! made by a [`Bridges`] implementation (the engine knows no transport; the zenoh one
+//! lives in `dataflow-actors`). The consumer keeps its input order, sources keep
+//! their stream numbers and stages their ids, so frame ids, joins and seeded noise
+//! are the same as in a one-process run of the whole graph.
+
+use std::sync::Arc;
+
+use crate::plan::{InputEdge, Plan, PlannedStage, WhenFull};
+use crate::registry::Configured;
+use crate::stage::Role;
+
+/// An edge whose producer and consumer sit on different machines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrossingEdge {
+    /// Graph name (part of the link's key, so two graphs never mix).
+    pub graph: String,
+    /// Producing stage id.
+    pub from: String,
+    /// Output port name of the producer.
+    pub port: String,
+    /// Consuming stage id.
+    pub to: String,
+    /// Index of the edge in the consumer's `inputs`.
+    pub input: usize,
+    /// Machine of the producer.
+    pub from_machine: String,
+    /// Machine of the consumer.
+    pub to_machine: String,
+    /// Capacity of the consumer's input edge: the messages the link may hold.
+    pub mailbox: usize,
+    /// Policy of the consumer's input edge.
+    pub when_full: WhenFull,
+}
+
+impl CrossingEdge {
+    /// Id of the bridge stages on both machines: `<from>.<port>-><to>`.
+    pub fn stage_id(&self) -> String {
+        format!("{}.{}->{}", self.from, self.port, self.to)
+    }
+}
+
+/// Makes the two ends of a crossing edge. Implemented by a transport.
+pub trait Bridges {
+    /// Kind name shown for the sending end (summary, metrics).
+    fn sender_kind(&self) -> &'static str;
+    /// Kind name shown for the receiving end.
+    fn receiver_kind(&self) -> &'static str;
+    /// The sink that takes the producer's messages and sends them to the other machine.
+    /// Its ports must mark it `heavy` when sending may block (it usually does).
+    fn sender(&self, edge: &CrossingEdge) -> Result<Arc<dyn Configured>, String>;
+    /// The source that receives them on the consumer's machine; it yields
+    /// [`crate::SourceItem::Forward`] messages.
+    fn receiver(&self, edge: &CrossingEdge) -> Result<Arc<dyn Configured>, String>;
+}
+
+/// Why a graph could not be cut for a machine.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PartitionError {
+    /// `--machine` names a machine the graph does not describe.
+    #[error("{file}: machine `{machine}` is not in the graph's [machines] ({known}){hint}")]
+    UnknownMachine {
+        /// Graph file.
+        file: String,
+        /// The machine asked for.
+        machine: String,
+        /// Known machines.
+        known: String,
+        /// "did you mean" text, or empty.
+        hint: String,
+    },
+    /// The graph places no stage on machines.
+    #[error("{file}: --machine {machine} was given but no stage has `machine = \"...\"`; run without --machine, or place the stages")]
+    NotPlaced {
+        /// Graph file.
+        file: String,
+        /// The machine asked for.
+        machine: String,
+    },
+    /// No stage is placed on the machine.
+    #[error("{file}: no stage is placed on machine `{machine}`; placed machines: {placed}")]
+    Empty {
+        /// Graph file.
+        file: String,
+        /// The machine asked for.
+        machine: String,
+        /// Machines that have stages.
+        placed: String,
+    },
+    /// The transport could not make a bridge.
+    #[error("{file}: edge `{edge}` ({from_machine} -> {to_machine}): {message}")]
+    Bridge {
+        /// Graph file.
+        file: String,
+        /// The edge, as a bridge id.
+        edge: String,
+        /// Producer's machine.
+        from_machine: String,
+        /// Consumer's machine.
+        to_machine: String,
+        /// What the transport said.
+        message: String,
+    },
+}
+
+impl Plan {
+    /// Whether any stage is placed on a machine.
+    pub fn is_distributed(&self) -> bool {
+        self.stages.iter().any(|s| s.machine.is_some())
+    }
+
+    /// Every edge whose two ends are placed on different machines, in plan order.
+    pub fn crossing_edges(&self) -> Vec<CrossingEdge> {
+        let mut out = Vec::new();
+        for consumer in &self.stages {
+            for (input, e) in consumer.inputs.iter().enumerate() {
+                let producer = &self.stages[e.from];
+                let (Some(fm), Some(tm)) = (&producer.machine, &consumer.machine) else {
+                    continue;
+                };
+                if fm != tm {
+                    out.push(CrossingEdge {
+                        graph: self.name.clone(),
+                        from: producer.id.clone(),
+                        port: producer
+                            .ports
+                            .outputs
+                            .get(e.port)
+                            .map(|p| p.name.clone())
+                            .unwrap_or_default(),
+                        to: consumer.id.clone(),
+                        input,
+                        from_machine: fm.clone(),
+                        to_machine: tm.clone(),
+                        mailbox: consumer.mailbox,
+                        when_full: consumer.when_full,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether `machine` can run a part of this graph: it is described in `[machines]`
+    /// and has stages placed on it.
+    pub fn check_machine(&self, machine: &str) -> Result<(), PartitionError> {
+        let file = self.file.display().to_string();
+        if !self.machines.contains_key(machine) {
+            let known: Vec<&str> = self.machines.keys().map(String::as_str).collect();
+            let hint = crate::graph::did_you_mean(machine, known.iter().copied())
+                .map(|h| format!("; did you mean `{h}`?"))
+                .unwrap_or_default();
+            if !self.is_distributed() {
+                return Err(PartitionError::NotPlaced {
+                    file,
+                    machine: machine.into(),
+                });
+            }
+            return Err(PartitionError::UnknownMachine {
+                file,
+                machine: machine.into(),
+                known: if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                },
+                hint,
+            });
+        }
+        let local: Vec<bool> = self
+            .stages
+            .iter()
+            .map(|s| s.machine.as_deref() == Some(machine))
+            .collect();
+        if !local.iter().any(|l| *l) {
+            let mut placed: Vec<&str> = self.stages.iter().filter_map(|s| s.machine.as_deref()).collect();
+            placed.sort();
+            placed.dedup();
+            return Err(PartitionError::Empty {
+                file,
+                machine: machine.into(),
+                placed: placed.join(", "),
+            });
+        }
+        Ok(())
+    }
+
+    /// The part of the graph that runs on `machine`, with a bridge for every crossing edge.
+    pub fn partition(&self, machine: &str, bridges: &dyn Bridges) -> Result<Plan, PartitionError> {
+        self.check_machine(machine)?;
+        let file = self.file.display().to_string();
+        let local: Vec<bool> = self
+            .stages
+            .iter()
+            .map(|s| s.machine.as_deref() == Some(machine))
+            .collect();
+        let crossing = self.crossing_edges();
+        let bridge_err = |e: &CrossingEdge, message: String| PartitionError::Bridge {
+            file: file.clone(),
+            edge: e.stage_id(),
+            from_machine: e.from_machine.clone(),
+            to_machine: e.to_machine.clone(),
+            message,
+        };
+
+        // New order: receiving bridges (sources), the local stages in plan order,
+        // then sending bridges (sinks): producers stay before consumers.
+        let incoming: Vec<&CrossingEdge> = crossing.iter().filter(|e| e.to_machine == machine).collect();
+        let outgoing: Vec<&CrossingEdge> = crossing.iter().filter(|e| e.from_machine == machine).collect();
+        let mut new_index = vec![usize::MAX; self.stages.len()];
+        let mut next = incoming.len();
+        for (i, l) in local.iter().enumerate() {
+            if *l {
+                new_index[i] = next;
+                next += 1;
+            }
+        }
+        let first_sender = next;
+
+        let mut stages: Vec<PlannedStage> = Vec::with_capacity(next + outgoing.len());
+        for (k, e) in incoming.iter().enumerate() {
+            let config = bridges.receiver(e).map_err(|m| bridge_err(e, m))?;
+            let ports = config.ports();
+            let to = self.index(&e.to).map(|i| new_index[i]).unwrap_or(usize::MAX);
+            stages.push(PlannedStage {
+                id: e.stage_id(),
+                kind: bridges.receiver_kind().into(),
+                role: Role::Source,
+                config,
+                ports,
+                inputs: Vec::new(),
+                consumers: vec![vec![(to, e.input)]],
+                mailbox: e.mailbox,
+                when_full: e.when_full,
+                replicas: 1,
+                restart: crate::plan::Restart::Never,
+                machine: Some(machine.into()),
+                stream: u32::MAX - k as u32,
+            });
+        }
+        for (i, s) in self.stages.iter().enumerate() {
+            if !local[i] {
+                continue;
+            }
+            let mut st = s.clone();
+            st.inputs = s
+                .inputs
+                .iter()
+                .enumerate()
+                .map(|(input, e)| {
+                    if local[e.from] {
+                        InputEdge {
+                            from: new_index[e.from],
+                            port: e.port,
+                            text: e.text.clone(),
+                        }
+                    } else {
+                        let k = incoming
+                            .iter()
+                            .position(|c| c.to == s.id && c.input == input)
+                            .unwrap_or(usize::MAX);
+                        InputEdge {
+                            from: k,
+                            port: 0,
+                            text: e.text.clone(),
+                        }
+                    }
+                })
+                .collect();
+            st.consumers = s
+                .consumers
+                .iter()
+                .map(|list| {
+                    list.iter()
+                        .map(|&(c, input)| {
+                            if local[c] {
+                                (new_index[c], input)
+                            } else {
+                                let k = outgoing
+                                    .iter()
+                                    .position(|o| o.to == self.stages[c].id && o.input == input)
+                                    .unwrap_or(usize::MAX);
+                                (first_sender + k, 0)
+                            }
+                        })
+                        .collect()
+                })
+                .collect();
+            stages.push(st);
+        }
+        for e in &outgoing {
+            let config = bridges.sender(e).map_err(|m| bridge_err(e, m))?;
+            let ports = config.ports();
+            let from = self.index(&e.from).map(|i| new_index[i]).unwrap_or(usize::MAX);
+            let port = self
+                .index(&e.from)
+                .and_then(|i| self.stages[i].ports.outputs.iter().position(|p| p.name == e.port));
+            stages.push(PlannedStage {
+                id: e.stage_id(),
+                kind: bridges.sender_kind().into(),
+                role: Role::Sink,
+                config,
+                ports,
+                inputs: vec![InputEdge {
+                    from,
+                    port: port.unwrap_or(0),
+                    text: format!("{}.{}", e.from, e.port),
+                }],
+                consumers: Vec::new(),
+                // The local queue in front of the link has the consumer's capacity and
+                // policy, so drops by policy happen (and are counted) here.
+                mailbox: e.mailbox,
+                when_full: e.when_full,
+                replicas: 1,
+                restart: crate::plan::Restart::Never,
+                machine: Some(machine.into()),
+                stream: 0,
+            });
+        }
+        Ok(Plan { stages, ..self.clone() })
+    }
+}
