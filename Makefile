@@ -12,9 +12,9 @@ GRAPH ?= graphs/multisc-lite.toml
 setup:
 	scripts/setup-assets
 
-# Debian packages the tests and live sources use (prometheus, ffmpeg, chromium).
+# Debian packages the tests, live sources and codec baselines use.
 setup-system:
-	scripts/setup-system prometheus ffmpeg chromium
+	scripts/setup-system prometheus ffmpeg chromium libheif-examples
 
 build:
 	$(CARGO) build --release

@@ -9,6 +9,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use dataflow_engine::{GraphSource, Override, Registry, RunOptions};
 use dataflow_monitoring::LogFormat;
 
+mod report;
+mod sweep;
+
 #[derive(Parser)]
 #[command(
     name = "dataflow",
@@ -86,6 +89,27 @@ enum Command {
     Schema,
     /// List the stage kinds.
     Kinds,
+    /// Run graphs at every SNR and seed on the same images; write CSVs, plots and index.html.
+    Sweep {
+        /// Graph files (each needs a `csv_sink` after `evaluate`).
+        #[arg(required = true)]
+        graphs: Vec<PathBuf>,
+        /// SNR points: START:STOP:STEP (0:20:3), a list (0,5,10) or one value.
+        #[arg(long, default_value = "0:20:3", allow_hyphen_values = true)]
+        snr: String,
+        /// Seeds per SNR (1..=N, set as the graph seed).
+        #[arg(long, default_value_t = 3)]
+        seeds: u32,
+        /// Images to use instead of each graph's `image_dir` folder.
+        #[arg(long)]
+        images: Option<PathBuf>,
+        /// Output folder; run the same command again to resume an interrupted sweep.
+        #[arg(long)]
+        out: PathBuf,
+        /// Extra overrides for every run, e.g. `stage.link.codec=jpeg`.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
     /// Check the set-up: ONNX Runtime, execution providers, GPU, assets, the models each shipped graph needs.
     Doctor {
         /// Graph files to check (default: every file in graphs/).
@@ -249,6 +273,28 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             };
             dataflow_monitoring::top::run(&opts, &mut std::io::stdout())?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Sweep {
+            graphs,
+            snr,
+            seeds,
+            images,
+            out,
+            set,
+        } => {
+            for g in &graphs {
+                let src = load(g, &OverrideArgs::default(), &registry).map_err(|e| anyhow::anyhow!(e))?;
+                dataflow_engine::plan(&src, &registry).map_err(|d| anyhow::anyhow!("{d}"))?;
+            }
+            let snrs = sweep::parse_snrs(&snr).map_err(|e| anyhow::anyhow!(e))?;
+            sweep::sweep(&sweep::SweepArgs {
+                graphs,
+                snrs,
+                seeds,
+                images,
+                out,
+                set,
+            })
         }
         Command::Kinds => {
             for k in registry.kinds() {

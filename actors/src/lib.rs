@@ -13,6 +13,7 @@
 
 pub mod camera;
 pub mod caption;
+pub mod codec_channel;
 pub mod correct;
 pub mod csv_sink;
 pub mod delay;
@@ -22,6 +23,7 @@ pub mod fuse;
 pub mod image_channel;
 pub mod image_dir;
 pub mod image_sink;
+pub mod jscc;
 pub mod null_sink;
 pub mod passthrough;
 pub mod preview;
@@ -59,6 +61,8 @@ pub fn register_all(r: &mut Registry) {
     r.register::<camera::Camera>();
     r.register::<ffmpeg::Ffmpeg>();
     r.register::<video_sink::VideoSink>();
+    r.register::<codec_channel::CodecChannel>();
+    r.register::<jscc::Jscc>();
 }
 
 /// A registry with every kind of the project.

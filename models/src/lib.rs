@@ -21,17 +21,21 @@
 //! - [`composite`]: object slice on a background made from the text (offline `reconstruct`).
 //! - [`quality`]: image and text quality measures for `evaluate`.
 //! - [`channel`]: digital channel maths (modulation, AWGN).
+//! - [`codec`]: image codecs of the digital baseline, quality bisected to a byte budget.
+//! - [`jscc`]: deep JSCC encoder/decoder around an AWGN channel (analog baseline).
 //! - [`ldpc`]: 5G NR LDPC coding of a transport block (BPG-LDPC baseline).
 
 pub mod assets;
 pub mod attributes;
 pub mod bart;
 pub mod channel;
+pub mod codec;
 pub mod colors;
 pub mod composite;
 pub mod error;
 pub mod fcn;
 pub mod isnet;
+pub mod jscc;
 pub mod ldpc;
 pub mod llava;
 pub mod provider;

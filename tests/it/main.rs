@@ -10,3 +10,4 @@ mod monitoring;
 mod multisc;
 mod paper;
 mod support;
+mod sweep;
