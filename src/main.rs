@@ -68,6 +68,10 @@ enum Command {
         /// Keep serving the metrics this many seconds after the run ends (so a short run can be scraped).
         #[arg(long, default_value_t = 0.0)]
         linger: f64,
+        /// Run only the stages placed on this machine (`machine = "..."`); edges to
+        /// other machines go over zenoh. Without it, a placed graph runs whole here.
+        #[arg(long, value_name = "NAME")]
+        machine: Option<String>,
     },
     /// Check graph files and report every error at once (exit 1 on errors).
     Validate {
@@ -233,7 +237,18 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 match load(g, &overrides, &registry)
                     .and_then(|src| dataflow_engine::plan(&src, &registry).map_err(|d| d.to_string()))
                 {
-                    Ok(p) => println!("{}: ok ({} stages)", g.display(), p.stages.len()),
+                    Ok(p) => match p
+                        .machines
+                        .keys()
+                        .map(|m| dataflow_actors::zenoh_link::zenoh_config(&p, m).map(|_| ()))
+                        .find_map(Result::err)
+                    {
+                        None => println!("{}: ok ({} stages)", g.display(), p.stages.len()),
+                        Some(e) => {
+                            bad += 1;
+                            eprintln!("{e}");
+                        }
+                    },
                     Err(e) => {
                         bad += 1;
                         eprintln!("{e}");
@@ -315,6 +330,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             no_progress,
             drain_timeout,
             linger,
+            machine,
         } => {
             let src = match load(&graph, &overrides, &registry) {
                 Ok(s) => s,
@@ -330,7 +346,43 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                     return Ok(ExitCode::from(1));
                 }
             };
-            let out_dir = out.unwrap_or_else(|| default_out(&plan.name));
+            let stop = dataflow_engine::StopFlag::default();
+            let (plan, bridges) = match &machine {
+                None => {
+                    if plan.is_distributed() {
+                        eprintln!(
+                            "note: {} places stages on machines; running every stage in this process (pass --machine NAME to run one machine's part)",
+                            graph.display()
+                        );
+                    }
+                    (plan, None)
+                }
+                Some(m) => {
+                    // Check the cut before opening any socket.
+                    if let Err(e) = plan.check_machine(m) {
+                        eprintln!("error: {e}");
+                        return Ok(ExitCode::from(1));
+                    }
+                    let bridges = match dataflow_actors::zenoh_link::ZenohBridges::open(&plan, m, stop.clone()) {
+                        Ok(b) => b,
+                        Err(e) => {
+                            eprintln!("error: {e}");
+                            return Ok(ExitCode::from(1));
+                        }
+                    };
+                    match plan.partition(m, &bridges) {
+                        Ok(p) => (p, Some(bridges)),
+                        Err(e) => {
+                            eprintln!("error: {e}");
+                            return Ok(ExitCode::from(1));
+                        }
+                    }
+                }
+            };
+            let out_dir = out.unwrap_or_else(|| match &machine {
+                Some(m) => default_out(&format!("{}-{m}", plan.name)),
+                None => default_out(&plan.name),
+            });
             if let Err(d) = dataflow_engine::plan::check_resources(&plan, &out_dir) {
                 eprintln!("{d}");
                 return Ok(ExitCode::from(1));
@@ -357,11 +409,16 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 .build()
                 .context("starting the runtime")?;
             let mut opts = RunOptions::new(out_dir.clone());
+            opts.stop = stop;
             opts.progress = !no_progress;
             opts.drain_timeout = Duration::from_secs_f64(drain_timeout.max(0.0));
             let summary = rt
                 .block_on(dataflow_engine::run(&plan, opts))
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
+            if let Some(b) = bridges {
+                // The receivers' last acknowledgements, then the session.
+                b.close(Duration::from_secs(2));
+            }
             let _ = std::fs::write(out_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?);
             eprint!("{}", summary.render());
             if linger > 0.0 {

@@ -10,6 +10,9 @@
 //! - Live: [`ffmpeg`] (source: frames from an ffmpeg process), [`video_sink`] (writes a video file).
 //! - Live: [`camera`] (source: V4L2 device), [`preview`] (sink: live view over HTTP); `image_dir` follows a folder with `watch = true`.
 //! - [`util`]: small helpers shared by kinds (field access, image decoding).
+//! - Between machines (not stage kinds a graph names; the engine asks for them when it
+//!   cuts a graph by `machine`): [`zenoh_link`] bridges an edge over zenoh, [`wire`]
+//!   writes messages for it.
 
 pub mod camera;
 pub mod caption;
@@ -35,6 +38,8 @@ pub mod synthetic;
 pub mod text_channel;
 pub mod util;
 pub mod video_sink;
+pub mod wire;
+pub mod zenoh_link;
 
 use dataflow_engine::Registry;
 
