@@ -179,3 +179,38 @@ fn multisc_lite_runs_end_to_end_on_samples_and_kodak() {
 fn single_text_lite_runs_end_to_end_on_samples_and_kodak() {
     runs_end_to_end("single-text-lite.toml");
 }
+
+#[test]
+fn vlm_csc_lite_runs_end_to_end_on_samples_and_kodak() {
+    runs_end_to_end("vlm-csc-lite.toml");
+}
+
+/// The image baselines have no texts: every frame arrives, at the frame's size, and
+/// at the graphs' 10 dB the digital link loses nothing.
+#[test]
+fn baseline_graphs_run_end_to_end_on_the_samples() {
+    let samples = sample_names();
+    for graph in ["bpg-ldpc.toml", "deep-jscc.toml"] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let o = run_graph(&root().join("graphs").join(graph), &out, &[]);
+        assert_eq!(o.status.code(), Some(0), "{graph}");
+        let rows = read_csv(&out.join("metrics.csv"));
+        assert_eq!(rows.len(), samples.len(), "{graph}");
+        for r in &rows {
+            let psnr = num(r, "psnr_db");
+            println!("{graph} {:<18} psnr {psnr:6.2} dB", r["name"]);
+            assert!(psnr > 18.0, "{graph} {}: {psnr} dB", r["name"]);
+            let orig = image::image_dimensions(find_input(&r["name"])).unwrap();
+            let rec = image::image_dimensions(out.join("reconstructions").join(format!("{}.png", r["name"]))).unwrap();
+            assert_eq!(rec, orig, "{graph} {}", r["name"]);
+            if graph == "bpg-ldpc.toml" {
+                assert_eq!(num(r, "image_lost"), 0.0);
+                assert!(num(r, "codec_bytes") * 8.0 <= 0.1 * f64::from(orig.0 * orig.1) + 8.0);
+                assert!(num(r, "bits_sent") > 0.0);
+            } else {
+                assert!((num(r, "channel_uses_per_pixel") - 0.25).abs() < 0.01);
+            }
+        }
+    }
+}
