@@ -7,12 +7,20 @@
 //! of the uncorrected received texts (BLEU with smoothing method 1 of Chen &
 //! Cherry 2014, see `dataflow_models::quality`), `ber` over every bit sent for
 //! the frame (texts and slice) and `bits_sent`; the reference is kept as `original`.
+//!
+//! Paper-tier metrics, when configured: `lpips = true` adds `lpips` (LPIPS v0.1 AlexNet, the
+//! export of `models/export/lpips.py`, folder `lpips_dir`, default `assets/models/lpips-onnx`).
+//! A configured metric whose export is missing stops the run before it starts, naming the
+//! export command.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use dataflow_engine::{
     BuildContext, Built, Input, OutPort, Outputs, Part, Ports, Role, Stage, StageError, StageKind, Value,
 };
+use dataflow_models::lpips::{self, Lpips};
+use dataflow_models::provider::SessionOptions;
 use dataflow_models::quality;
 use dataflow_monitoring::names;
 use schemars::JsonSchema;
@@ -20,11 +28,19 @@ use serde::Deserialize;
 
 /// Keys of `evaluate`.
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct EvaluateConfig {
     /// How long to wait for the reconstruction of a frame.
     #[serde(default = "default_timeout")]
     pub timeout_ms: u64,
+    /// Adds `lpips`, the LPIPS v0.1 (AlexNet) distance of the reconstruction to the original.
+    #[serde(default)]
+    pub lpips: bool,
+    /// LPIPS export folder (default `assets/models/lpips-onnx`, made by `models/export/lpips.py`).
+    #[serde(default)]
+    pub lpips_dir: Option<PathBuf>,
+    /// ONNX Runtime session options of the metric models (provider, device_id, intra_threads, arena_limit_bytes).
+    #[serde(flatten)]
+    pub session: SessionOptions,
 }
 
 fn default_timeout() -> u64 {
@@ -40,6 +56,8 @@ struct Run {
     ssim: metrics::Histogram,
     cosine: metrics::Histogram,
     bleu: metrics::Histogram,
+    /// LPIPS session, when `lpips = true`.
+    lpips: Option<(Lpips, metrics::Histogram)>,
 }
 
 fn joined_texts(v: Option<&[Option<String>]>) -> String {
@@ -86,6 +104,13 @@ impl Stage for Run {
         fields.insert("psnr_db", Value::Number(psnr));
         fields.insert("ssim", Value::Number(ssim));
         fields.insert("cosine", Value::Number(cosine));
+        if let Some((model, hist)) = &mut self.lpips {
+            let d = model
+                .distance(&o, &r)
+                .map_err(|e| StageError::new("model", format!("frame {}: LPIPS failed: {e}", j.id)))?;
+            hist.record(d);
+            fields.insert("lpips", Value::Number(d));
+        }
         let sent = match received.fields.texts("sent_texts") {
             Some(t) => joined_texts(Some(t)),
             None => received.fields.text("sent").unwrap_or_default().to_string(),
@@ -126,31 +151,58 @@ impl StageKind for Evaluate {
 
     fn ports(c: &Self::Config) -> Ports {
         Ports {
-            outputs: vec![OutPort::passing(
-                "out",
-                &["psnr_db", "ssim", "cosine", "bits_sent", "ber", "original"],
-            )],
+            outputs: vec![OutPort::passing("out", &added(c))],
             requires: vec!["image".into()],
             join: Some(Duration::from_millis(c.timeout_ms.max(1))),
             heavy: true,
         }
     }
 
-    fn check(_: &Self::Config, ctx: &BuildContext) -> Vec<String> {
-        two_inputs(ctx).err().map(|e| vec![e.message]).unwrap_or_default()
+    fn check(c: &Self::Config, ctx: &BuildContext) -> Vec<String> {
+        let mut problems: Vec<String> = two_inputs(ctx).err().map(|e| vec![e.message]).unwrap_or_default();
+        if c.lpips {
+            problems.extend(lpips_dir(c, ctx).err().map(|e| e.message));
+        }
+        problems
     }
 
-    fn build(_: &Self::Config, ctx: &BuildContext) -> Result<Built, StageError> {
+    fn build(c: &Self::Config, ctx: &BuildContext) -> Result<Built, StageError> {
         two_inputs(ctx)?;
         let g = ctx.graph.clone();
+        let lpips = if c.lpips {
+            let dir = lpips_dir(c, ctx)?;
+            let model = Lpips::load(&dir, &c.session).map_err(|e| StageError::new("model", e.to_string()))?;
+            tracing::info!(stage = %ctx.stage, model = %dir.display(), "LPIPS loaded");
+            Some((
+                model,
+                metrics::histogram!(names::QUALITY_LPIPS, names::LABEL_GRAPH => g.clone()),
+            ))
+        } else {
+            None
+        };
         Ok(Built::Stage(Box::new(Run {
             stage: ctx.stage.clone(),
             psnr: metrics::histogram!(names::QUALITY_PSNR_DB, names::LABEL_GRAPH => g.clone()),
             ssim: metrics::histogram!(names::QUALITY_SSIM, names::LABEL_GRAPH => g.clone()),
             cosine: metrics::histogram!(names::QUALITY_COSINE, names::LABEL_GRAPH => g.clone()),
             bleu: metrics::histogram!(names::QUALITY_BLEU, names::LABEL_GRAPH => g),
+            lpips,
         })))
     }
+}
+
+/// The fields `evaluate` adds with this configuration.
+fn added(c: &EvaluateConfig) -> Vec<&'static str> {
+    let mut f = vec!["psnr_db", "ssim", "cosine", "bits_sent", "ber", "original"];
+    if c.lpips {
+        f.push("lpips");
+    }
+    f
+}
+
+fn lpips_dir(c: &EvaluateConfig, ctx: &BuildContext) -> Result<PathBuf, StageError> {
+    let explicit = c.lpips_dir.as_deref().map(|d| ctx.resolve(d));
+    lpips::locate_export(explicit.as_deref()).map_err(|e| StageError::io(format!("evaluate lpips = true: {e}")))
 }
 
 fn two_inputs(ctx: &BuildContext) -> Result<(), StageError> {

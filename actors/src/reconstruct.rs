@@ -5,13 +5,31 @@
 //! `model = "composite"` (offline tier) paints each tile region from the colour and
 //! brightness words of its text and places the received object slice at its box.
 //! A lost slice or lost texts still give an image (from what arrived).
+//!
+//! `model = "sd_ip_adapter"` (paper tier, eq. 8–10): Stable Diffusion 1.5 with IP-Adapter,
+//! exported by `models/export/sd_ip_adapter.py` (folder `model_dir`, default
+//! `assets/models/sd15_ip`). The corrected texts, joined, are the text prompt; the received
+//! object slice (its transparent part white) is the image prompt with weight `ip_scale` (λ;
+//! 0 or a lost slice = text only); `steps`, `guidance_scale`, `scheduler` (`ddim` or
+//! `euler_ancestral`). With `strength > 0` the loop starts (img2img) from the `composite`
+//! reconstruction, noised to that strength. The noise seed is drawn from the graph seed, the
+//! stage and the frame (as the channel stages do) unless `seed` fixes it. The image is
+//! generated at `generate_size` (default: the export's size) and resized to the frame's.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use dataflow_engine::{
     BuildContext, Built, Image, Input, OutPort, Outputs, Part, Ports, Role, Stage, StageError, StageKind, Value,
 };
+use dataflow_models::channel::channel_rng;
 use dataflow_models::composite;
+use dataflow_models::provider::SessionOptions;
+use dataflow_models::schedulers::SchedulerKind;
+use dataflow_models::sd::{self, GenerateOptions, SdIpAdapter};
+use image::imageops::{self, FilterType};
+use image::RgbImage;
+use rand::RngCore;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -23,11 +41,12 @@ use crate::util::merge_joined;
 pub enum ReconstructModel {
     /// Background from the text's colour words, object slice on top (offline tier).
     Composite,
+    /// Stable Diffusion 1.5 + IP-Adapter (paper tier, exported by `models/export/sd_ip_adapter.py`).
+    SdIpAdapter,
 }
 
 /// Keys of `reconstruct`.
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct ReconstructConfig {
     /// Which reconstructor.
     #[serde(default = "default_model")]
@@ -38,6 +57,46 @@ pub struct ReconstructConfig {
     /// Output size when the frame does not say (`[width, height]`).
     #[serde(default = "default_size")]
     pub size: [u32; 2],
+    /// SD: the export folder (default `assets/models/sd15_ip`).
+    #[serde(default)]
+    pub model_dir: Option<PathBuf>,
+    /// SD: denoising steps.
+    #[serde(default = "default_steps")]
+    pub steps: usize,
+    /// SD: classifier-free guidance scale (no guidance at 1 or less).
+    #[serde(default = "default_guidance")]
+    pub guidance_scale: f32,
+    /// SD: λ of eq. 10, the weight of the image prompt (0 = text to image).
+    #[serde(default = "default_ip_scale")]
+    pub ip_scale: f32,
+    /// SD: `ddim` or `euler_ancestral`.
+    #[serde(default = "default_scheduler")]
+    pub scheduler: SchedulerKind,
+    /// SD: img2img strength from the `composite` reconstruction (0 = from pure noise).
+    #[serde(default)]
+    pub strength: f32,
+    /// SD: a fixed noise seed for every frame (default: from the graph seed, stage and frame).
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// SD: generation size `[width, height]`, multiples of 8 (default: the export's, 512×512).
+    #[serde(default)]
+    pub generate_size: Option<[u32; 2]>,
+    /// ONNX Runtime session options of SD (provider, device_id, intra_threads, arena_limit_bytes).
+    #[serde(flatten)]
+    pub session: SessionOptions,
+}
+
+fn default_steps() -> usize {
+    30
+}
+fn default_guidance() -> f32 {
+    7.5
+}
+fn default_ip_scale() -> f32 {
+    0.6
+}
+fn default_scheduler() -> SchedulerKind {
+    SchedulerKind::Ddim
 }
 
 fn default_model() -> ReconstructModel {
@@ -53,8 +112,28 @@ fn default_size() -> [u32; 2] {
 /// The `reconstruct` kind.
 pub struct Reconstruct;
 
+/// The SD model and how each frame is generated.
+struct Diffusion {
+    model: Box<SdIpAdapter>,
+    options: GenerateOptions,
+    fixed_seed: Option<u64>,
+    graph_seed: u64,
+    stage: String,
+}
+
 struct Run {
     size: [u32; 2],
+    diffusion: Option<Diffusion>,
+}
+
+/// An RGBA slice flattened on white (the image prompt).
+fn on_white(slice: &image::RgbaImage) -> RgbImage {
+    RgbImage::from_fn(slice.width(), slice.height(), |x, y| {
+        let p = slice.get_pixel(x, y);
+        let a = u16::from(p[3]);
+        let mix = |c: u8| ((u16::from(c) * a + 255 * (255 - a) + 127) / 255) as u8;
+        image::Rgb([mix(p[0]), mix(p[1]), mix(p[2])])
+    })
 }
 
 impl Stage for Run {
@@ -84,7 +163,31 @@ impl Stage for Run {
             (Some(s), Some(b)) => Some((s, b.x, b.y)),
             _ => None,
         };
-        let img = composite::reconstruct(&texts, (rows, cols), (w.max(1), h.max(1)), object);
+        let (w, h) = (w.max(1), h.max(1));
+        let img = match &mut self.diffusion {
+            None => composite::reconstruct(&texts, (rows, cols), (w, h), object),
+            Some(d) => {
+                let prompt = texts.iter().flatten().cloned().collect::<Vec<_>>().join(" ");
+                let image_prompt = slice.as_ref().map(on_white);
+                let init =
+                    (d.options.strength > 0.0).then(|| composite::reconstruct(&texts, (rows, cols), (w, h), object));
+                let seed = d
+                    .fixed_seed
+                    .unwrap_or_else(|| channel_rng(d.graph_seed, &d.stage, j.id.seq, 0).next_u64());
+                let options = GenerateOptions { seed, ..d.options };
+                let g = d
+                    .model
+                    .generate(&prompt, image_prompt.as_ref(), init.as_ref(), &options)
+                    .map_err(|e| StageError::new("model", format!("frame {}: SD generation failed: {e}", j.id)))?;
+                tracing::debug!(stage = %d.stage, frame = %j.id, steps = g.steps_run, unet_seconds = g.unet_time.as_secs_f64(), "reconstructed");
+                fields.insert("sd_seconds", Value::Number(g.total_time.as_secs_f64()));
+                if g.image.dimensions() == (w, h) {
+                    g.image
+                } else {
+                    imageops::resize(&g.image, w, h, FilterType::Triangle)
+                }
+            }
+        };
         fields.insert("image", Value::Image(Image::from_rgb(img)));
         fields.insert("lost_inputs", Value::Number(j.lost() as f64));
         out.emit(first.derive_part(Part::WHOLE, fields));
@@ -107,7 +210,50 @@ impl StageKind for Reconstruct {
         }
     }
 
-    fn build(c: &Self::Config, _: &BuildContext) -> Result<Built, StageError> {
-        Ok(Built::Stage(Box::new(Run { size: c.size })))
+    fn check(c: &Self::Config, ctx: &BuildContext) -> Vec<String> {
+        match c.model {
+            ReconstructModel::Composite => Vec::new(),
+            ReconstructModel::SdIpAdapter => sd_dir(c, ctx).err().map(|e| vec![e.message]).unwrap_or_default(),
+        }
     }
+
+    fn build(c: &Self::Config, ctx: &BuildContext) -> Result<Built, StageError> {
+        let diffusion = match c.model {
+            ReconstructModel::Composite => None,
+            ReconstructModel::SdIpAdapter => {
+                if c.steps == 0 || !(0.0..=1.0).contains(&c.strength) {
+                    return Err(StageError::input("`steps` must be at least 1 and `strength` in [0, 1]"));
+                }
+                let dir = sd_dir(c, ctx)?;
+                let model = SdIpAdapter::load(&dir, &c.session).map_err(|e| StageError::new("model", e.to_string()))?;
+                let size = c.generate_size.unwrap_or(model.export().size);
+                tracing::info!(stage = %ctx.stage, model = %dir.display(), provider = %model.provider(), steps = c.steps, "SD + IP-Adapter loaded");
+                Some(Diffusion {
+                    model: Box::new(model),
+                    options: GenerateOptions {
+                        steps: c.steps,
+                        guidance_scale: c.guidance_scale,
+                        ip_scale: c.ip_scale,
+                        scheduler: c.scheduler,
+                        seed: 0,
+                        strength: c.strength,
+                        size,
+                    },
+                    fixed_seed: c.seed,
+                    graph_seed: ctx.seed,
+                    stage: ctx.stage.clone(),
+                })
+            }
+        };
+        Ok(Built::Stage(Box::new(Run {
+            size: c.size,
+            diffusion,
+        })))
+    }
+}
+
+fn sd_dir(c: &ReconstructConfig, ctx: &BuildContext) -> Result<PathBuf, StageError> {
+    let explicit = c.model_dir.as_deref().map(|d| ctx.resolve(d));
+    sd::locate_export(explicit.as_deref())
+        .map_err(|e| StageError::io(format!("reconstruct model = \"sd_ip_adapter\": {e}")))
 }

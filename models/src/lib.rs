@@ -20,6 +20,9 @@
 //! - [`symspell`]: SymSpell spelling corrector (offline `correct`).
 //! - [`composite`]: object slice on a background made from the text (offline `reconstruct`).
 //! - [`quality`]: image and text quality measures for `evaluate`.
+//! - [`lpips`]: LPIPS v0.1 AlexNet perceptual distance (paper-tier `evaluate`).
+//! - [`sd`]: Stable Diffusion 1.5 + IP-Adapter reconstruction (paper tier of `reconstruct`).
+//! - [`schedulers`]: DDIM and Euler-ancestral schedulers of the diffusion loop.
 //! - [`channel`]: digital channel maths (modulation, AWGN).
 //! - [`codec`]: image codecs of the digital baseline, quality bisected to a byte budget.
 //! - [`jscc`]: deep JSCC encoder/decoder around an AWGN channel (analog baseline).
@@ -38,9 +41,12 @@ pub mod isnet;
 pub mod jscc;
 pub mod ldpc;
 pub mod llava;
+pub mod lpips;
 pub mod provider;
 pub mod quality;
 pub mod runtime;
+pub mod schedulers;
+pub mod sd;
 pub mod session;
 pub mod symspell;
 pub mod textgen;

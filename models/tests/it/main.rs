@@ -8,6 +8,7 @@ mod assets;
 mod isnet;
 mod paper;
 mod provider;
+mod receiver;
 mod session;
 
 use std::path::PathBuf;
