@@ -10,5 +10,6 @@ mod live_ffmpeg;
 mod monitoring;
 mod multisc;
 mod paper;
+mod receiver;
 mod support;
 mod sweep;

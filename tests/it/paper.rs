@@ -52,10 +52,16 @@ fn paper_graph_without_exports_stops_naming_each_export_command() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     println!("{stderr}");
     assert_eq!(o.status.code(), Some(1), "{stderr}");
-    for (stage, model) in [("segment", "fcn"), ("caption", "llava"), ("correct", "bart")] {
+    for (stage, model, folder) in [
+        ("segment", "fcn", "fcn"),
+        ("caption", "llava", "llava"),
+        ("correct", "bart", "bart"),
+        ("reconstruct", "sd_ip_adapter", "sd15_ip"),
+        ("evaluate", "lpips", "lpips-onnx"),
+    ] {
         let cmd = format!(
             "`python models/export/{model}.py --out {}`",
-            assets.join("models").join(model).display()
+            assets.join("models").join(folder).display()
         );
         assert_eq!(
             stderr.matches(&cmd).count(),
@@ -78,8 +84,13 @@ fn paper_graph_runs_end_to_end_on_the_tiny_fixtures() {
         format!("stage.segment.model_dir={}", fixtures.join("fcn").display()),
         format!("stage.caption.model_dir={}", fixtures.join("llava").display()),
         format!("stage.correct.model_dir={}", fixtures.join("bart").display()),
+        format!("stage.reconstruct.model_dir={}", fixtures.join("sd15_ip").display()),
+        format!("stage.evaluate.lpips_dir={}", fixtures.join("lpips").display()),
         // Short captions keep the run quick; the tiny models never say stop.
         "stage.caption.max_new_tokens=6".to_string(),
+        // The tiny UNet at its own size (64×64, latents 8×8), a few steps.
+        "stage.reconstruct.steps=3".to_string(),
+        "stage.reconstruct.generate_size=[64, 64]".to_string(),
     ];
     let mut args: Vec<&str> = vec!["--snr", "30"];
     for s in &sets {
@@ -107,6 +118,10 @@ fn paper_graph_runs_end_to_end_on_the_tiny_fixtures() {
         let corrected = texts(r, "corrected");
         assert_eq!(corrected.len(), 4);
         assert_ne!(corrected, clean, "BART output equals its input");
+        // SD + IP-Adapter rebuilt the frame and LPIPS scored it.
+        let lpips = num(r, "lpips");
+        assert!(lpips > 0.0 && lpips.is_finite(), "lpips = {lpips}");
+        assert!(num(r, "sd_seconds") > 0.0);
         for d in ["reconstructions", "sheets"] {
             let p = out.join(d).join(format!("{}.png", r["name"]));
             assert!(p.is_file(), "{}", p.display());
