@@ -10,6 +10,8 @@
 //!
 //! Paper-tier metrics, when configured: `lpips = true` adds `lpips` (LPIPS v0.1 AlexNet, the
 //! export of `models/export/lpips.py`, folder `lpips_dir`, default `assets/models/lpips-onnx`).
+//! `clip = true` adds `clip_cosine`, the cosine similarity of the CLIP image embeddings
+//! (`models/export/clip.py`, folder `clip_dir`, default `assets/models/clip`).
 //! A configured metric whose export is missing stops the run before it starts, naming the
 //! export command.
 
@@ -19,6 +21,7 @@ use std::time::Duration;
 use dataflow_engine::{
     BuildContext, Built, Input, OutPort, Outputs, Part, Ports, Role, Stage, StageError, StageKind, Value,
 };
+use dataflow_models::clip::{self, ClipImage};
 use dataflow_models::lpips::{self, Lpips};
 use dataflow_models::provider::SessionOptions;
 use dataflow_models::quality;
@@ -38,6 +41,12 @@ pub struct EvaluateConfig {
     /// LPIPS export folder (default `assets/models/lpips-onnx`, made by `models/export/lpips.py`).
     #[serde(default)]
     pub lpips_dir: Option<PathBuf>,
+    /// Adds `clip_cosine`, the cosine similarity of the CLIP image embeddings.
+    #[serde(default)]
+    pub clip: bool,
+    /// CLIP export folder (default `assets/models/clip`, made by `models/export/clip.py`).
+    #[serde(default)]
+    pub clip_dir: Option<PathBuf>,
     /// ONNX Runtime session options of the metric models (provider, device_id, intra_threads, arena_limit_bytes).
     #[serde(flatten)]
     pub session: SessionOptions,
@@ -58,6 +67,8 @@ struct Run {
     bleu: metrics::Histogram,
     /// LPIPS session, when `lpips = true`.
     lpips: Option<(Lpips, metrics::Histogram)>,
+    /// CLIP image tower, when `clip = true`.
+    clip: Option<ClipImage>,
 }
 
 fn joined_texts(v: Option<&[Option<String>]>) -> String {
@@ -111,6 +122,12 @@ impl Stage for Run {
             hist.record(d);
             fields.insert("lpips", Value::Number(d));
         }
+        if let Some(model) = &mut self.clip {
+            let c = model
+                .cosine(&o, &r)
+                .map_err(|e| StageError::new("model", format!("frame {}: CLIP failed: {e}", j.id)))?;
+            fields.insert("clip_cosine", Value::Number(c));
+        }
         let sent = match received.fields.texts("sent_texts") {
             Some(t) => joined_texts(Some(t)),
             None => received.fields.text("sent").unwrap_or_default().to_string(),
@@ -163,6 +180,9 @@ impl StageKind for Evaluate {
         if c.lpips {
             problems.extend(lpips_dir(c, ctx).err().map(|e| e.message));
         }
+        if c.clip {
+            problems.extend(clip_dir(c, ctx).err().map(|e| e.message));
+        }
         problems
     }
 
@@ -180,6 +200,14 @@ impl StageKind for Evaluate {
         } else {
             None
         };
+        let clip = if c.clip {
+            let dir = clip_dir(c, ctx)?;
+            let model = ClipImage::load(&dir, &c.session).map_err(|e| StageError::new("model", e.to_string()))?;
+            tracing::info!(stage = %ctx.stage, model = %dir.display(), "CLIP image tower loaded");
+            Some(model)
+        } else {
+            None
+        };
         Ok(Built::Stage(Box::new(Run {
             stage: ctx.stage.clone(),
             psnr: metrics::histogram!(names::QUALITY_PSNR_DB, names::LABEL_GRAPH => g.clone()),
@@ -187,6 +215,7 @@ impl StageKind for Evaluate {
             cosine: metrics::histogram!(names::QUALITY_COSINE, names::LABEL_GRAPH => g.clone()),
             bleu: metrics::histogram!(names::QUALITY_BLEU, names::LABEL_GRAPH => g),
             lpips,
+            clip,
         })))
     }
 }
@@ -196,6 +225,9 @@ fn added(c: &EvaluateConfig) -> Vec<&'static str> {
     let mut f = vec!["psnr_db", "ssim", "cosine", "bits_sent", "ber", "original"];
     if c.lpips {
         f.push("lpips");
+    }
+    if c.clip {
+        f.push("clip_cosine");
     }
     f
 }
@@ -214,4 +246,9 @@ fn two_inputs(ctx: &BuildContext) -> Result<(), StageError> {
             ctx.inputs
         )))
     }
+}
+
+fn clip_dir(c: &EvaluateConfig, ctx: &BuildContext) -> Result<PathBuf, StageError> {
+    let explicit = c.clip_dir.as_deref().map(|d| ctx.resolve(d));
+    clip::locate_export(explicit.as_deref()).map_err(|e| StageError::io(format!("evaluate clip = true: {e}")))
 }

@@ -23,6 +23,7 @@
 //! - [`lpips`]: LPIPS v0.1 AlexNet perceptual distance (paper-tier `evaluate`).
 //! - [`sd`]: Stable Diffusion 1.5 + IP-Adapter reconstruction (paper tier of `reconstruct`).
 //! - [`schedulers`]: DDIM and Euler-ancestral schedulers of the diffusion loop.
+//! - [`clip`]: CLIP image embeddings for the cosine metric (paper-tier `evaluate`).
 //! - [`channel`]: digital channel maths (modulation, AWGN).
 //! - [`codec`]: image codecs of the digital baseline, quality bisected to a byte budget.
 //! - [`jscc`]: deep JSCC encoder/decoder around an AWGN channel (analog baseline).
@@ -32,6 +33,7 @@ pub mod assets;
 pub mod attributes;
 pub mod bart;
 pub mod channel;
+pub mod clip;
 pub mod codec;
 pub mod colors;
 pub mod composite;

@@ -58,6 +58,7 @@ fn paper_graph_without_exports_stops_naming_each_export_command() {
         ("correct", "bart", "bart"),
         ("reconstruct", "sd_ip_adapter", "sd15_ip"),
         ("evaluate", "lpips", "lpips-onnx"),
+        ("evaluate", "clip", "clip"),
     ] {
         let cmd = format!(
             "`python models/export/{model}.py --out {}`",
@@ -86,6 +87,7 @@ fn paper_graph_runs_end_to_end_on_the_tiny_fixtures() {
         format!("stage.correct.model_dir={}", fixtures.join("bart").display()),
         format!("stage.reconstruct.model_dir={}", fixtures.join("sd15_ip").display()),
         format!("stage.evaluate.lpips_dir={}", fixtures.join("lpips").display()),
+        format!("stage.evaluate.clip_dir={}", fixtures.join("clip").display()),
         // Short captions keep the run quick; the tiny models never say stop.
         "stage.caption.max_new_tokens=6".to_string(),
         // The tiny UNet at its own size (64×64, latents 8×8), a few steps.
@@ -121,6 +123,8 @@ fn paper_graph_runs_end_to_end_on_the_tiny_fixtures() {
         // SD + IP-Adapter rebuilt the frame and LPIPS scored it.
         let lpips = num(r, "lpips");
         assert!(lpips > 0.0 && lpips.is_finite(), "lpips = {lpips}");
+        let clip = num(r, "clip_cosine");
+        assert!(clip > -1.0 && clip < 1.0, "clip_cosine = {clip}");
         assert!(num(r, "sd_seconds") > 0.0);
         for d in ["reconstructions", "sheets"] {
             let p = out.join(d).join(format!("{}.png", r["name"]));

@@ -37,6 +37,7 @@ fn vlm_csc_graph_without_exports_stops_naming_each_export_command() {
         ("bart", "bart"),
         ("sd_ip_adapter", "sd15_ip"),
         ("lpips", "lpips-onnx"),
+        ("clip", "clip"),
     ] {
         let cmd = format!(
             "`python models/export/{model}.py --out {}`",
@@ -60,6 +61,7 @@ fn vlm_csc_graph_runs_end_to_end_on_the_tiny_fixtures_text_only() {
         format!("stage.correct.model_dir={}", fixtures.join("bart").display()),
         format!("stage.reconstruct.model_dir={}", fixtures.join("sd15_ip").display()),
         format!("stage.evaluate.lpips_dir={}", fixtures.join("lpips").display()),
+        format!("stage.evaluate.clip_dir={}", fixtures.join("clip").display()),
         "stage.caption.max_new_tokens=6".to_string(),
         "stage.reconstruct.steps=2".to_string(),
         "stage.reconstruct.generate_size=[64, 64]".to_string(),
@@ -76,6 +78,8 @@ fn vlm_csc_graph_runs_end_to_end_on_the_tiny_fixtures_text_only() {
         assert_eq!(texts(r, "sent_texts").len(), 1, "one caption of the whole image");
         let lpips = num(r, "lpips");
         assert!(lpips > 0.0 && lpips.is_finite(), "lpips = {lpips}");
+        let clip = num(r, "clip_cosine");
+        assert!(clip > -1.0 && clip < 1.0, "clip_cosine = {clip}");
         let p = out.join("reconstructions").join(format!("{}.png", r["name"]));
         let img = image::open(&p).unwrap();
         // Generated at 64×64 and resized to the stage's `size` (no segmentation, so no

@@ -291,3 +291,21 @@ mod sd {
         Ok(())
     }
 }
+
+#[test]
+fn clip_embeddings_and_cosine_match_pytorch() -> Result<(), ModelError> {
+    if !have_runtime("clip") {
+        return Ok(());
+    }
+    let want = expected("clip");
+    let mut m = dataflow_models::clip::ClipImage::load(fixture("clip"), &opts())?;
+    let (x, y) = (png("clip", "x.png"), png("clip", "y.png"));
+    assert_close(&m.embed(&x)?, &floats(&want["x"]), 1e-4, "CLIP embedding");
+    let c = m.cosine(&x, &y)?;
+    assert!((c - want["cosine"].as_f64().unwrap()).abs() < 1e-4, "{c}");
+    assert!((m.cosine(&x, &x)? - 1.0).abs() < 1e-6);
+    // A larger image is resized and centre-cropped first.
+    let big = image::imageops::resize(&x, 64, 48, image::imageops::FilterType::Triangle);
+    assert!(m.cosine(&x, &big)?.is_finite());
+    Ok(())
+}
