@@ -518,7 +518,8 @@ def main() -> None:
     export(ImageProj(half(m["proj"]), dtype), (torch.randn(2, e_dim),), out / "image_proj.onnx", ["image_embeds"],
            ["ip_tokens"], {"image_embeds": batch, "ip_tokens": batch})
     unet_h = half(m["unet"])
-    holder = m["holder"]
+    # A copy (fp16) has its own processors and so its own holder of λ.
+    holder = next(p.holder for p in unet_h.attn_processors.values() if isinstance(p, DecoupledCrossAttn))
     spatial = {0: "batch", 2: "h", 3: "w"}
     export(IPUNet(unet_h, holder, dtype),
            (torch.randn(2, 4, H // 8, W // 8), torch.tensor([999.0]), torch.randn(2, MAX_LENGTH, d_model),

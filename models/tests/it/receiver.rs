@@ -309,3 +309,30 @@ fn clip_embeddings_and_cosine_match_pytorch() -> Result<(), ModelError> {
     assert!(m.cosine(&x, &big)?.is_finite());
     Ok(())
 }
+
+#[test]
+fn sd_fp16_export_keeps_f32_tensors_and_follows_the_fp32_export() -> Result<(), ModelError> {
+    use dataflow_models::schedulers::{NoiseSchedule, Scheduler, SchedulerKind};
+    use dataflow_models::sd::SdIpAdapter;
+    if !have_runtime("sd fp16") {
+        return Ok(());
+    }
+    let want = expected("sd15_ip");
+    let mut f32m = SdIpAdapter::load(fixture("sd15_ip"), &opts())?;
+    let mut f16m = SdIpAdapter::load(fixture("sd15_ip-fp16"), &opts())?;
+    let object = png("sd15_ip", "object.png");
+    let prompt = want["prompt"].as_str().unwrap();
+    let lat0 = floats(&want["latents0"]);
+    let t = Scheduler::new(SchedulerKind::Ddim, &NoiseSchedule::default(), 4)?.timesteps()[0] as f32;
+    // The same conditioning into both UNets (the two fixtures' tokenizers were trained in
+    // separate runs and may split words differently), with guidance.
+    for lambda in [0.0, 0.6] {
+        let c = f32m.condition(prompt, Some(&object), lambda, 7.5)?;
+        let (ea, eb) = (
+            f32m.guided_noise(&c, &lat0, t, (8, 8))?,
+            f16m.guided_noise(&c, &lat0, t, (8, 8))?,
+        );
+        assert_close(&eb, &ea, 2e-2, &format!("fp16 against fp32 guided noise, λ = {lambda}"));
+    }
+    Ok(())
+}
