@@ -300,9 +300,9 @@ def build_real(dtype):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.models.embeddings import ImageProjection
     from huggingface_hub import hf_hub_download
-    from transformers import CLIPTextModel, CLIPTokenizerFast, CLIPVisionModelWithProjection
+    from transformers import AutoTokenizer, CLIPTextModel, CLIPVisionModelWithProjection
 
-    tokz = CLIPTokenizerFast.from_pretrained(SD_REPO, subfolder="tokenizer")
+    tokz = AutoTokenizer.from_pretrained(SD_REPO, subfolder="tokenizer")  # the fast (tokenizers) backend
     text_encoder = CLIPTextModel.from_pretrained(SD_REPO, subfolder="text_encoder", attn_implementation="eager")
     unet = UNet2DConditionModel.from_pretrained(SD_REPO, subfolder="unet")
     vae = AutoencoderKL.from_pretrained(SD_REPO, subfolder="vae")
@@ -318,7 +318,7 @@ def build_real(dtype):
     proj.load_state_dict({"image_embeds.weight": ps["proj.weight"], "image_embeds.bias": ps["proj.bias"],
                           "norm.weight": ps["norm.weight"], "norm.bias": ps["norm.bias"]})
     holder = install_adapter(unet, state["ip_adapter"])
-    tok = tokz.backend_tokenizer
+    tok = getattr(tokz, "backend_tokenizer", None) or tokz._tokenizer
     return dict(tok=tok, bos=tokz.bos_token_id, eos=tokz.eos_token_id, pad=tokz.pad_token_id,
                 text_encoder=text_encoder, image_encoder=image_encoder, unet=unet, holder=holder, vae=vae,
                 proj=proj, image_size=image_encoder.config.image_size, size=[512, 512])
