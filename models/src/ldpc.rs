@@ -265,10 +265,14 @@ impl NrCode {
     /// Whether every parity check of the first `layers` block rows holds for `bits`.
     pub fn checks_hold(&self, bits: &[u8], layers: usize) -> bool {
         let z = self.z;
-        self.rows
-            .iter()
-            .take(layers)
-            .all(|row| (0..z).all(|r| row.iter().fold(0u8, |p, &(col, s)| p ^ bits[col * z + (r + s) % z]) == 0))
+        let mut parity = vec![0u8; z];
+        self.rows.iter().take(layers).all(|row| {
+            parity.iter_mut().for_each(|p| *p = 0);
+            for &(col, s) in row {
+                xor_rotated(&mut parity, &bits[col * z..(col + 1) * z], s);
+            }
+            parity.iter().all(|&p| p == 0)
+        })
     }
 }
 
@@ -338,6 +342,29 @@ pub struct LayeredDecoder {
     r: Vec<f32>,
     q: Vec<f32>,
     hard: Vec<u8>,
+    scratch: Scratch,
+}
+
+/// Per-check working values of one layer, kept between layers to avoid allocation.
+#[derive(Default)]
+struct Scratch {
+    min1: Vec<f32>,
+    min2: Vec<f32>,
+    arg: Vec<usize>,
+    sign: Vec<bool>,
+}
+
+impl Scratch {
+    fn reset(&mut self, z: usize, first: f32) {
+        self.min1.clear();
+        self.min1.resize(z, first);
+        self.min2.clear();
+        self.min2.resize(z, f32::INFINITY);
+        self.arg.clear();
+        self.arg.resize(z, 0);
+        self.sign.clear();
+        self.sign.resize(z, false);
+    }
 }
 
 /// What decoding one block gave.
@@ -362,6 +389,7 @@ impl LayeredDecoder {
             r: vec![0.0; edges * z],
             q: vec![0.0; max_deg * z],
             hard: vec![0; code.n()],
+            scratch: Scratch::default(),
             code,
             rule,
         }
@@ -399,16 +427,17 @@ impl LayeredDecoder {
                     }
                 }
                 match self.rule {
-                    CheckRule::MinSum { alpha } => min_sum_layer(q, r, d, z, alpha),
-                    CheckRule::SumProduct => sum_product_layer(q, r, d, z),
+                    CheckRule::MinSum { alpha } => min_sum_layer(q, r, d, z, alpha, &mut self.scratch),
+                    CheckRule::SumProduct => sum_product_layer(q, r, d, z, &mut self.scratch),
                 }
                 for (e, &(col, s)) in row.iter().enumerate() {
+                    // l[(i + s) % z] = q[i] + r[i], as two contiguous runs.
                     let l = &mut self.llr[col * z..(col + 1) * z];
+                    let (head, tail) = l.split_at_mut(s);
                     let qe = &q[e * z..(e + 1) * z];
                     let re = &r[e * z..(e + 1) * z];
-                    for i in 0..z {
-                        let v = (i + s) % z;
-                        l[v] = qe[i] + re[i];
+                    for ((lv, qv), rv) in tail.iter_mut().chain(head.iter_mut()).zip(qe).zip(re) {
+                        *lv = qv + rv;
                     }
                 }
                 offset += d * z;
@@ -430,11 +459,9 @@ impl LayeredDecoder {
     }
 }
 
-fn min_sum_layer(q: &[f32], r: &mut [f32], d: usize, z: usize, alpha: f32) {
-    let mut min1 = vec![f32::INFINITY; z];
-    let mut min2 = vec![f32::INFINITY; z];
-    let mut arg = vec![0usize; z];
-    let mut sign = vec![false; z];
+fn min_sum_layer(q: &[f32], r: &mut [f32], d: usize, z: usize, alpha: f32, sc: &mut Scratch) {
+    sc.reset(z, f32::INFINITY);
+    let Scratch { min1, min2, arg, sign } = sc;
     for e in 0..d {
         let qe = &q[e * z..(e + 1) * z];
         for i in 0..z {
@@ -466,9 +493,9 @@ fn phi(x: f32) -> f32 {
     -((x * 0.5).tanh()).ln()
 }
 
-fn sum_product_layer(q: &[f32], r: &mut [f32], d: usize, z: usize) {
-    let mut total = vec![0f32; z];
-    let mut sign = vec![false; z];
+fn sum_product_layer(q: &[f32], r: &mut [f32], d: usize, z: usize, sc: &mut Scratch) {
+    sc.reset(z, 0.0);
+    let Scratch { min1: total, sign, .. } = sc;
     for e in 0..d {
         let qe = &q[e * z..(e + 1) * z];
         for i in 0..z {
