@@ -293,7 +293,7 @@ mod tests {
 
     fn picture() -> image::RgbImage {
         image::RgbImage::from_fn(96, 64, |x, y| {
-            image::Rgb([(x * 2) as u8, (y * 3) as u8, ((x * y) % 251) as u8])
+            image::Rgb([(x * 2) as u8, (y * 3) as u8, ((x + y) * 2) as u8])
         })
     }
 
