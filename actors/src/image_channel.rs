@@ -24,7 +24,7 @@ use crate::util::Link;
 pub enum Coding {
     /// Uncoded bits.
     None,
-    /// 5G NR LDPC (arrives with the digital baselines; refused until then).
+    /// 5G NR LDPC (refused here for now; `codec_channel` has the LDPC chain).
     Ldpc,
 }
 
@@ -169,7 +169,7 @@ impl StageKind for ImageChannel {
     fn build(c: &Self::Config, ctx: &BuildContext) -> Result<Built, StageError> {
         if c.coding == Coding::Ldpc {
             return Err(StageError::input(
-                "coding = \"ldpc\" needs the 5G NR LDPC code of the digital baselines, which this build does not have yet; use coding = \"none\"",
+                "coding = \"ldpc\" is not wired into image_channel yet (the 5G NR LDPC chain runs in `codec_channel`, see graphs/bpg-ldpc.toml); use coding = \"none\"",
             ));
         }
         if !(1..=100).contains(&c.quality) {
