@@ -2,7 +2,8 @@
 //!
 //! The slice's colour is JPEG-encoded at `quality` and its alpha (the object
 //! mask) as a grayscale JPEG; both byte streams cross the same modulation and
-//! AWGN as the captions (`coding = "none"`, uncoded), with noise seeded by graph,
+//! AWGN as the captions (`coding = "none"`, uncoded; or `coding = "ldpc"`, 5G NR LDPC
+//! at `rate` with layered decoding, where a failed block loses the slice), with noise seeded by graph,
 //! stage and frame. A slice whose bytes no longer decode is reported and dropped:
 //! the frame goes on without it (`slice_lost = 1`) and the receiver rebuilds
 //! from text alone — the cliff effect of a digital link.
@@ -24,7 +25,7 @@ use crate::util::Link;
 pub enum Coding {
     /// Uncoded bits.
     None,
-    /// 5G NR LDPC (refused here for now; `codec_channel` has the LDPC chain).
+    /// 5G NR LDPC (TS 38.212) at `rate`, layered min-sum decoding; a failed block loses the slice.
     Ldpc,
 }
 
@@ -47,6 +48,19 @@ pub struct ImageChannelConfig {
     /// Channel coding.
     #[serde(default = "default_coding")]
     pub coding: Coding,
+    /// LDPC code rate with `coding = "ldpc"`, in (0, 0.95].
+    #[serde(default = "default_rate")]
+    pub rate: f64,
+    /// Maximum LDPC decoder iterations.
+    #[serde(default = "default_iterations")]
+    pub iterations: usize,
+}
+
+fn default_rate() -> f64 {
+    0.5
+}
+fn default_iterations() -> usize {
+    10
 }
 
 fn default_snr() -> f64 {
@@ -69,6 +83,40 @@ struct Run {
     link: Link,
     quality: u8,
     stage: String,
+    coding: Coding,
+    rate: f64,
+    iterations: usize,
+}
+
+/// What one byte stream's crossing gave: the bytes received, bits sent, bit errors.
+struct Crossed {
+    received: Vec<u8>,
+    bits: u64,
+    bit_errors: u64,
+}
+
+impl Run {
+    fn send(&self, bytes: &[u8], seq: u64, stream: u32) -> Result<Crossed, StageError> {
+        Ok(match self.coding {
+            Coding::None => {
+                let t = self.link.send(bytes, seq, stream)?;
+                Crossed {
+                    received: t.received,
+                    bits: t.bits,
+                    bit_errors: t.bit_errors,
+                }
+            }
+            Coding::Ldpc => {
+                let t = self.link.send_coded(bytes, seq, stream, self.rate, self.iterations)?;
+                // A failed transport block is lost whole, as a digital link loses it.
+                Crossed {
+                    received: if t.ok { t.received } else { Vec::new() },
+                    bits: t.coded_bits,
+                    bit_errors: t.bit_errors,
+                }
+            }
+        })
+    }
 }
 
 fn jpeg(img: &image::DynamicImage, quality: u8) -> Result<Vec<u8>, StageError> {
@@ -103,8 +151,8 @@ impl Stage for Run {
         let colour_bytes = jpeg(&image::DynamicImage::ImageRgb8(rgb), self.quality)?;
         let alpha_bytes = jpeg(&image::DynamicImage::ImageLuma8(alpha), self.quality)?;
         // Two independent draws: the part index 0/1 picks the stream of each.
-        let tc = self.link.send(&colour_bytes, msg.id.seq, 0)?;
-        let ta = self.link.send(&alpha_bytes, msg.id.seq, 1)?;
+        let tc = self.send(&colour_bytes, msg.id.seq, 0)?;
+        let ta = self.send(&alpha_bytes, msg.id.seq, 1)?;
         let bits = tc.bits + ta.bits;
         let bit_errors = tc.bit_errors + ta.bit_errors;
         let decoded = std::panic::catch_unwind(|| {
@@ -167,10 +215,14 @@ impl StageKind for ImageChannel {
     }
 
     fn build(c: &Self::Config, ctx: &BuildContext) -> Result<Built, StageError> {
-        if c.coding == Coding::Ldpc {
-            return Err(StageError::input(
-                "coding = \"ldpc\" is not wired into image_channel yet (the 5G NR LDPC chain runs in `codec_channel`, see graphs/bpg-ldpc.toml); use coding = \"none\"",
-            ));
+        if !(c.rate > 0.0 && c.rate <= 0.95) {
+            return Err(StageError::input(format!(
+                "`rate` must be in (0, 0.95], got {}",
+                c.rate
+            )));
+        }
+        if c.iterations == 0 {
+            return Err(StageError::input("`iterations` must be at least 1"));
         }
         if !(1..=100).contains(&c.quality) {
             return Err(StageError::input(format!(
@@ -182,6 +234,9 @@ impl StageKind for ImageChannel {
             link: Link::new(c.snr_db, c.modulation, c.ideal, ctx)?,
             quality: c.quality,
             stage: ctx.stage.clone(),
+            coding: c.coding,
+            rate: c.rate,
+            iterations: c.iterations,
         })))
     }
 }

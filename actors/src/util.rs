@@ -181,4 +181,33 @@ impl Link {
         self.errors.increment(tx.bit_errors);
         Ok(tx)
     }
+
+    /// Sends `bytes` over 5G NR LDPC at code `rate` (layered min-sum, at most `iterations`)
+    /// on this link's modulation and SNR, and counts the coded bits.
+    pub fn send_coded(
+        &self,
+        bytes: &[u8],
+        seq: u64,
+        stream: u32,
+        rate: f64,
+        iterations: usize,
+    ) -> Result<dataflow_models::ldpc::CodedTransmission, StageError> {
+        use dataflow_models::channel::channel_rng;
+        use dataflow_models::ldpc::{transmit_coded, CheckRule};
+        let mut rng = channel_rng(self.seed, &self.stage, seq, stream);
+        let snr = if self.ideal { f64::INFINITY } else { self.snr_db };
+        let tx = transmit_coded(
+            bytes,
+            self.modulation,
+            snr,
+            rate,
+            CheckRule::MinSum { alpha: 0.75 },
+            iterations,
+            &mut rng,
+        )
+        .map_err(|e| StageError::input(format!("coded link: {e}")))?;
+        self.bits.increment(tx.coded_bits);
+        self.errors.increment(tx.bit_errors);
+        Ok(tx)
+    }
 }
