@@ -13,9 +13,9 @@
 use dataflow_engine::{
     BuildContext, Built, Image, Input, OutPort, Outputs, Ports, Role, Stage, StageError, StageKind, Value,
 };
-use dataflow_models::channel::{channel_rng, demodulate_llr, modulate, Awgn, Modulation};
+use dataflow_models::channel::{channel_rng, Modulation};
 use dataflow_models::codec::{BudgetCache, Codec};
-use dataflow_models::ldpc::{BaseGraph, CheckRule, LayeredDecoder, TbPlan};
+use dataflow_models::ldpc::{transmit_coded, BaseGraph, CheckRule, CodedLink};
 use dataflow_monitoring::names;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -128,37 +128,21 @@ impl Stage for Run {
         let (w, h) = img.dimensions();
         let budget = ((self.bpp * f64::from(w) * f64::from(h) / 8.0).floor() as usize).max(1);
         let enc = self.encode(&img, budget)?;
-        let qm = self.modulation.bits_per_symbol();
-        let plan = TbPlan::new(enc.bytes.len(), self.rate, qm, self.force)
-            .map_err(|e| StageError::input(format!("stage `{}`: {e}", self.stage)))?;
-        let coded = plan.encode(&enc.bytes);
-        let mut symbols = modulate(&coded, self.modulation).map_err(|e| StageError::input(e.to_string()))?;
-        let awgn = if self.ideal {
-            Awgn::new(f64::INFINITY)
-        } else {
-            Awgn::new(self.snr_db)
-        }
-        .map_err(|e| StageError::input(e.to_string()))?;
+        let link = CodedLink {
+            modulation: self.modulation,
+            snr_db: if self.ideal { f64::INFINITY } else { self.snr_db },
+            rate: self.rate,
+            base_graph: self.force,
+            rule: self.rule,
+            iterations: self.iterations,
+        };
         let mut rng = channel_rng(self.seed, &self.stage, msg.id.seq, msg.part.index);
-        awgn.apply(&mut symbols, &mut rng);
-        let n0 = if self.ideal { 1e-3 } else { awgn.n0() };
-        let llrs: Vec<f32> = demodulate_llr(&symbols, self.modulation, n0, coded.len())
-            .iter()
-            .map(|&l| l as f32)
-            .collect();
-        let raw_errors = llrs
-            .iter()
-            .zip(&coded)
-            .filter(|(l, b)| u8::from(**l < 0.0) != **b)
-            .count();
-        let mut decoder = LayeredDecoder::new(plan.code.clone(), self.rule);
-        let decoded = plan
-            .decode(&llrs, &mut decoder, self.iterations)
-            .map_err(|e| StageError::input(e.to_string()))?;
-        self.bits.increment(coded.len() as u64);
-        self.bit_errors.increment(raw_errors as u64);
+        let decoded = transmit_coded(&enc.bytes, &link, &mut rng)
+            .map_err(|e| StageError::input(format!("stage `{}`: {e}", self.stage)))?;
+        self.bits.increment(decoded.coded_bits);
+        self.bit_errors.increment(decoded.bit_errors);
         let received = if decoded.ok {
-            match self.codec.decode(&decoded.payload) {
+            match self.codec.decode(&decoded.received) {
                 Ok(i) if i.dimensions() == (w, h) => Some(i),
                 Ok(_) | Err(_) => None,
             }
@@ -169,17 +153,17 @@ impl Stage for Run {
         let lost = received.is_none();
         let image = received.unwrap_or_else(|| image::RgbImage::from_pixel(w, h, image::Rgb(self.fallback)));
         if lost {
-            tracing::warn!(stage = %self.stage, frame = %msg.id, blocks_failed = decoded.blocks_failed, blocks = plan.blocks, "image lost on the digital link; the frame goes on with the mean-colour fallback");
+            tracing::warn!(stage = %self.stage, frame = %msg.id, blocks_failed = decoded.blocks_failed, blocks = decoded.blocks, "image lost on the digital link; the frame goes on with the mean-colour fallback");
         }
         fields.insert("image", Value::Image(Image::from_rgb(image)));
         fields.insert("image_lost", Value::Number(f64::from(u8::from(lost))));
         fields.insert("codec_bytes", Value::Number(enc.bytes.len() as f64));
         fields.insert("codec_quality", Value::Number(f64::from(enc.quality)));
         fields.insert("over_budget", Value::Number(f64::from(u8::from(enc.over_budget))));
-        fields.insert("bits", Value::Number(coded.len() as f64));
-        fields.insert("bit_errors", Value::Number(raw_errors as f64));
-        fields.insert("channel_uses", Value::Number(symbols.len() as f64));
-        fields.insert("code_blocks", Value::Number(plan.blocks as f64));
+        fields.insert("bits", Value::Number(decoded.coded_bits as f64));
+        fields.insert("bit_errors", Value::Number(decoded.bit_errors as f64));
+        fields.insert("channel_uses", Value::Number(decoded.symbols as f64));
+        fields.insert("code_blocks", Value::Number(decoded.blocks as f64));
         fields.insert("blocks_failed", Value::Number(decoded.blocks_failed as f64));
         fields.insert("ldpc_iterations", Value::Number(decoded.iterations as f64));
         out.emit(msg.derive(fields));

@@ -193,19 +193,17 @@ impl Link {
         iterations: usize,
     ) -> Result<dataflow_models::ldpc::CodedTransmission, StageError> {
         use dataflow_models::channel::channel_rng;
-        use dataflow_models::ldpc::{transmit_coded, CheckRule};
+        use dataflow_models::ldpc::{transmit_coded, CheckRule, CodedLink};
         let mut rng = channel_rng(self.seed, &self.stage, seq, stream);
-        let snr = if self.ideal { f64::INFINITY } else { self.snr_db };
-        let tx = transmit_coded(
-            bytes,
-            self.modulation,
-            snr,
+        let link = CodedLink {
+            modulation: self.modulation,
+            snr_db: if self.ideal { f64::INFINITY } else { self.snr_db },
             rate,
-            CheckRule::MinSum { alpha: 0.75 },
+            base_graph: None,
+            rule: CheckRule::MinSum { alpha: 0.75 },
             iterations,
-            &mut rng,
-        )
-        .map_err(|e| StageError::input(format!("coded link: {e}")))?;
+        };
+        let tx = transmit_coded(bytes, &link, &mut rng).map_err(|e| StageError::input(format!("coded link: {e}")))?;
         self.bits.increment(tx.coded_bits);
         self.errors.increment(tx.bit_errors);
         Ok(tx)

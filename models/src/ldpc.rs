@@ -777,19 +777,40 @@ pub struct CodedTransmission {
     pub iterations: usize,
 }
 
-/// Bytes → 5G NR LDPC at `rate` → Gray QAM → AWGN at `snr_db` (`f64::INFINITY`: no
-/// noise) → max-log LLRs → layered decoding (`rule`, at most `iterations`) → bytes.
+/// The settings of a coded link: modulation, SNR, code and decoder.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CodedLink {
+    /// Modulation the coded bits are mapped onto.
+    pub modulation: crate::channel::Modulation,
+    /// Es/N0 in dB (`f64::INFINITY`: no noise).
+    pub snr_db: f64,
+    /// Code rate after rate matching.
+    pub rate: f64,
+    /// Base graph, or `None` to choose as TS 38.212 §7.2.2 does.
+    pub base_graph: Option<BaseGraph>,
+    /// Decoder check rule.
+    pub rule: CheckRule,
+    /// Maximum decoder iterations.
+    pub iterations: usize,
+}
+
+/// Bytes → 5G NR LDPC → Gray QAM → AWGN → max-log LLRs → layered decoding → bytes,
+/// with the settings of `link`.
 pub fn transmit_coded<R: rand::Rng + ?Sized>(
     bytes: &[u8],
-    modulation: crate::channel::Modulation,
-    snr_db: f64,
-    rate: f64,
-    rule: CheckRule,
-    iterations: usize,
+    link: &CodedLink,
     rng: &mut R,
 ) -> Result<CodedTransmission, LdpcError> {
     use crate::channel::{demodulate_llr, modulate, Awgn};
-    let plan = TbPlan::new(bytes.len(), rate, modulation.bits_per_symbol(), None)?;
+    let CodedLink {
+        modulation,
+        snr_db,
+        rate,
+        base_graph,
+        rule,
+        iterations,
+    } = *link;
+    let plan = TbPlan::new(bytes.len(), rate, modulation.bits_per_symbol(), base_graph)?;
     let coded = plan.encode(bytes);
     let mut symbols = modulate(&coded, modulation).map_err(|e| LdpcError::Channel(e.to_string()))?;
     let awgn = Awgn::new(snr_db).map_err(|e| LdpcError::Channel(e.to_string()))?;
