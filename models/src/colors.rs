@@ -7,6 +7,8 @@
 //! A pixel is named by the nearest of a few reference colours per name in CIE L*a*b*
 //! (D65), a roughly perceptual space, so dark navy is still "blue" and tan "brown".
 
+use std::sync::LazyLock;
+
 /// A basic colour term.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ColorName {
@@ -219,18 +221,35 @@ pub fn luma(rgb: [u8; 3]) -> f64 {
     0.299 * f64::from(rgb[0]) + 0.587 * f64::from(rgb[1]) + 0.114 * f64::from(rgb[2])
 }
 
-fn srgb_to_linear(v: u8) -> f64 {
-    let c = f64::from(v) / 255.0;
-    if c <= 0.040_45 {
-        c / 12.92
-    } else {
-        ((c + 0.055) / 1.055).powf(2.4)
-    }
-}
+/// Linear light of each 8-bit sRGB value: 256 `powf`s once instead of three per pixel
+/// (the attributes captioner names the colour of every sampled pixel).
+static SRGB_TO_LINEAR: LazyLock<[f64; 256]> = LazyLock::new(|| {
+    std::array::from_fn(|v| {
+        let c = v as f64 / 255.0;
+        if c <= 0.040_45 {
+            c / 12.92
+        } else {
+            ((c + 0.055) / 1.055).powf(2.4)
+        }
+    })
+});
+
+/// The L*a*b* of every reference colour, computed once.
+static REFERENCE_LAB: LazyLock<Vec<(ColorName, [f64; 3])>> = LazyLock::new(|| {
+    REFERENCES
+        .iter()
+        .flat_map(|(name, refs)| refs.iter().map(move |r| (*name, srgb_to_lab(*r))))
+        .collect()
+});
 
 /// CIE L*a*b* (D65 white) of an sRGB pixel.
 pub fn srgb_to_lab(rgb: [u8; 3]) -> [f64; 3] {
-    let (r, g, b) = (srgb_to_linear(rgb[0]), srgb_to_linear(rgb[1]), srgb_to_linear(rgb[2]));
+    let lin = &*SRGB_TO_LINEAR;
+    let (r, g, b) = (
+        lin[usize::from(rgb[0])],
+        lin[usize::from(rgb[1])],
+        lin[usize::from(rgb[2])],
+    );
     let x = (0.412_456_4 * r + 0.357_576_1 * g + 0.180_437_5 * b) / 0.950_47;
     let y = 0.212_672_9 * r + 0.715_152_2 * g + 0.072_175_0 * b;
     let z = (0.019_333_9 * r + 0.119_192 * g + 0.950_304_1 * b) / 1.088_83;
@@ -249,13 +268,10 @@ pub fn srgb_to_lab(rgb: [u8; 3]) -> [f64; 3] {
 pub fn nearest_color(rgb: [u8; 3]) -> ColorName {
     let lab = srgb_to_lab(rgb);
     let mut best = (f64::INFINITY, ColorName::Gray);
-    for (name, refs) in REFERENCES.iter() {
-        for r in refs.iter() {
-            let l = srgb_to_lab(*r);
-            let d = (lab[0] - l[0]).powi(2) + (lab[1] - l[1]).powi(2) + (lab[2] - l[2]).powi(2);
-            if d < best.0 {
-                best = (d, *name);
-            }
+    for (name, l) in REFERENCE_LAB.iter() {
+        let d = (lab[0] - l[0]).powi(2) + (lab[1] - l[1]).powi(2) + (lab[2] - l[2]).powi(2);
+        if d < best.0 {
+            best = (d, *name);
         }
     }
     best.1
