@@ -1,0 +1,102 @@
+"""The summary table at the end of `bench/run`: headline numbers, peers and ratios.
+
+    python3 bench/summarize.py STEP_DIR
+
+STEP_DIR holds one `<step>.txt` per step of bench/run (its whole output). Each table row
+is read back from the step's own printed table, so the summary can never disagree with
+the log above it. A step that is missing or printed no table is listed as such.
+Standard library only.
+"""
+
+import re
+import sys
+from pathlib import Path
+
+
+def cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def table_row(text: str, first_cell: str) -> list[str] | None:
+    """The last markdown row whose first cell starts with `first_cell`."""
+    rows = [cells(line) for line in text.splitlines() if line.lstrip().startswith("|")]
+    hits = [r for r in rows if r and r[0].startswith(first_cell)]
+    return hits[-1] if hits else None
+
+
+def num(s: str) -> float:
+    return float(s.replace(",", "").split()[0])
+
+
+def main() -> None:
+    steps = Path(sys.argv[1])
+    read = lambda name: (steps / f"{name}.txt").read_text() if (steps / f"{name}.txt").exists() else ""
+    out: list[tuple[str, str, str, str, str]] = []  # benchmark, ours, peer, ratio, target
+
+    engine, gst = read("engine"), read("gstreamer-chain")
+    e_rates = {}
+    for case in ("1 KiB, saturated", "6 MiB, saturated"):
+        r = table_row(engine, case)
+        if r:
+            e_rates[case] = num(r[1])
+            out.append((f"engine, {case}", f"{num(r[1]):,.0f} msg/s", f"tokio channels {num(r[2]):,.0f}", f"{num(r[3]):.2f}", ">= 0.5"))
+        g = table_row(gst, case)
+        if r and g:
+            out.append((f"engine vs GStreamer, {case}", f"{num(r[1]):,.0f} msg/s", f"gst queue chain {num(g[2]):,.0f}", f"{num(r[1]) / num(g[2]):.2f}", "> 1"))
+    if len(e_rates) == 2:
+        small, large = e_rates["1 KiB, saturated"], e_rates["6 MiB, saturated"]
+        out.append(("engine, 6 MiB / 1 KiB rate", f"{large:,.0f} / {small:,.0f}", "", f"{large / small:.2f}", "~1 (flat)"))
+    r = table_row(engine, "1 KiB, paced")
+    if r:
+        out.append(("engine hop latency, paced, p50 / p99", f"{r[6]} µs", f"tokio {r[7]} µs", "", ""))
+
+    channel, channel_np = read("channel"), read("channel-numpy")
+    for m in ("bpsk", "qpsk", "qam16", "qam64"):
+        r, p = table_row(channel, m), table_row(channel_np, f"numpy {m}")
+        if r:
+            peer, ratio = (f"numpy {num(p[5]):.1f}", f"{num(r[5]) / num(p[5]):.2f}") if p else ("", "")
+            out.append((f"channel {m}: modulate + AWGN + demodulate, 1 core", f"{num(r[5]):.1f} Msym/s", peer, ratio, ""))
+
+    bp = read("backpressure-memory")
+    flat = re.search(r"second-half peak vs first-half peak: ([+-][\d.]+) % \((.*?),", bp)
+    bound = re.search(r"measured peak (\d+) MiB = ([\d.]+) frames above the baseline \((within|ABOVE) the bound\)", bp)
+    total = re.search(r"= (\d+) MiB; measured peak", bp)
+    frames = re.search(r"run: .*?, (\d+) frames in", bp)
+    if flat and bound and total:
+        n = frames.group(1) if frames else "?"
+        out.append((f"backpressure, {n} 1080p frames: peak RSS after warm-up", f"{bound.group(1)} MiB",
+                    f"bound {total.group(1)} MiB", f"{bound.group(3)} bound", "within"))
+        out.append(("backpressure: 2nd-half vs 1st-half peak", f"{flat.group(1)} %", "", flat.group(2), "flat (< 5 %)"))
+
+    mk = read("multisc-kodak")
+    r = table_row(mk, "replicas=")
+    if r:
+        out.append(("Multi-SC lite on Kodak vs its slowest stage (segment) alone", f"{r[1]} fps, {r[4]} MiB",
+                    f"segment alone {r[2]} fps, {r[5]} MiB", r[3], ">= 0.9"))
+    r = table_row(mk, "pipeline vs python")
+    if r:
+        out.append(("Multi-SC lite on Kodak vs sequential Python (onnxruntime)", f"{r[1]} fps, {r[4]} MiB",
+                    f"python {r[2]} fps, {r[5]} MiB", r[3], "> 1"))
+
+    prof = read("profile-multisc")
+    m = re.search(r"== 1\. by thread.*?==\n((?:.*\n){1,3})", prof)
+    if m:
+        top = "; ".join(" ".join(line.split()) for line in m.group(1).strip().splitlines())
+        out.append(("profile: CPU share by thread (top 3)", top, "", "", ""))
+
+    print()
+    print("== summary (medians as printed by each step above) ==")
+    if not out:
+        print("no step printed a table")
+        return
+    heads = ("benchmark", "ours", "peer", "ratio", "target")
+    widths = [max(len(h), *(len(row[i]) for row in out)) for i, h in enumerate(heads)]
+    line = lambda row: "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |"
+    print(line(heads))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in out:
+        print(line(row))
+
+
+if __name__ == "__main__":
+    main()
