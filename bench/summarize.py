@@ -84,6 +84,11 @@ def main() -> None:
         top = "; ".join(" ".join(line.split()) for line in m.group(1).strip().splitlines())
         out.append(("profile: CPU share by thread (top 3)", top, "", "", ""))
 
+    ops = [cells(line) for line in read("isnet-ops").splitlines() if line.startswith("| ") and "operator" not in line]
+    if ops:
+        top = "; ".join(f"{r[0]} {r[3]}" for r in ops[:3])
+        out.append(("inside ISNet (onnxruntime profiler, 1 thread): top operators", top, "", "", ""))
+
     print()
     print("== summary (medians as printed by each step above) ==")
     if not out:

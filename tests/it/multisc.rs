@@ -10,8 +10,14 @@ fn multisc() -> std::path::PathBuf {
     root().join("graphs/multisc-lite.toml")
 }
 
-/// One ISNet session is enough for a handful of frames (and loads faster).
-const ONE_SEGMENTER: [&str; 2] = ["--set", "stage.segment.replicas=1"];
+/// One ISNet session with one thread: enough for a handful of frames, and it does not
+/// spin a second core that the tests running beside it need.
+const ONE_SEGMENTER: [&str; 4] = [
+    "--set",
+    "stage.segment.replicas=1",
+    "--set",
+    "stage.segment.intra_threads=1",
+];
 
 #[test]
 fn at_20_db_every_caption_arrives_and_survives_correction() {
