@@ -1,4 +1,5 @@
-"""The channel benchmark's peer: the same channel model written the research-code way, in numpy.
+"""The channel model the research-code way, in numpy: the channel benchmark's peer, and
+the channel of the sequential Multi-SC peer (multisc_sequential.transmit_bytes).
 
     python bench/python/channel_numpy.py [--bytes N] [--reps N] [--snr-db DB]
 
@@ -60,13 +61,19 @@ def demodulate_hard(symbols: np.ndarray, name: str, n_bits: int) -> np.ndarray:
     return np.concatenate([gray_bits[i], gray_bits[q]], axis=1).reshape(-1)[:n_bits]
 
 
+def add_awgn(symbols: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
+    """Complex AWGN at Es/N0 = snr_db (N0 = 10^(-SNR/10), N0/2 per dimension)."""
+    sigma = np.sqrt(10 ** (-snr_db / 10) / 2)
+    noise = rng.standard_normal((len(symbols), 2))
+    return symbols + sigma * (noise[:, 0] + 1j * noise[:, 1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bytes", type=int, default=65536)
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--snr-db", type=float, default=10.0)
     args = ap.parse_args()
-    sigma = np.sqrt(10 ** (-args.snr_db / 10) / 2)
     data = np.random.default_rng(1).integers(0, 256, args.bytes, dtype=np.uint8)
     print(f"numpy {np.__version__}; {args.bytes} bytes per repetition, median of {args.reps} (after one warm-up), Es/N0 {args.snr_db} dB")
     print()
@@ -81,8 +88,7 @@ def main() -> None:
             t1 = time.perf_counter()
             sym = modulate(bits, name)
             t2 = time.perf_counter()
-            noise = rng.standard_normal((len(sym), 2))
-            sym = sym + sigma * (noise[:, 0] + 1j * noise[:, 1])
+            sym = add_awgn(sym, args.snr_db, rng)
             t3 = time.perf_counter()
             out = demodulate_hard(sym, name, len(bits))
             t4 = time.perf_counter()

@@ -93,6 +93,8 @@ import onnxruntime as ort
 from PIL import Image
 from symspellpy import SymSpell
 
+from channel_numpy import BITS, add_awgn, demodulate_hard, modulate
+
 F32 = np.float32
 REPO = Path(__file__).resolve().parents[2]
 
@@ -447,8 +449,6 @@ def describe_tile(tile: np.ndarray, mask: np.ndarray | None, index: int, rows: i
 
 # --- text and image channels (models/src/channel.rs) --------------------------------
 
-BITS_PER_DIMENSION = {"bpsk": 1, "qpsk": 1, "qam16": 2, "qam64": 3}
-PAM_SCALE = {"bpsk": 1.0, "qpsk": math.sqrt(2.0), "qam16": math.sqrt(10.0), "qam64": math.sqrt(42.0)}
 
 
 def channel_rng(seed: int, stream: int, frame: int, part: int) -> np.random.Generator:
@@ -457,36 +457,15 @@ def channel_rng(seed: int, stream: int, frame: int, part: int) -> np.random.Gene
 
 
 def transmit_bytes(data: bytes, modulation: str, snr_db: float, rng: np.random.Generator):
-    """bytes -> MSB-first bits -> Gray-mapped PAM per dimension (unit symbol energy) ->
-    complex AWGN with N0 = 10^(-SNR/10) -> nearest level -> bits -> bytes.
+    """bytes -> MSB-first bits -> Gray-mapped constellation (unit symbol energy) ->
+    complex AWGN with N0 = 10^(-SNR/10) -> nearest level -> bits -> bytes, with the
+    functions of channel_numpy.py (the channel benchmark's numpy peer).
     Returns (received bytes, bits sent, bit errors)."""
-    k = BITS_PER_DIMENSION[modulation]
-    per_symbol = k if modulation == "bpsk" else 2 * k
-    levels, scale = 1 << k, PAM_SCALE[modulation]
     bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
-    n_bits = bits.size
-    padded = np.concatenate([bits, np.zeros((-n_bits) % per_symbol, dtype=np.uint8)])
-    groups = padded.reshape(-1, per_symbol // k if modulation != "bpsk" else 1, k)
-    gray = np.zeros(groups.shape[:2], dtype=np.int64)
-    for j in range(k):
-        gray = (gray << 1) | groups[:, :, j]
-    binary = gray.copy()
-    shift = gray >> 1
-    while shift.any():
-        binary ^= shift
-        shift >>= 1
-    amplitude = (2.0 * binary - (levels - 1)) / scale  # [symbols, dimensions]
-    n0 = 10.0 ** (-snr_db / 10.0)
-    sigma = math.sqrt(n0 / 2.0)
-    noise = rng.standard_normal(amplitude.shape)
-    received = amplitude + sigma * noise
-    idx = np.clip(round_half_away((received * scale + (levels - 1)) / 2.0), 0, levels - 1)
-    idx = np.nan_to_num(idx, nan=0.0).astype(np.int64)
-    gray_rx = idx ^ (idx >> 1)
-    rx_bits = np.stack([(gray_rx >> (k - 1 - j)) & 1 for j in range(k)], axis=-1)
-    rx_bits = rx_bits.reshape(-1)[:n_bits].astype(np.uint8)
+    received = add_awgn(modulate(bits, modulation), snr_db, rng)
+    rx_bits = demodulate_hard(received, modulation, bits.size)
     errors = int(np.count_nonzero(rx_bits != bits))
-    return np.packbits(rx_bits).tobytes(), n_bits, errors
+    return np.packbits(rx_bits).tobytes(), int(bits.size), errors
 
 
 # Unicode White_Space (Rust's char::is_whitespace).
@@ -938,7 +917,7 @@ def main() -> None:
                         help=f"noise seed (default {GRAPH_SEED}, the graph's)")
     parser.add_argument("--intra-threads", type=int, default=0,
                         help="ONNX Runtime intra_op_num_threads; 0 = its default options")
-    parser.add_argument("--modulation", choices=sorted(BITS_PER_DIMENSION), default=MODULATION,
+    parser.add_argument("--modulation", choices=sorted(BITS), default=MODULATION,
                         help=f"channel modulation (default {MODULATION}, the graph's)")
     parser.add_argument("--assets", type=Path, default=REPO / "assets",
                         help="the set-up's assets folder (default <repo>/assets)")
