@@ -223,15 +223,7 @@ impl StageKind for CodecChannel {
                 c.bpp
             )));
         }
-        if !(c.rate > 0.0 && c.rate <= 0.95) {
-            return Err(StageError::input(format!(
-                "`rate` must be in (0, 0.95], got {}",
-                c.rate
-            )));
-        }
-        if c.iterations == 0 {
-            return Err(StageError::input("`iterations` must be at least 1"));
-        }
+        crate::util::check_ldpc_settings(c.rate, c.iterations)?;
         let force = match c.base_graph {
             0 => None,
             1 => Some(BaseGraph::Bg1),

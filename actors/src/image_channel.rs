@@ -215,15 +215,7 @@ impl StageKind for ImageChannel {
     }
 
     fn build(c: &Self::Config, ctx: &BuildContext) -> Result<Built, StageError> {
-        if !(c.rate > 0.0 && c.rate <= 0.95) {
-            return Err(StageError::input(format!(
-                "`rate` must be in (0, 0.95], got {}",
-                c.rate
-            )));
-        }
-        if c.iterations == 0 {
-            return Err(StageError::input("`iterations` must be at least 1"));
-        }
+        crate::util::check_ldpc_settings(c.rate, c.iterations)?;
         if !(1..=100).contains(&c.quality) {
             return Err(StageError::input(format!(
                 "`quality` must be 1..=100, got {}",

@@ -120,6 +120,18 @@ pub fn merge_joined(j: &dataflow_engine::Joined) -> dataflow_engine::Fields {
     f
 }
 
+/// Checks the LDPC settings a stage takes (`rate` in (0, 0.95], `iterations` >= 1), with
+/// the message a user sees.
+pub fn check_ldpc_settings(rate: f64, iterations: usize) -> Result<(), StageError> {
+    if !(rate > 0.0 && rate <= 0.95) {
+        return Err(StageError::input(format!("`rate` must be in (0, 0.95], got {rate}")));
+    }
+    if iterations == 0 {
+        return Err(StageError::input("`iterations` must be at least 1"));
+    }
+    Ok(())
+}
+
 /// One digital link of a channel stage: modulation and AWGN at an SNR, seeded per
 /// graph, stage, frame and stream, with the bit counters of DESIGN §8.
 pub struct Link {
