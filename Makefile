@@ -14,7 +14,7 @@ setup:
 
 # Debian packages the tests, live sources and codec baselines use.
 setup-system:
-	scripts/setup-system prometheus ffmpeg chromium libheif-examples
+	scripts/setup-system prometheus ffmpeg chromium libheif-examples iproute2 util-linux
 
 build:
 	$(CARGO) build --release
@@ -23,13 +23,10 @@ run: setup build
 	./target/release/dataflow run $(GRAPH)
 
 # The model tests skip when assets are missing unless this is set: after `setup` they must run.
+# Kodak24 tests run only when DATAFLOW_KODAK names the folder (scripts/test).
 test: export DATAFLOW_REQUIRE_ASSETS = 1
 test: setup setup-system
-	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-		$(CARGO) nextest run --workspace --all-features --no-fail-fast; \
-	else \
-		$(CARGO) test --workspace --all-features --no-fail-fast; \
-	fi
+	CARGO="$(CARGO)" scripts/test
 
 bench:
 	$(CARGO) bench --bench engine

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use dataflow_engine::{GraphSource, Override, Registry, RunOptions};
 use dataflow_monitoring::LogFormat;
 
+mod doctor;
 mod report;
 mod sweep;
 
@@ -48,6 +49,10 @@ struct OverrideArgs {
 #[derive(Subcommand)]
 enum Command {
     /// Run a graph until its sources end (or Ctrl-C), then print a summary.
+    ///
+    /// Exit codes: 0 every frame went through; 1 invalid graph or the run could not
+    /// start; 2 frames failed (errors.jsonl) or an error stopped the run; 3 summary.json
+    /// or errors.jsonl could not be written; 130 stopped by Ctrl-C.
     Run {
         /// The graph file.
         graph: PathBuf,
@@ -114,7 +119,8 @@ enum Command {
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
     },
-    /// Check the set-up: ONNX Runtime, execution providers, GPU, assets, the models each shipped graph needs.
+    /// Check the set-up: ONNX Runtime, GPU, assets, and per tier and graph what is missing with the
+    /// command that brings it. Exit 0 when the main job (`make run`) can run, 1 when not.
     Doctor {
         /// Graph files to check (default: every file in graphs/).
         graphs: Vec<PathBuf>,
@@ -209,11 +215,19 @@ fn init_tracing(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,dataflow=info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour_on_stderr())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// Colour escapes only on a terminal, and never when `NO_COLOR` is set to anything
+/// non-empty (no-color.org), so `dataflow run ... 2>log` writes plain text.
+fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn main() -> ExitCode {
@@ -273,7 +287,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Doctor { graphs } => doctor(&graphs, &registry),
+        Command::Doctor { graphs } => Ok(doctor::doctor(&graphs, &registry)),
         Command::Models {
             command: ModelsCommand::List,
         } => {
@@ -419,17 +433,14 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 // The receivers' last acknowledgements, then the session.
                 b.close(Duration::from_secs(2));
             }
-            let _ = std::fs::write(out_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?);
+            // The engine wrote summary.json; a failed write is in `unwritten`, shown by
+            // `render` and turned into exit code 3 (see README, "Exit codes").
             eprint!("{}", summary.render());
             if linger > 0.0 {
                 eprintln!("serving metrics for {linger} s more (--linger)");
                 std::thread::sleep(Duration::from_secs_f64(linger));
             }
-            Ok(if summary.failed() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            })
+            Ok(ExitCode::from(summary.exit_code()))
         }
     }
 }
@@ -445,84 +456,5 @@ fn models_list() {
             (false, _) => "MISSING",
         };
         println!("{:<34} {:<9} {:<34} {}", a.name, state, a.source, a.license);
-    }
-}
-
-/// What `dataflow doctor` prints: the runtime, providers, GPU, assets and per-graph needs.
-fn doctor(graphs: &[PathBuf], registry: &Registry) -> Result<ExitCode> {
-    let mut problems = 0;
-    match dataflow_models::runtime::runtime() {
-        Ok(rt) => {
-            println!("ONNX Runtime {} at {}", rt.version(), rt.dylib_path().display());
-            println!("execution providers: {}", rt.providers().join(", "));
-            println!(
-                "CUDA provider: {}",
-                if rt.has_cuda() {
-                    "available"
-                } else {
-                    "not in this runtime (scripts/setup-assets --gpu)"
-                }
-            );
-        }
-        Err(e) => {
-            problems += 1;
-            println!("ONNX Runtime: NOT FOUND: {e}");
-        }
-    }
-    let gpu = Path::new("/dev/nvidia0").exists() || Path::new("/proc/driver/nvidia/version").exists();
-    println!("NVIDIA GPU: {}", if gpu { "seen" } else { "none seen" });
-    println!();
-    let statuses = dataflow_models::assets::check_assets();
-    for a in &statuses {
-        let ok = a.present && a.sha256_ok;
-        if !ok && !a.optional {
-            problems += 1;
-        }
-        let state = if ok {
-            "ok"
-        } else if a.present {
-            "checksum MISMATCH"
-        } else if a.optional {
-            "not installed (optional)"
-        } else {
-            "MISSING"
-        };
-        println!("{:<34} {:<26} {}", a.name, state, a.path.display());
-    }
-    println!();
-    let files: Vec<PathBuf> = if graphs.is_empty() {
-        let mut v: Vec<PathBuf> = std::fs::read_dir("graphs")
-            .map(|d| {
-                d.filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
-    } else {
-        graphs.to_vec()
-    };
-    for g in files {
-        let verdict = load(&g, &OverrideArgs::default(), registry)
-            .and_then(|src| dataflow_engine::plan(&src, registry).map_err(|d| d.to_string()))
-            .and_then(|plan| {
-                let tmp = std::env::temp_dir().join("dataflow-doctor");
-                dataflow_engine::plan::check_resources(&plan, &tmp).map_err(|d| d.to_string())
-            });
-        match verdict {
-            Ok(()) => println!("{}: ready", g.display()),
-            Err(e) => {
-                problems += 1;
-                println!("{}: NOT READY\n{e}", g.display());
-            }
-        }
-    }
-    if problems > 0 {
-        println!("\n{problems} problem(s); `make setup` (scripts/setup-assets) fetches the offline assets");
-        Ok(ExitCode::from(1))
-    } else {
-        println!("\nall good");
-        Ok(ExitCode::SUCCESS)
     }
 }

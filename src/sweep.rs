@@ -18,6 +18,11 @@
 //! a half-written run folder is cleared and run again. Every graph runs on the same
 //! images with the same seeds, so the comparison is paired. Channel noise is seeded by
 //! the graph seed, so two sweeps with the same settings write identical CSVs.
+//!
+//! The sweep exits 0 when every run went through, 2 (after writing the CSVs and the
+//! report) when some runs had failed frames — their `errors.jsonl` are listed — and 1
+//! when a run could not finish at all. A metrics CSV whose last line was torn by a
+//! killed run is read without that line.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -40,6 +45,10 @@ const PLOTTED: &[(&str, &str)] = &[
     ("clip_cosine", "CLIP cosine"),
     ("bleu1", "BLEU-1 (corrected text)"),
     ("bleu4", "BLEU-4 (corrected text)"),
+    ("wer", "Word error rate (corrected text)"),
+    ("wer_received", "Word error rate (received text)"),
+    ("cer", "Character error rate (corrected text)"),
+    ("object_recall", "COCO object names kept (corrected text)"),
     ("ber", "Bit error rate (before decoding)"),
     ("image_lost", "Fraction of images lost"),
 ];
@@ -266,6 +275,8 @@ pub fn sweep(args: &SweepArgs) -> Result<ExitCode> {
     let total = infos.len() * args.snrs.len() * args.seeds as usize;
     let mut n = 0;
     let mut skipped = 0;
+    // Runs whose frames partly failed (exit 2): the sweep's data lacks their rows.
+    let mut failed_runs: Vec<PathBuf> = Vec::new();
     let started = Instant::now();
     for info in &infos {
         for &snr in &args.snrs {
@@ -274,6 +285,9 @@ pub fn sweep(args: &SweepArgs) -> Result<ExitCode> {
                 let dir = run_dir(&args.out, &info.name, snr, seed);
                 if dir.join("done.json").is_file() {
                     skipped += 1;
+                    if done_code(&dir) == Some(2) {
+                        failed_runs.push(dir);
+                    }
                     continue;
                 }
                 if dir.exists() {
@@ -295,6 +309,9 @@ pub fn sweep(args: &SweepArgs) -> Result<ExitCode> {
                 );
                 let done = serde_json::json!({"exit_code": code, "seconds": secs});
                 std::fs::write(dir.join("done.json"), serde_json::to_vec_pretty(&done)?)?;
+                if code == 2 {
+                    failed_runs.push(dir);
+                }
             }
         }
     }
@@ -327,7 +344,37 @@ pub fn sweep(args: &SweepArgs) -> Result<ExitCode> {
         started.elapsed().as_secs_f64(),
         args.out.join("index.html").display()
     );
-    Ok(ExitCode::SUCCESS)
+    if failed_runs.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!(
+        "error: {} of {total} runs had failed frames, so their rows are missing from the results:",
+        failed_runs.len()
+    );
+    for d in &failed_runs {
+        eprintln!("  {}", d.join("errors.jsonl").display());
+    }
+    eprintln!("  fix what they report, delete those run folders and run the same sweep again (finished runs are kept)");
+    Ok(ExitCode::from(2))
+}
+
+/// The exit code a finished run recorded in its `done.json`.
+fn done_code(dir: &Path) -> Option<i64> {
+    let text = std::fs::read(dir.join("done.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
+    v.get("exit_code")?.as_i64()
+}
+
+/// The bytes of a file a run may have been killed while writing, up to its last
+/// newline: a torn last line (no newline) is left out.
+pub fn complete_lines(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut bytes = std::fs::read(path)?;
+    let end = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    if end < bytes.len() {
+        tracing::warn!(path = %path.display(), bytes = bytes.len() - end, "skipped a torn last line (the run was killed while writing it)");
+        bytes.truncate(end);
+    }
+    Ok(bytes)
 }
 
 fn run_dir(out: &Path, graph: &str, snr: f64, seed: u32) -> PathBuf {
@@ -377,8 +424,8 @@ fn collect(infos: &[GraphInfo], args: &SweepArgs) -> Result<Vec<Row>> {
             for seed in 1..=args.seeds {
                 let dir = run_dir(&args.out, &info.name, snr, seed);
                 let file = dir.join(&info.csv);
-                let mut rdr = match csv::Reader::from_path(&file) {
-                    Ok(r) => r,
+                let mut rdr = match complete_lines(&file) {
+                    Ok(bytes) => csv::Reader::from_reader(std::io::Cursor::new(bytes)),
                     Err(e) => bail!(
                         "{}: {e} (the run wrote no metrics; see {})",
                         file.display(),

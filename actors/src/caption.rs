@@ -5,12 +5,17 @@
 //! its colours, size and position, and the background's colours and brightness.
 //! Deterministic, plain dictionary words, never empty. A message without a
 //! `tile` field is described as a whole image (the single-text baseline).
+//! When the frame went through `detect` (field `objects`, with the segmenter's `box`),
+//! the caption names the main object's COCO class and the other objects in the tile
+//! (`dataflow_models::attributes::named_in_tile`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use dataflow_engine::{BuildContext, Built, Input, OutPort, Outputs, Ports, Role, Stage, StageError, StageKind, Value};
-use dataflow_models::attributes::{describe_image, describe_tile, TilePosition};
+use dataflow_models::attributes::{describe_tile_named, named_in_tile, Named, TilePosition};
+use dataflow_models::detect;
+use dataflow_models::isnet::BBox;
 use dataflow_models::llava::{self, GenerateOptions, Llava};
 use dataflow_models::provider::SessionOptions;
 use dataflow_models::textgen::Decoding;
@@ -133,10 +138,11 @@ impl Stage for Run {
                 .image("mask")
                 .filter(|m| (m.width, m.height) == (img.width, img.height))
                 .map(|m| m.to_gray());
+            let named = named_objects(&msg, (img.width, img.height), &self.stage);
             if msg.fields.get("tile").is_some() {
-                describe_tile(&rgb, mask.as_ref(), pos)
+                describe_tile_named(&rgb, mask.as_ref(), pos, &named)
             } else {
-                describe_image(&rgb, mask.as_ref())
+                describe_tile_named(&rgb, mask.as_ref(), TilePosition::WHOLE, &named)
             }
         };
         let mut fields = msg.fields.clone();
@@ -197,6 +203,35 @@ impl StageKind for Caption {
             }
         }
     }
+}
+
+/// The objects of `detect` this tile's caption names: none without an `objects` field
+/// (or with one that cannot be read, which is logged and skipped).
+fn named_objects(msg: &dataflow_engine::Message, size: (u32, u32), stage: &str) -> Named {
+    let Some(text) = msg.fields.text("objects") else {
+        return Named::default();
+    };
+    let objects = match detect::from_json(text) {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(stage = %stage, frame = %msg.id, error = %e, "ignoring unreadable `objects`");
+            return Named::default();
+        }
+    };
+    let bbox = |r: dataflow_engine::Rect| BBox {
+        x: r.x,
+        y: r.y,
+        width: r.width,
+        height: r.height,
+    };
+    let tile = msg.fields.rect("tile").map(bbox).unwrap_or(BBox {
+        x: 0,
+        y: 0,
+        width: size.0,
+        height: size.1,
+    });
+    let main_box = msg.fields.rect("box").map(bbox);
+    named_in_tile(&objects, main_box.as_ref(), &tile)
 }
 
 fn llava_dir(c: &CaptionConfig, ctx: &BuildContext) -> Result<PathBuf, StageError> {

@@ -4,6 +4,12 @@
 //! English unigram and bigram dictionaries of the `symspellpy` package. Reads
 //! `texts` (or `text`) and adds `corrected`; numbers and punctuation are kept.
 //!
+//! `model = "noisy_channel"` (offline tier, channel-aware): for each received text, the
+//! most likely sent text under bit flips at the link's bit error rate (the message's
+//! `ber_expected`, from `text_channel`, or the `ber` key) and a bigram language model
+//! (wordsegment counts in `assets/ngram`, the SymSpell dictionaries, the captioner's
+//! sentences); see `dataflow_models::noisy_channel`.
+//!
 //! `model = "bart"` (paper tier): a BART seq2seq spelling corrector exported by
 //! `models/export/bart.py` (default checkpoint `oliverguhr/spelling-correction-english-base`),
 //! the encoder once per text and the decoder with its KV cache; greedy by default,
@@ -14,6 +20,7 @@ use std::sync::Arc;
 
 use dataflow_engine::{BuildContext, Built, Input, OutPort, Outputs, Ports, Role, Stage, StageError, StageKind, Value};
 use dataflow_models::bart::{self, Bart, CorrectOptions};
+use dataflow_models::noisy_channel::{NoisyChannel, NoisyChannelOptions};
 use dataflow_models::provider::SessionOptions;
 use dataflow_models::symspell::Corrector;
 use schemars::JsonSchema;
@@ -29,6 +36,8 @@ pub enum CorrectModel {
     None,
     /// A BART spelling corrector (paper tier, exported by `models/export/bart.py`).
     Bart,
+    /// Channel-aware correction: bit-flip likelihoods and a bigram language model (offline tier).
+    NoisyChannel,
 }
 
 /// Keys of `correct`.
@@ -49,10 +58,28 @@ pub struct CorrectConfig {
     /// BART: most new tokens per text.
     #[serde(default = "default_max_new_tokens")]
     pub max_new_tokens: usize,
+    /// noisy_channel: folder holding the wordsegment `unigrams.txt` and `bigrams.txt`
+    /// (default: the set-up's `assets/ngram`).
+    #[serde(default)]
+    pub ngram_dir: Option<PathBuf>,
+    /// noisy_channel: the bit error rate to assume; default: the message's `ber_expected`
+    /// (set by `text_channel`), else 0.01.
+    #[serde(default)]
+    pub ber: Option<f64>,
+    /// noisy_channel: weight of the captioner's sentences in the language model (0–1).
+    #[serde(default = "default_domain_weight")]
+    pub domain_weight: f64,
     /// ONNX Runtime session options for BART (provider, device_id, intra_threads, arena_limit_bytes).
     #[serde(flatten)]
     pub session: SessionOptions,
 }
+
+fn default_domain_weight() -> f64 {
+    NoisyChannelOptions::default().domain_weight
+}
+
+/// Bit error rate assumed by `noisy_channel` when neither `ber` nor `ber_expected` says.
+const FALLBACK_BER: f64 = 0.01;
 
 fn default_beams() -> usize {
     1
@@ -71,17 +98,21 @@ pub struct Correct;
 enum Fixer {
     Symspell(Box<Corrector>),
     Bart(Box<Bart>, CorrectOptions),
+    NoisyChannel(Box<NoisyChannel>),
     None,
 }
 
 struct Run {
     corrector: Fixer,
+    /// The `ber` key, which overrides the message's `ber_expected`.
+    ber: Option<f64>,
 }
 
 impl Run {
-    fn fix(&mut self, t: &str) -> Result<String, StageError> {
+    fn fix(&mut self, t: &str, ber: f64) -> Result<String, StageError> {
         match &mut self.corrector {
             Fixer::Symspell(c) => Ok(c.correct(t)),
+            Fixer::NoisyChannel(c) => Ok(c.correct(t, ber)),
             Fixer::Bart(b, options) => b
                 .correct(t, options)
                 .map_err(|e| StageError::new("model", format!("BART correction failed: {e}"))),
@@ -96,14 +127,15 @@ impl Stage for Run {
             return Ok(());
         };
         let mut fields = msg.fields.clone();
+        let ber = self.ber.or(msg.fields.number("ber_expected")).unwrap_or(FALLBACK_BER);
         if let Some(texts) = msg.fields.texts("texts") {
             let fixed: Vec<Option<String>> = texts
                 .iter()
-                .map(|t| t.as_deref().map(|t| self.fix(t)).transpose())
+                .map(|t| t.as_deref().map(|t| self.fix(t, ber)).transpose())
                 .collect::<Result<_, _>>()?;
             fields.insert("corrected", Value::Texts(Arc::from(fixed)));
         } else if let Some(t) = msg.fields.text("text") {
-            fields.insert("corrected", Value::Text(Arc::from(self.fix(t)?.as_str())));
+            fields.insert("corrected", Value::Text(Arc::from(self.fix(t, ber)?.as_str())));
         } else {
             return Err(StageError::input(format!(
                 "frame {} has neither `texts` nor `text` to correct",
@@ -136,11 +168,52 @@ fn dictionary_dir(c: &CorrectConfig, ctx: &BuildContext) -> Result<PathBuf, Stag
     Ok(dir)
 }
 
+fn ngram_dir(c: &CorrectConfig, ctx: &BuildContext) -> Result<PathBuf, StageError> {
+    let dir = match &c.ngram_dir {
+        Some(d) => ctx.resolve(d),
+        None => dataflow_models::assets::asset_path("ngram")
+            .map_err(|e| StageError::io(format!("{e}; run `scripts/setup-assets` (or `make setup`)")))?,
+    };
+    let uni = dir.join(dataflow_models::ngram::UNIGRAM_FILE);
+    if !uni.is_file() {
+        return Err(StageError::io(format!(
+            "n-gram counts {} are missing; run `scripts/setup-assets` (or `make setup`) to fetch them",
+            uni.display()
+        )));
+    }
+    Ok(dir)
+}
+
+fn build_noisy_channel(c: &CorrectConfig, ctx: &BuildContext) -> Result<Fixer, StageError> {
+    if !(0.0..=1.0).contains(&c.domain_weight) {
+        return Err(StageError::input(format!(
+            "`domain_weight` must be in 0–1, got {}",
+            c.domain_weight
+        )));
+    }
+    if let Some(b) = c.ber {
+        if !(0.0..=0.5).contains(&b) {
+            return Err(StageError::input(format!("`ber` must be in 0–0.5, got {b}")));
+        }
+    }
+    let (ngrams, dict) = (ngram_dir(c, ctx)?, dictionary_dir(c, ctx)?);
+    let t0 = std::time::Instant::now();
+    let options = NoisyChannelOptions {
+        domain_weight: c.domain_weight,
+        ..NoisyChannelOptions::default()
+    };
+    let model = NoisyChannel::load(&ngrams, Some(&dict), options)
+        .map_err(|e| StageError::io(format!("correct model = \"noisy_channel\": {e}")))?;
+    tracing::info!(stage = %ctx.stage, words = model.model().len(), bigrams = model.model().bigram_count(), seconds = t0.elapsed().as_secs_f64(), "noisy-channel language model loaded");
+    Ok(Fixer::NoisyChannel(Box::new(model)))
+}
+
 impl StageKind for Correct {
     type Config = CorrectConfig;
     const NAME: &'static str = "correct";
     const ROLE: Role = Role::Transform;
-    const DOC: &'static str = "Corrects the received texts (SymSpell compound correction, or BART).";
+    const DOC: &'static str =
+        "Corrects the received texts (SymSpell compound correction, channel-aware noisy-channel decoding, or BART).";
 
     fn ports(_: &Self::Config) -> Ports {
         Ports {
@@ -155,6 +228,7 @@ impl StageKind for Correct {
             CorrectModel::None => return Vec::new(),
             CorrectModel::Symspell => dictionary_dir(c, ctx).map(|_| ()),
             CorrectModel::Bart => bart_dir(c, ctx).map(|_| ()),
+            CorrectModel::NoisyChannel => ngram_dir(c, ctx).and_then(|_| dictionary_dir(c, ctx)).map(|_| ()),
         };
         found.err().map(|e| vec![e.message]).unwrap_or_default()
     }
@@ -162,6 +236,7 @@ impl StageKind for Correct {
     fn build(c: &Self::Config, ctx: &BuildContext) -> Result<Built, StageError> {
         let corrector = match c.model {
             CorrectModel::None => Fixer::None,
+            CorrectModel::NoisyChannel => build_noisy_channel(c, ctx)?,
             CorrectModel::Bart => {
                 if c.beams == 0 || c.max_new_tokens == 0 {
                     return Err(StageError::input("`beams` and `max_new_tokens` must be at least 1"));
@@ -184,6 +259,6 @@ impl StageKind for Correct {
                 Fixer::Symspell(Box::new(corr))
             }
         };
-        Ok(Built::Stage(Box::new(Run { corrector })))
+        Ok(Built::Stage(Box::new(Run { corrector, ber: c.ber })))
     }
 }

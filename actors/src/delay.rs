@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
-use dataflow_engine::{BuildContext, Built, Input, OutPort, Outputs, Ports, Role, Stage, StageError, StageKind};
+use dataflow_engine::{
+    check_range, BuildContext, Built, Input, KeyProblem, OutPort, Outputs, Ports, Role, Stage, StageError, StageKind,
+    MAX_DURATION_S,
+};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -10,7 +13,7 @@ use serde::Deserialize;
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DelayConfig {
-    /// Milliseconds to sleep per message.
+    /// Milliseconds to sleep per message (0 to one year).
     #[serde(default)]
     pub ms: f64,
 }
@@ -47,12 +50,15 @@ impl StageKind for Delay {
         }
     }
 
+    fn validate(c: &Self::Config) -> Vec<KeyProblem> {
+        check_range("ms", c.ms, 0.0, MAX_DURATION_S * 1000.0, "milliseconds")
+            .into_iter()
+            .collect()
+    }
+
     fn build(c: &Self::Config, _: &BuildContext) -> Result<Built, StageError> {
-        if !(c.ms.is_finite() && c.ms >= 0.0) {
-            return Err(StageError::input(format!(
-                "`ms` must be a non-negative number, got {}",
-                c.ms
-            )));
+        if let Some(p) = Self::validate(c).into_iter().next() {
+            return Err(StageError::input(p.message));
         }
         Ok(Built::Stage(Box::new(Run {
             pause: Duration::from_secs_f64(c.ms / 1000.0),

@@ -7,6 +7,11 @@
 //! of the uncorrected received texts (BLEU with smoothing method 1 of Chen &
 //! Cherry 2014, see `dataflow_models::quality`), `ber` over every bit sent for
 //! the frame (texts and slice) and `bits_sent`; the reference is kept as `original`.
+//! Text metrics (`dataflow_models::text_metrics`): `wer` and `cer` of the corrected texts
+//! against the sent ones, `wer_received` and `cer_received` of the received texts, and
+//! `object_recall`, the share of COCO class names in the sent texts still in the
+//! corrected ones; a frame whose sent texts name no COCO class has no `object_recall`
+//! (an empty CSV cell, skipped by averages) rather than a made-up 0 or 1.
 //!
 //! Paper-tier metrics, when configured: `lpips = true` adds `lpips` (LPIPS v0.1 AlexNet, the
 //! export of `models/export/lpips.py`, folder `lpips_dir`, default `assets/models/lpips-onnx`).
@@ -14,6 +19,11 @@
 //! (`models/export/clip.py`, folder `clip_dir`, default `assets/models/clip`).
 //! A configured metric whose export is missing stops the run before it starts, naming the
 //! export command.
+//!
+//! `detect = true` adds `detection_f1`: the COCO detector (`dataflow_models::detect`, from
+//! `scripts/setup-assets`) on the original and on the reconstruction, classes matched by
+//! box IoU ≥ 0.5, and the two lists as `objects` / `objects_reconstruction`. Without it,
+//! the reference's `objects` (from a `detect` stage) are carried on for the sheet.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,12 +32,15 @@ use dataflow_engine::{
     BuildContext, Built, Input, OutPort, Outputs, Part, Ports, Role, Stage, StageError, StageKind, Value,
 };
 use dataflow_models::clip::{self, ClipImage};
+use dataflow_models::detect::{self, DetectOptions, Detector};
 use dataflow_models::lpips::{self, Lpips};
 use dataflow_models::provider::SessionOptions;
 use dataflow_models::quality;
 use dataflow_monitoring::names;
 use schemars::JsonSchema;
 use serde::Deserialize;
+
+use crate::util::model_file;
 
 /// Keys of `evaluate`.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -47,6 +60,13 @@ pub struct EvaluateConfig {
     /// CLIP export folder (default `assets/models/clip`, made by `models/export/clip.py`).
     #[serde(default)]
     pub clip_dir: Option<PathBuf>,
+    /// Adds `detection_f1`: the COCO detector (CenterNet) runs on the original and on the
+    /// reconstruction; F1 of the class-and-box matches (IoU ≥ 0.5).
+    #[serde(default)]
+    pub detect: bool,
+    /// A converted CenterNet for `detect` instead of the set-up's `assets/models/detect/centernet.onnx`.
+    #[serde(default)]
+    pub detect_model_path: Option<PathBuf>,
     /// ONNX Runtime session options of the metric models (provider, device_id, intra_threads, arena_limit_bytes).
     #[serde(flatten)]
     pub session: SessionOptions,
@@ -69,6 +89,10 @@ struct Run {
     lpips: Option<(Lpips, metrics::Histogram)>,
     /// CLIP image tower, when `clip = true`.
     clip: Option<ClipImage>,
+    /// COCO detector and the `detection_f1` histogram, when `detect = true`.
+    detector: Option<(Detector, metrics::Histogram)>,
+    /// `wer`, `cer` and `object_recall` histograms.
+    text: TextHistograms,
 }
 
 fn joined_texts(v: Option<&[Option<String>]>) -> String {
@@ -128,6 +152,11 @@ impl Stage for Run {
                 .map_err(|e| StageError::new("model", format!("frame {}: CLIP failed: {e}", j.id)))?;
             fields.insert("clip_cosine", Value::Number(c));
         }
+        if let Some(objects) = reference.fields.get("objects") {
+            // The original's detections (from `detect`), for the sheet's boxes.
+            fields.insert("objects", objects.clone());
+        }
+        self.detection_f1(&o, &r, &mut fields, j.id)?;
         let sent = match received.fields.texts("sent_texts") {
             Some(t) => joined_texts(Some(t)),
             None => received.fields.text("sent").unwrap_or_default().to_string(),
@@ -147,6 +176,7 @@ impl Stage for Run {
             fields.insert("bleu4", Value::Number(b4));
             fields.insert("bleu1_received", Value::Number(quality::bleu1(&raw, &sent)));
             fields.insert("bleu4_received", Value::Number(quality::bleu4(&raw, &sent)));
+            self.text.score(&sent, &corrected, &raw, &mut fields);
         }
         let f = &received.fields;
         let bits = f.number("bits").unwrap_or(0.0) + f.number("slice_bits").unwrap_or(0.0);
@@ -166,6 +196,12 @@ impl StageKind for Evaluate {
     const DOC: &'static str =
         "PSNR, SSIM, cosine, BLEU and BER of each frame (inputs: reference, then reconstruction).";
 
+    fn validate(c: &Self::Config) -> Vec<dataflow_engine::KeyProblem> {
+        dataflow_engine::check_timeout_ms("timeout_ms", c.timeout_ms)
+            .into_iter()
+            .collect()
+    }
+
     fn ports(c: &Self::Config) -> Ports {
         Ports {
             outputs: vec![OutPort::passing("out", &added(c))],
@@ -182,6 +218,13 @@ impl StageKind for Evaluate {
         }
         if c.clip {
             problems.extend(clip_dir(c, ctx).err().map(|e| e.message));
+        }
+        if c.detect {
+            problems.extend(
+                model_file(c.detect_model_path.as_deref(), detect::CENTERNET, ctx)
+                    .err()
+                    .map(|e| e.message),
+            );
         }
         problems
     }
@@ -216,6 +259,8 @@ impl StageKind for Evaluate {
             bleu: metrics::histogram!(names::QUALITY_BLEU, names::LABEL_GRAPH => g),
             lpips,
             clip,
+            detector: detector(c, ctx)?,
+            text: TextHistograms::new(&ctx.graph),
         })))
     }
 }
@@ -229,12 +274,59 @@ fn added(c: &EvaluateConfig) -> Vec<&'static str> {
     if c.clip {
         f.push("clip_cosine");
     }
+    if c.detect {
+        f.extend(["detection_f1", "objects", "objects_reconstruction"]);
+    }
     f
 }
 
 fn lpips_dir(c: &EvaluateConfig, ctx: &BuildContext) -> Result<PathBuf, StageError> {
     let explicit = c.lpips_dir.as_deref().map(|d| ctx.resolve(d));
     lpips::locate_export(explicit.as_deref()).map_err(|e| StageError::io(format!("evaluate lpips = true: {e}")))
+}
+
+impl Run {
+    /// `detection_f1` (and both object lists) when `detect = true`.
+    fn detection_f1(
+        &mut self,
+        o: &image::RgbImage,
+        r: &image::RgbImage,
+        fields: &mut dataflow_engine::Fields,
+        id: dataflow_engine::FrameId,
+    ) -> Result<(), StageError> {
+        let Some((model, hist)) = &mut self.detector else {
+            return Ok(());
+        };
+        let stage = &self.stage;
+        let fail = |e: dataflow_models::error::ModelError| {
+            StageError::new("model", format!("stage `{stage}`: frame {id}: detection failed: {e}"))
+        };
+        let options = DetectOptions::default();
+        let on_original = model.detect(o, options).map_err(fail)?.objects;
+        let on_reconstruction = model.detect(r, options).map_err(fail)?.objects;
+        let f1 = detect::detection_f1(&on_original, &on_reconstruction);
+        hist.record(f1);
+        fields.insert("detection_f1", Value::Number(f1));
+        if fields.get("objects").is_none() {
+            fields.insert("objects", Value::Text(detect::to_json(&on_original).into()));
+        }
+        fields.insert(
+            "objects_reconstruction",
+            Value::Text(detect::to_json(&on_reconstruction).into()),
+        );
+        Ok(())
+    }
+}
+
+fn detector(c: &EvaluateConfig, ctx: &BuildContext) -> Result<Option<(Detector, metrics::Histogram)>, StageError> {
+    if !c.detect {
+        return Ok(None);
+    }
+    let path = model_file(c.detect_model_path.as_deref(), detect::CENTERNET, ctx)?;
+    let model = Detector::load(&path, &c.session).map_err(|e| StageError::new("model", e.to_string()))?;
+    tracing::info!(stage = %ctx.stage, model = %path.display(), "detector loaded for detection_f1");
+    let hist = metrics::histogram!(names::QUALITY_DETECTION_F1, names::LABEL_GRAPH => ctx.graph.clone());
+    Ok(Some((model, hist)))
 }
 
 fn two_inputs(ctx: &BuildContext) -> Result<(), StageError> {
@@ -251,4 +343,39 @@ fn two_inputs(ctx: &BuildContext) -> Result<(), StageError> {
 fn clip_dir(c: &EvaluateConfig, ctx: &BuildContext) -> Result<PathBuf, StageError> {
     let explicit = c.clip_dir.as_deref().map(|d| ctx.resolve(d));
     clip::locate_export(explicit.as_deref()).map_err(|e| StageError::io(format!("evaluate clip = true: {e}")))
+}
+
+/// Histograms of the text metrics of `evaluate`.
+struct TextHistograms {
+    wer: metrics::Histogram,
+    cer: metrics::Histogram,
+    recall: metrics::Histogram,
+}
+
+impl TextHistograms {
+    fn new(graph: &str) -> Self {
+        let g = graph.to_string();
+        Self {
+            wer: metrics::histogram!(names::QUALITY_WER, names::LABEL_GRAPH => g.clone()),
+            cer: metrics::histogram!(names::QUALITY_CER, names::LABEL_GRAPH => g.clone()),
+            recall: metrics::histogram!(names::QUALITY_OBJECT_RECALL, names::LABEL_GRAPH => g),
+        }
+    }
+
+    /// Adds `wer`, `cer`, `wer_received`, `cer_received` and (when the sent text names a
+    /// COCO class) `object_recall`, and records the corrected text's scores.
+    fn score(&self, sent: &str, corrected: &str, received: &str, fields: &mut dataflow_engine::Fields) {
+        use dataflow_models::text_metrics::{cer, object_recall, wer};
+        let (w, c) = (wer(sent, corrected), cer(sent, corrected));
+        self.wer.record(w);
+        self.cer.record(c);
+        fields.insert("wer", Value::Number(w));
+        fields.insert("cer", Value::Number(c));
+        fields.insert("wer_received", Value::Number(wer(sent, received)));
+        fields.insert("cer_received", Value::Number(cer(sent, received)));
+        if let Some(r) = object_recall(sent, corrected, &dataflow_models::detect::COCO_NAMES) {
+            self.recall.record(r);
+            fields.insert("object_recall", Value::Number(r));
+        }
+    }
 }

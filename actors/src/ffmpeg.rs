@@ -581,6 +581,22 @@ impl StageKind for Ffmpeg {
     const DOC: &'static str =
         "Frames from an ffmpeg process (camera via v4l2, RTSP, video files, lavfi), restarted when a live input drops.";
 
+    fn validate(c: &Self::Config) -> Vec<dataflow_engine::KeyProblem> {
+        [
+            dataflow_engine::check_range_opt(
+                "duration_s",
+                c.duration_s,
+                0.0,
+                dataflow_engine::MAX_DURATION_S,
+                "seconds",
+            ),
+            dataflow_engine::check_range_opt("rate", c.rate, 1e-3, 1e6, "frames per second"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
     fn ports(_c: &Self::Config) -> Ports {
         Ports {
             outputs: vec![OutPort::fresh(

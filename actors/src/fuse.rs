@@ -3,7 +3,8 @@
 //! A joining stage: the engine hands it every part of a frame from its input(s),
 //! or what arrived when `timeout_ms` passed. It emits one message per frame with
 //! `texts` (received, in part order; a lost part is `None`), `sent_texts`,
-//! `lost_parts`, and the summed `bits` and `bit_errors` of the parts.
+//! `lost_parts`, and the summed `bits` and `bit_errors` of the parts; the parts'
+//! `ber_expected` (the text channel's theoretical bit error rate) is passed on.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,7 +49,7 @@ impl Stage for Run {
                         sent.push(m.fields.text("sent").or(m.fields.text("text")).map(str::to_string));
                         bits += m.fields.number("bits").unwrap_or(0.0);
                         errors += m.fields.number("bit_errors").unwrap_or(0.0);
-                        for key in ["name", "frame_size", "grid_rows", "grid_cols"] {
+                        for key in ["name", "frame_size", "grid_rows", "grid_cols", "ber_expected"] {
                             if let Some(v) = m.fields.get(key) {
                                 fields.insert(key, v.clone());
                             }
@@ -81,11 +82,24 @@ impl StageKind for Fuse {
     const ROLE: Role = Role::Transform;
     const DOC: &'static str = "Joins the received texts of a frame in tile order, marking lost parts.";
 
+    fn validate(c: &Self::Config) -> Vec<dataflow_engine::KeyProblem> {
+        dataflow_engine::check_timeout_ms("timeout_ms", c.timeout_ms)
+            .into_iter()
+            .collect()
+    }
+
     fn ports(c: &Self::Config) -> Ports {
         Ports {
             outputs: vec![OutPort::fresh(
                 "out",
-                &["texts", "sent_texts", "lost_parts", "bits", "bit_errors"],
+                &[
+                    "texts",
+                    "sent_texts",
+                    "lost_parts",
+                    "bits",
+                    "bit_errors",
+                    "ber_expected",
+                ],
             )],
             requires: vec!["text".into()],
             join: Some(Duration::from_millis(c.timeout_ms.max(1))),

@@ -3,7 +3,9 @@
 //!
 //! Each file becomes one frame with fields `image` (RGB), `name` (file stem) and
 //! `path`. A file that cannot be read or decoded is reported with its path and
-//! counted as failed; the stream goes on with the next file.
+//! counted as failed; the stream goes on with the next file. So is an entry with an
+//! image extension that is not a file (a folder named `x.png`, a symbolic link loop or
+//! a broken link).
 //!
 //! # Watching
 //! The folder is watched with inotify (`notify`) from the moment the stage is built,
@@ -20,7 +22,7 @@
 //! every [`POLL`]. The folder is created when it does not exist yet (so `check`
 //! accepts a missing folder when watching).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -112,7 +114,27 @@ impl Limits {
     }
 }
 
+/// Why a directory entry with an image extension cannot be read as a file, if it cannot.
+fn not_a_file(path: &Path) -> Option<StageError> {
+    let shown = path.display();
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => None,
+        Ok(m) if m.is_dir() => Some(StageError::io(format!(
+            "{shown}: is a folder, not an image; rename or remove it"
+        ))),
+        Ok(_) => Some(StageError::io(format!(
+            "{shown}: not a regular file (a device, socket or pipe); remove it from the folder"
+        ))),
+        Err(e) => Some(StageError::io(format!(
+            "{shown}: cannot read: {e} (a broken symbolic link or a link loop?); fix or remove it"
+        ))),
+    }
+}
+
 fn read_frame(path: &Path, max_pixels: u64, limits: &mut Limits) -> SourceItem {
+    if let Some(e) = not_a_file(path) {
+        return SourceItem::Failed(e);
+    }
     match decode_rgb(path, max_pixels) {
         Ok(img) => {
             limits.emitted += 1;
@@ -180,6 +202,8 @@ struct Watch {
     /// (listing and event, rename `To` and `Both`) is read once, but a replaced one again.
     done: HashMap<PathBuf, (u64, Option<SystemTime>)>,
     failures: VecDeque<StageError>,
+    /// Entries with an image extension that are not files, already reported.
+    refused: HashSet<PathBuf>,
     /// The folder or its watch is gone: end once what is queued has been sent.
     gone: bool,
 }
@@ -233,7 +257,15 @@ impl Watch {
         };
         found.sort();
         for p in found {
-            if self.wanted(&p) && p.is_file() && self.done.get(&p).copied() != stamp(&p) {
+            if !self.wanted(&p) {
+                continue;
+            }
+            if let Some(e) = not_a_file(&p) {
+                // Reported once per entry, like an unreadable file.
+                if self.refused.insert(p) {
+                    self.failures.push_back(e);
+                }
+            } else if self.done.get(&p).copied() != stamp(&p) {
                 self.make_ready(p);
             }
         }
@@ -309,6 +341,19 @@ impl Watch {
     /// Moves pending files whose size stayed the same between two checks to `ready`.
     fn settle(&mut self) {
         let now = Instant::now();
+        // A folder or a link loop that appeared under an image name never settles: report it.
+        let odd: Vec<(PathBuf, StageError)> = self
+            .pending
+            .keys()
+            .filter(|p| std::fs::symlink_metadata(p).is_ok())
+            .filter_map(|p| not_a_file(p).map(|e| (p.clone(), e)))
+            .collect();
+        for (path, e) in odd {
+            self.pending.remove(&path);
+            if self.refused.insert(path) {
+                self.failures.push_back(e);
+            }
+        }
         let mut settled: Vec<PathBuf> = Vec::new();
         for (path, p) in self.pending.iter_mut() {
             let wait = if p.written { SETTLE_OPEN } else { SETTLE };
@@ -383,9 +428,10 @@ fn list(c: &ImageDirConfig, ctx: &BuildContext) -> Result<Vec<PathBuf>, String> 
         format!("cannot read the folder {} ({e}); point `path` at a folder of images (the set-up puts samples in assets/samples)", dir.display())
     })?;
     let exts: Vec<String> = c.extensions.iter().map(|e| e.to_lowercase()).collect();
+    // Entries that are not files (a folder `x.png`, a link loop) stay in the list and
+    // are reported when their turn comes, like any unreadable image.
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file())
         .filter(|p| {
             p.extension()
                 .map(|e| exts.contains(&e.to_string_lossy().to_lowercase()))
@@ -422,6 +468,7 @@ fn build_watch(c: &ImageDirConfig, ctx: &BuildContext) -> Result<Built, StageErr
         pending: HashMap::new(),
         done: HashMap::new(),
         failures: VecDeque::new(),
+        refused: HashSet::new(),
         gone: false,
     };
     // The watch is up before the listing, so a file written in between is not lost
@@ -438,6 +485,18 @@ impl StageKind for ImageDir {
     const NAME: &'static str = "image_dir";
     const ROLE: Role = Role::Source;
     const DOC: &'static str = "Images of a folder (PNG, JPEG, WebP) in name order; `watch = true` follows new files.";
+
+    fn validate(c: &Self::Config) -> Vec<dataflow_engine::KeyProblem> {
+        dataflow_engine::check_range_opt(
+            "duration_s",
+            c.duration_s,
+            0.0,
+            dataflow_engine::MAX_DURATION_S,
+            "seconds",
+        )
+        .into_iter()
+        .collect()
+    }
 
     fn ports(_: &Self::Config) -> Ports {
         Ports {

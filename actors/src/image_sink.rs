@@ -1,4 +1,8 @@
 //! `image_sink`: writes an image field of every message as a PNG file named by frame.
+//!
+//! Each PNG is written under a hidden temporary name next to the folder
+//! (`.<stage>-<name>.png.tmp`) and renamed into it, so a killed run leaves only
+//! complete images in the folder.
 
 use std::path::PathBuf;
 
@@ -49,9 +53,26 @@ impl Stage for Run {
             dataflow_engine::PixelFormat::Rgba8 => image::DynamicImage::ImageRgba8(img.to_rgba()),
             dataflow_engine::PixelFormat::Gray8 => image::DynamicImage::ImageLuma8(img.to_gray()),
         };
-        dyn_img
-            .save(&path)
-            .map_err(|e| StageError::io(format!("cannot write {}: {e}", path.display())))
+        // Written under a temporary name next to the folder and renamed into it, so a
+        // killed run leaves whole PNGs only, and the folder holds nothing else.
+        let tmp = self
+            .dir
+            .parent()
+            .unwrap_or(&self.dir)
+            .join(format!(".{}-{name}.png.tmp", self.stage));
+        let written = dyn_img
+            .save_with_format(&tmp, image::ImageFormat::Png)
+            .map_err(|e| e.to_string())
+            .and_then(|()| std::fs::rename(&tmp, &path).map_err(|e| e.to_string()));
+        written.map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            StageError::io(format!(
+                "stage `{}`: cannot write {} (frame {}): {e}; check the space and permissions of the output folder",
+                self.stage,
+                path.display(),
+                msg.id
+            ))
+        })
     }
 }
 

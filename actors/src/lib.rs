@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //! - Sources: [`synthetic`], [`image_dir`].
-//! - Multi-SC: [`segment`], [`split`], [`caption`], [`text_channel`],
+//! - Multi-SC: [`detect`], [`segment`], [`split`], [`caption`], [`text_channel`],
 //!   [`image_channel`], [`fuse`], [`correct`], [`reconstruct`].
 //! - Evaluation: [`evaluate`], [`sheet`].
 //! - Helpers for tests and benchmarks: [`passthrough`], [`delay`].
@@ -20,6 +20,7 @@ pub mod codec_channel;
 pub mod correct;
 pub mod csv_sink;
 pub mod delay;
+pub mod detect;
 pub mod evaluate;
 pub mod ffmpeg;
 pub mod fuse;
@@ -53,6 +54,7 @@ pub fn register_all(r: &mut Registry) {
     r.register::<csv_sink::CsvSink>();
     r.register::<null_sink::NullSink>();
     r.register::<segment::Segment>();
+    r.register::<detect::Detect>();
     r.register::<split::Split>();
     r.register::<caption::Caption>();
     r.register::<text_channel::TextChannel>();

@@ -440,7 +440,14 @@ impl StageKind for Preview {
     const NAME: &'static str = "preview";
     const ROLE: Role = Role::Sink;
     const DOC: &'static str = "Live view over HTTP: original, object slice, reconstruction, texts and metrics.";
+    const ONE_REPLICA: Option<&'static str> = Some("its replicas would all serve the same port");
     const CHANNEL: bool = true;
+
+    fn validate(c: &Self::Config) -> Vec<dataflow_engine::KeyProblem> {
+        dataflow_engine::check_range("linger_s", c.linger_s, 0.0, dataflow_engine::MAX_DURATION_S, "seconds")
+            .into_iter()
+            .collect()
+    }
 
     fn ports(_: &Self::Config) -> Ports {
         // Its own thread: `finish` sleeps through `linger_s`, which must not hold an async worker.

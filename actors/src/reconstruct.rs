@@ -8,13 +8,20 @@
 //!
 //! `model = "sd_ip_adapter"` (paper tier, eq. 8–10): Stable Diffusion 1.5 with IP-Adapter,
 //! exported by `models/export/sd_ip_adapter.py` (folder `model_dir`, default
-//! `assets/models/sd15_ip`). The corrected texts, joined, are the text prompt; the received
+//! `assets/models/sd15_ip`). The corrected texts are the text prompt, combined as `prompt_mode`
+//! says (CLIP sees 77 tokens; four ~42-token captions are ~170): `"concat"` (default) encodes
+//! each caption on its own (in 75-token chunks) and concatenates the states, `"regional"` draws
+//! tile k's caption in tile k's region of the latent (MultiDiffusion) blended with a global
+//! prompt of all captions at weight `global_weight` (β, default 0.3), `"truncate"` joins them and
+//! cuts at 77 tokens, warning how many were dropped (see `dataflow_models::sd`). The received
 //! object slice (its transparent part white) is the image prompt with weight `ip_scale` (λ;
 //! 0 or a lost slice = text only); `steps`, `guidance_scale`, `scheduler` (`ddim` or
 //! `euler_ancestral`). With `strength > 0` the loop starts (img2img) from the `composite`
 //! reconstruction, noised to that strength. The noise seed is drawn from the graph seed, the
 //! stage and the frame (as the channel stages do) unless `seed` fixes it. The image is
 //! generated at `generate_size` (default: the export's size) and resized to the frame's.
+//! Fields added: `sd_seconds` (the whole generation), `sd_unet_evals` (UNet batch rows, over
+//! all steps) and `sd_tokens_dropped` (CLIP tokens cut by `"truncate"`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -26,7 +33,7 @@ use dataflow_models::channel::channel_rng;
 use dataflow_models::composite;
 use dataflow_models::provider::SessionOptions;
 use dataflow_models::schedulers::SchedulerKind;
-use dataflow_models::sd::{self, GenerateOptions, SdIpAdapter};
+use dataflow_models::sd::{self, GenerateOptions, PromptMode, SdIpAdapter};
 use image::imageops::{self, FilterType};
 use image::RgbImage;
 use rand::RngCore;
@@ -81,6 +88,15 @@ pub struct ReconstructConfig {
     /// SD: generation size `[width, height]`, multiples of 8 (default: the export's, 512×512).
     #[serde(default)]
     pub generate_size: Option<[u32; 2]>,
+    /// SD: how the tile captions become the text prompt: `concat` (each caption encoded on its
+    /// own, states concatenated), `regional` (tile k's caption draws tile k's region) or
+    /// `truncate` (joined and cut at 77 CLIP tokens, with a warning).
+    #[serde(default)]
+    pub prompt_mode: PromptMode,
+    /// SD, `prompt_mode = "regional"`: β in [0, 1], the global prompt's (all captions) share of
+    /// the noise prediction inside a captioned tile.
+    #[serde(default = "default_global_weight")]
+    pub global_weight: f32,
     /// ONNX Runtime session options of SD (provider, device_id, intra_threads, arena_limit_bytes).
     #[serde(flatten)]
     pub session: SessionOptions,
@@ -94,6 +110,9 @@ fn default_guidance() -> f32 {
 }
 fn default_ip_scale() -> f32 {
     0.6
+}
+fn default_global_weight() -> f32 {
+    sd::DEFAULT_GLOBAL_WEIGHT
 }
 fn default_scheduler() -> SchedulerKind {
     SchedulerKind::Ddim
@@ -167,7 +186,6 @@ impl Stage for Run {
         let img = match &mut self.diffusion {
             None => composite::reconstruct(&texts, (rows, cols), (w, h), object),
             Some(d) => {
-                let prompt = texts.iter().flatten().cloned().collect::<Vec<_>>().join(" ");
                 let image_prompt = slice.as_ref().map(on_white);
                 let init =
                     (d.options.strength > 0.0).then(|| composite::reconstruct(&texts, (rows, cols), (w, h), object));
@@ -177,10 +195,17 @@ impl Stage for Run {
                 let options = GenerateOptions { seed, ..d.options };
                 let g = d
                     .model
-                    .generate(&prompt, image_prompt.as_ref(), init.as_ref(), &options)
+                    .generate_captions(&texts, (rows, cols), image_prompt.as_ref(), init.as_ref(), &options)
                     .map_err(|e| StageError::new("model", format!("frame {}: SD generation failed: {e}", j.id)))?;
-                tracing::debug!(stage = %d.stage, frame = %j.id, steps = g.steps_run, unet_seconds = g.unet_time.as_secs_f64(), "reconstructed");
+                tracing::debug!(stage = %d.stage, frame = %j.id, steps = g.steps_run, unet_evals = g.unet_evals, unet_seconds = g.unet_time.as_secs_f64(), "reconstructed");
+                if g.tokens_dropped > 0 {
+                    tracing::warn!(stage = %d.stage, frame = %j.id, dropped = g.tokens_dropped,
+                        "prompt_mode = \"truncate\": {} CLIP tokens past 77 dropped from the joined captions; \
+                         set prompt_mode = \"concat\" or \"regional\" to keep every caption", g.tokens_dropped);
+                }
                 fields.insert("sd_seconds", Value::Number(g.total_time.as_secs_f64()));
+                fields.insert("sd_unet_evals", Value::Number(g.unet_evals as f64));
+                fields.insert("sd_tokens_dropped", Value::Number(g.tokens_dropped as f64));
                 if g.image.dimensions() == (w, h) {
                     g.image
                 } else {
@@ -200,6 +225,19 @@ impl StageKind for Reconstruct {
     const NAME: &'static str = "reconstruct";
     const ROLE: Role = Role::Transform;
     const DOC: &'static str = "Rebuilds the frame from the corrected texts and the received object slice.";
+
+    fn validate(c: &Self::Config) -> Vec<dataflow_engine::KeyProblem> {
+        dataflow_engine::check_timeout_ms("timeout_ms", c.timeout_ms)
+            .into_iter()
+            .chain(dataflow_engine::check_range(
+                "global_weight",
+                f64::from(c.global_weight),
+                0.0,
+                1.0,
+                "(the global prompt's share)",
+            ))
+            .collect()
+    }
 
     fn ports(c: &Self::Config) -> Ports {
         Ports {
@@ -238,6 +276,8 @@ impl StageKind for Reconstruct {
                         seed: 0,
                         strength: c.strength,
                         size,
+                        prompt_mode: c.prompt_mode,
+                        global_weight: c.global_weight,
                     },
                     fixed_seed: c.seed,
                     graph_seed: ctx.seed,

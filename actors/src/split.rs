@@ -3,13 +3,13 @@
 //!
 //! Tile `k` (row-major) leaves on port `tile<k>` as part `k` of `rows*cols`, with
 //! fields `image` (the tile), `tile` (its rectangle), `frame_size`, `grid_rows`,
-//! `grid_cols`, the frame's `name`, and `mask` (the tile of the object mask) when
-//! the input has one. Only these fields travel on: the tiles do not carry the
+//! `grid_cols`, the frame's `name`, and `mask` (the tile of the object mask), `objects`
+//! and `box` when the input has them. Only these fields travel on: the tiles do not carry the
 //! object slice, which reaches the receiver through its own channel.
 
 use dataflow_engine::{
-    BuildContext, Built, Fields, Image, Input, OutPort, Outputs, Part, Ports, Rect, Role, Stage, StageError, StageKind,
-    Value,
+    BuildContext, Built, Fields, Image, Input, KeyProblem, OutPort, Outputs, Part, Ports, Rect, Role, Stage,
+    StageError, StageKind, Value,
 };
 use dataflow_models::composite::tile_rect;
 use schemars::JsonSchema;
@@ -29,6 +29,9 @@ pub struct SplitConfig {
 fn default_grid() -> [usize; 2] {
     [2, 2]
 }
+
+/// Most tiles a grid may have.
+const MAX_TILES: usize = 64;
 
 /// The `split` kind.
 pub struct Split;
@@ -68,6 +71,15 @@ impl Stage for Run {
         };
         let img = image_field(&msg, "image", &self.stage)?;
         let size = (img.width, img.height);
+        let (rows, cols) = self.grid;
+        if rows > img.height as usize || cols > img.width as usize {
+            // Some tiles would have no pixels; fail here rather than at the sink.
+            return Err(StageError::input(format!(
+                "stage `{}`: frame {}: grid = [{rows}, {cols}] is finer than the {}x{} image, so some tiles \
+                 would be empty; use at most {} row(s) and {} column(s) for this image, or larger frames",
+                self.stage, msg.id, img.width, img.height, img.height, img.width
+            )));
+        }
         let n = self.grid.0 * self.grid.1;
         let frame = Plane::of(img);
         let mask = msg
@@ -102,8 +114,11 @@ impl Stage for Run {
             if let Some(m) = &mask {
                 f.insert("mask", Value::Image(m.crop(r)));
             }
-            if let Some(nm) = msg.fields.get("name") {
-                f.insert("name", nm.clone());
+            // `objects` (from `detect`) and the object's `box` let the captioner name things.
+            for key in ["name", "objects", "box"] {
+                if let Some(v) = msg.fields.get(key) {
+                    f.insert(key, v.clone());
+                }
             }
             out.send(
                 k,
@@ -127,7 +142,8 @@ impl StageKind for Split {
     const DOC: &'static str = "Cuts each frame into a grid of tiles; tile k leaves on port `tile<k>`.";
 
     fn ports(c: &Self::Config) -> Ports {
-        let n = c.grid[0].max(1) * c.grid[1].max(1);
+        // An invalid grid is reported by `validate`; its ports stay few meanwhile.
+        let n = c.grid[0].max(1).saturating_mul(c.grid[1].max(1)).min(MAX_TILES);
         Ports {
             outputs: (0..n)
                 .map(|k| {
@@ -142,12 +158,23 @@ impl StageKind for Split {
         }
     }
 
+    fn validate(c: &Self::Config) -> Vec<KeyProblem> {
+        if c.grid[0] == 0 || c.grid[1] == 0 || c.grid[0].saturating_mul(c.grid[1]) > MAX_TILES {
+            vec![KeyProblem {
+                key: "grid",
+                message: format!(
+                    "`grid` must be [rows, cols] with 1 to {MAX_TILES} tiles, got {:?}",
+                    c.grid
+                ),
+            }]
+        } else {
+            Vec::new()
+        }
+    }
+
     fn build(c: &Self::Config, ctx: &BuildContext) -> Result<Built, StageError> {
-        if c.grid[0] == 0 || c.grid[1] == 0 || c.grid[0] * c.grid[1] > 64 {
-            return Err(StageError::input(format!(
-                "`grid` must be [rows, cols] with 1..64 tiles, got {:?}",
-                c.grid
-            )));
+        if let Some(p) = Self::validate(c).into_iter().next() {
+            return Err(StageError::input(p.message));
         }
         Ok(Built::Stage(Box::new(Run {
             grid: (c.grid[0], c.grid[1]),

@@ -4,8 +4,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dataflow_engine::{
-    BuildContext, Built, Fields, Image, OutPort, Ports, Role, Source, SourceItem, StageError, StageKind, StopFlag,
-    Value,
+    check_range_opt, BuildContext, Built, Fields, Image, KeyProblem, OutPort, Ports, Role, Source, SourceItem,
+    StageError, StageKind, StopFlag, Value,
 };
 use rand::{RngCore, SeedableRng};
 use schemars::JsonSchema;
@@ -39,7 +39,7 @@ pub struct SyntheticConfig {
     /// Frame contents.
     #[serde(default = "default_pattern")]
     pub pattern: Pattern,
-    /// Frames per second; absent = as fast as the graph takes them.
+    /// Frames per second (0.001 to 1,000,000); absent = as fast as the graph takes them.
     #[serde(default)]
     pub rate: Option<f64>,
     /// Instead of an image, send a `payload` field of this many bytes (engine benchmarks).
@@ -56,6 +56,11 @@ fn default_h() -> u32 {
 fn default_pattern() -> Pattern {
     Pattern::Gradient
 }
+
+/// Slowest `rate`: one frame every 1,000 s.
+const MIN_RATE: f64 = 1e-3;
+/// Fastest `rate`: one frame per microsecond.
+const MAX_RATE: f64 = 1e6;
 
 /// The `synthetic` kind.
 pub struct Synthetic;
@@ -140,19 +145,26 @@ impl StageKind for Synthetic {
         }
     }
 
-    fn build(c: &Self::Config, ctx: &BuildContext) -> Result<Built, StageError> {
-        if c.width == 0 || c.height == 0 {
-            return Err(StageError::input("`width` and `height` must be at least 1"));
-        }
-        let period = match c.rate {
-            None => None,
-            Some(r) if r > 0.0 && r.is_finite() => Some(Duration::from_secs_f64(1.0 / r)),
-            Some(r) => {
-                return Err(StageError::input(format!(
-                    "`rate` must be a positive number of frames per second, got {r}"
-                )))
+    fn validate(c: &Self::Config) -> Vec<KeyProblem> {
+        let mut problems: Vec<KeyProblem> = check_range_opt("rate", c.rate, MIN_RATE, MAX_RATE, "frames per second")
+            .into_iter()
+            .collect();
+        for (key, v) in [("width", c.width), ("height", c.height)] {
+            if v == 0 {
+                problems.push(KeyProblem {
+                    key,
+                    message: format!("`{key}` must be at least 1 pixel"),
+                });
             }
-        };
+        }
+        problems
+    }
+
+    fn build(c: &Self::Config, ctx: &BuildContext) -> Result<Built, StageError> {
+        if let Some(p) = Self::validate(c).into_iter().next() {
+            return Err(StageError::input(p.message));
+        }
+        let period = c.rate.map(|r| Duration::from_secs_f64(1.0 / r));
         let mut run = Run {
             frames: c.frames,
             n: 0,

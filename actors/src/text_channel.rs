@@ -5,12 +5,14 @@
 //! The noise of each message is drawn from the graph seed, the stage, the frame
 //! and the part, so each tile has its own independent channel and a run is
 //! reproducible bit for bit. The sent text is kept in `sent`; `text` becomes
-//! the received text; `bits` and `bit_errors` count the link.
+//! the received text; `bits` and `bit_errors` count the link; `ber_expected` is the
+//! bit error rate the link's modulation has at its SNR in theory (0 on an ideal
+//! link), which a channel-aware corrector (`correct model = "noisy_channel"`) uses.
 
 use std::sync::Arc;
 
 use dataflow_engine::{BuildContext, Built, Input, OutPort, Outputs, Ports, Role, Stage, StageError, StageKind, Value};
-use dataflow_models::channel::{decode_text_lossy, Modulation};
+use dataflow_models::channel::{decode_text_lossy, expected_ber, Modulation};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -43,6 +45,8 @@ pub struct TextChannel;
 
 struct Run {
     link: Link,
+    /// Theoretical bit error rate of the link, carried as `ber_expected`.
+    ber_expected: f64,
 }
 
 impl Stage for Run {
@@ -62,6 +66,7 @@ impl Stage for Run {
         fields.insert("text", Value::Text(Arc::from(received.as_str())));
         fields.insert("bits", Value::Number(tx.bits as f64));
         fields.insert("bit_errors", Value::Number(tx.bit_errors as f64));
+        fields.insert("ber_expected", Value::Number(self.ber_expected));
         out.emit(msg.derive(fields));
         Ok(())
     }
@@ -76,7 +81,10 @@ impl StageKind for TextChannel {
 
     fn ports(_: &Self::Config) -> Ports {
         Ports {
-            outputs: vec![OutPort::passing("out", &["text", "sent", "bits", "bit_errors"])],
+            outputs: vec![OutPort::passing(
+                "out",
+                &["text", "sent", "bits", "bit_errors", "ber_expected"],
+            )],
             requires: vec!["text".into()],
             ..Ports::default()
         }
@@ -84,6 +92,11 @@ impl StageKind for TextChannel {
 
     fn build(c: &Self::Config, ctx: &BuildContext) -> Result<Built, StageError> {
         let link = Link::new(c.snr_db, c.modulation, c.ideal, ctx)?;
-        Ok(Built::Stage(Box::new(Run { link })))
+        let ber_expected = if c.ideal {
+            0.0
+        } else {
+            expected_ber(c.modulation, c.snr_db)
+        };
+        Ok(Built::Stage(Box::new(Run { link, ber_expected })))
     }
 }

@@ -233,6 +233,13 @@ impl StageKind for VideoSink {
     const NAME: &'static str = "video_sink";
     const ROLE: Role = Role::Sink;
     const DOC: &'static str = "Writes an image field of every frame into a video file (ffmpeg; H.264 when available).";
+    const ONE_REPLICA: Option<&'static str> = Some("its replicas would all write the same video file");
+
+    fn validate(c: &Self::Config) -> Vec<dataflow_engine::KeyProblem> {
+        dataflow_engine::check_range("rate", c.rate, 1e-3, 1e6, "frames per second")
+            .into_iter()
+            .collect()
+    }
 
     fn ports(c: &Self::Config) -> Ports {
         // Writes into a pipe that blocks while ffmpeg encodes: keep it off the async threads.

@@ -38,7 +38,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -97,6 +97,17 @@ enum Control {
     Ack { rx: u64, epoch: u64, next: u64 },
     /// Ctrl-C on the receiving machine: end the sources.
     Stop { rx: u64 },
+}
+
+/// Reads a control message of the ack key; the error says what was ignored and why.
+fn read_control(key: &str, payload: &[u8]) -> Result<Control, String> {
+    postcard::from_bytes::<Control>(payload).map_err(|e| {
+        format!(
+            "link {key}: a malformed control message ({} bytes) was ignored: {e}; \
+             check that both machines run the same dataflow version and that no other program publishes on this key",
+            payload.len()
+        )
+    })
 }
 
 fn random_id() -> u64 {
@@ -435,14 +446,24 @@ impl LinkSender {
             .map_err(|e| link_error(&data_key, "cannot declare the publisher", e))?;
         let (tx, acks) = crossbeam_channel::unbounded();
         let ack_key = format!("{}/ack", c.key);
+        let (key, malformed) = (ack_key.clone(), AtomicU64::new(0));
         let acks_sub = c
             .session
             .declare_subscriber(ack_key.clone())
-            .callback(move |s: zenoh::sample::Sample| {
-                if let Ok(ctl) = postcard::from_bytes::<Control>(&s.payload().to_bytes()) {
-                    let _ = tx.send(ctl);
-                }
-            })
+            .callback(
+                move |s: zenoh::sample::Sample| match read_control(&key, &s.payload().to_bytes()) {
+                    Ok(ctl) => {
+                        let _ = tx.send(ctl);
+                    }
+                    Err(text) => {
+                        // Logged the first time and then every 100th, so a flood cannot fill the log.
+                        let n = malformed.fetch_add(1, Ordering::Relaxed) + 1;
+                        if n == 1 || n.is_multiple_of(100) {
+                            tracing::warn!(link = %key, ignored = n, "{text}");
+                        }
+                    }
+                },
+            )
             .wait()
             .map_err(|e| link_error(&ack_key, "cannot subscribe to acknowledgements", e))?;
         Ok(LinkSender {
@@ -979,5 +1000,22 @@ impl Source for LinkReceiver {
                 Err(RecvTimeoutError::Disconnected) => return SourceItem::End,
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_malformed_control_message_is_an_error_naming_the_link() {
+        let key = "dataflow/g/a.out->b/0/ack";
+        let ok = postcard::to_allocvec(&Control::Stop { rx: 7 }).unwrap();
+        assert!(matches!(read_control(key, &ok), Ok(Control::Stop { rx: 7 })));
+        let err = read_control(key, &[0xff, 0xff, 0xff]).unwrap_err();
+        assert!(err.contains("link dataflow/g/a.out->b/0/ack"), "{err}");
+        assert!(err.contains("malformed control message (3 bytes) was ignored"), "{err}");
+        assert!(err.contains("same dataflow version"), "{err}");
     }
 }

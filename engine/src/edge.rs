@@ -2,14 +2,21 @@
 //!
 //! ractor mailboxes are unbounded, so every edge is a semaphore of `mailbox`
 //! permits in front of its consumer. A producer takes a permit before it sends;
-//! the permit travels inside the message's [`Ticket`] and is released when the
-//! consumer has finished with the message (and sent its outputs on). So the
+//! the permit travels with the message (a [`Delivery`]: directly on `block` and
+//! `drop_newest` edges, inside a [`Ticket`] a producer can still empty on
+//! `drop_oldest` edges) and is released when the consumer has finished with the
+//! message (and sent its outputs on). So the
 //! number of messages queued or in work on an edge never exceeds its capacity.
 //!
 //! - `block`: the producer waits for a permit (backpressure up to the source).
 //! - `drop_newest`: no permit, no send; the new message is counted as dropped.
 //! - `drop_oldest`: the producer empties the oldest ticket not yet taken by the
 //!   consumer, counts that message as dropped and reuses its permit.
+//!
+//! Either drop is followed by a gap notice for the dropped frame and part, sent to
+//! the consumer without a permit (the runtime's `StageMsg::Gap`; for `drop_oldest`
+//! the consumer sends it itself when it finds the ticket empty), so joins
+//! downstream stop waiting for it (see the `join` module).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +26,7 @@ use std::time::Instant;
 use metrics::{Counter, Gauge, Histogram};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::message::Message;
+use crate::message::{FrameId, Message, Part};
 use crate::plan::WhenFull;
 use dataflow_monitoring::names;
 
@@ -80,6 +87,9 @@ impl Drop for Permit {
 /// A message on its way to a consumer, with the place it holds.
 pub(crate) struct Ticket {
     slot: Mutex<Option<(Message, Permit)>>,
+    /// Which frame and part the message is, kept when a producer empties the ticket
+    /// so the consumer can send a gap notice for it downstream.
+    pub frame: (FrameId, Part),
 }
 
 impl Ticket {
@@ -98,11 +108,12 @@ pub(crate) enum Delivery {
 }
 
 impl Delivery {
-    /// The message and its place; `None` when it was discarded on the way.
-    pub fn take(self) -> Option<(Message, Permit)> {
+    /// The message and its place, or (`Err`) the frame and part of a message a
+    /// `drop_oldest` producer discarded on the way.
+    pub fn take(self) -> Result<(Message, Permit), (FrameId, Part)> {
         match self {
-            Delivery::Direct(m, p) => Some((m, p)),
-            Delivery::Queued(t) => t.take(),
+            Delivery::Direct(m, p) => Ok((m, p)),
+            Delivery::Queued(t) => t.take().ok_or(t.frame),
         }
     }
 }
@@ -180,6 +191,7 @@ impl Edge {
             return Some(Delivery::Direct(msg, permit));
         }
         let ticket = Arc::new(Ticket {
+            frame: (msg.id, msg.part),
             slot: Mutex::new(Some((msg, permit))),
         });
         if let Ok(mut q) = self.pending.lock() {
@@ -189,7 +201,7 @@ impl Edge {
         Some(Delivery::Queued(ticket))
     }
 
-    async fn wait(self: &Arc<Self>, frame: crate::message::FrameId) -> Option<Permit> {
+    async fn wait(self: &Arc<Self>, frame: FrameId) -> Option<Permit> {
         let t0 = Instant::now();
         let p = self.sem.clone().acquire_owned().await.ok()?;
         let waited = t0.elapsed();

@@ -531,6 +531,18 @@ pub fn plan(src: &GraphSource, registry: &Registry) -> Result<Plan, Diagnostics>
                 }
                 Some(kind) => {
                     raw.role = Some(kind.role());
+                    if let (Some(why), true) = (kind.one_replica(), raw.replicas > 1) {
+                        cx.err(
+                            &["stage", id, "replicas"],
+                            Some(id),
+                            format!(
+                                "kind `{}` runs as one replica: {why}; replicas = {} would lose data",
+                                kind.name(),
+                                raw.replicas
+                            ),
+                            Some("remove `replicas` from this stage".into()),
+                        );
+                    }
                     let keys = kind.keys();
                     let mut params = toml::Table::new();
                     let mut unknown = false;
@@ -568,6 +580,14 @@ pub fn plan(src: &GraphSource, registry: &Registry) -> Result<Plan, Diagnostics>
                     if !unknown {
                         match kind.configure(params) {
                             Ok(c) => {
+                                for p in c.validate() {
+                                    let at: Vec<&str> = if t.contains_key(p.key) {
+                                        vec!["stage", id, p.key]
+                                    } else {
+                                        vec!["stage", id]
+                                    };
+                                    cx.err(&at, Some(id), p.message, None);
+                                }
                                 raw.ports = Some(c.ports());
                                 raw.config = Some(c);
                             }
@@ -970,7 +990,8 @@ fn reserved_enum<T: for<'de> Deserialize<'de>>(
     }
 }
 
-/// Kahn's order; on a cycle, the chain of stage indices that closes it.
+/// A topological order by depth-first search (each stage after its producers); on a
+/// cycle, the chain of stage indices that closes it.
 fn topo_order(raws: &[Raw]) -> Result<Vec<usize>, Vec<usize>> {
     let n = raws.len();
     // 0 = unvisited, 1 = on stack, 2 = done

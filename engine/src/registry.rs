@@ -4,12 +4,16 @@ use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use crate::stage::{BuildContext, Built, Ports, Role, StageError, StageKind};
+use crate::stage::{BuildContext, Built, KeyProblem, Ports, Role, StageError, StageKind};
 
 /// A config that has been deserialised for its kind; it can describe its ports and build replicas.
 pub trait Configured: Send + Sync {
     /// Ports for this config.
     fn ports(&self) -> Ports;
+    /// Values of the kind's own keys that validation refuses.
+    fn validate(&self) -> Vec<KeyProblem> {
+        Vec::new()
+    }
     /// Resource checks (second validation pass).
     fn check(&self, ctx: &BuildContext) -> Vec<String>;
     /// Builds one replica.
@@ -35,6 +39,8 @@ pub trait ErasedKind: Send + Sync {
     fn doc(&self) -> &'static str;
     /// Whether `[channel]` defaults apply.
     fn channel(&self) -> bool;
+    /// Why the kind runs as one replica only, if it does ([`StageKind::ONE_REPLICA`]).
+    fn one_replica(&self) -> Option<&'static str>;
     /// JSON Schema of the kind's own keys.
     fn schema(&self) -> serde_json::Value;
     /// Names of the kind's own keys.
@@ -52,6 +58,9 @@ struct ConfiguredAdapter<K: StageKind> {
 impl<K: StageKind> Configured for ConfiguredAdapter<K> {
     fn ports(&self) -> Ports {
         K::ports(&self.config)
+    }
+    fn validate(&self) -> Vec<KeyProblem> {
+        K::validate(&self.config)
     }
     fn check(&self, ctx: &BuildContext) -> Vec<String> {
         K::check(&self.config, ctx)
@@ -73,6 +82,9 @@ impl<K: StageKind> ErasedKind for Adapter<K> {
     }
     fn channel(&self) -> bool {
         K::CHANNEL
+    }
+    fn one_replica(&self) -> Option<&'static str> {
+        K::ONE_REPLICA
     }
     fn schema(&self) -> serde_json::Value {
         serde_json::to_value(schemars::schema_for!(K::Config)).unwrap_or_default()

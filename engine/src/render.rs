@@ -104,9 +104,10 @@ pub fn schema(registry: &Registry) -> serde_json::Value {
         "restart": {"enum": ["never", "on_failure"], "description": "What happens when the stage panics."},
         "machine": {"type": "string", "description": "Placement: the machine this stage runs on."}
     });
+    let mut defs = serde_json::Map::new();
     let mut variants = Vec::new();
     for k in registry.kinds() {
-        let ks = k.schema();
+        let ks = hoist_defs(k.schema(), k.name(), &mut defs);
         let mut props = ks.get("properties").cloned().unwrap_or_else(|| json!({}));
         if let (Some(p), Some(r)) = (props.as_object_mut(), reserved.as_object()) {
             for (key, v) in r {
@@ -114,19 +115,20 @@ pub fn schema(registry: &Registry) -> serde_json::Value {
             }
             p.insert("kind".into(), json!({"const": k.name(), "description": k.doc()}));
         }
-        let mut v = json!({
+        variants.push(json!({
             "title": k.name(),
             "description": k.doc(),
             "type": "object",
             "properties": props,
             "required": ["kind"],
             "additionalProperties": false
-        });
-        if let Some(defs) = ks.get("$defs") {
-            v["$defs"] = defs.clone();
-        }
-        variants.push(v);
+        }));
     }
+    let machine = hoist_defs(
+        serde_json::to_value(schemars::schema_for!(crate::plan::MachineSpec)).unwrap_or_default(),
+        "machine",
+        &mut defs,
+    );
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "dataflow graph file",
@@ -142,8 +144,53 @@ pub fn schema(registry: &Registry) -> serde_json::Value {
                 "listen": {"type": "string", "description": "Prometheus endpoint, e.g. 127.0.0.1:9464"}}},
             "channel": {"type": "object", "description": "Defaults every channel stage inherits (snr_db, modulation, ...)."},
             "machines": {"type": "object", "description": "How each machine joins the others (DESIGN §7).",
-                "additionalProperties": serde_json::to_value(schemars::schema_for!(crate::plan::MachineSpec)).unwrap_or_default()},
+                "additionalProperties": machine},
             "stage": {"type": "object", "additionalProperties": {"oneOf": variants}}
-        }
+        },
+        "$defs": defs
     })
+}
+
+/// Moves a sub-schema's `$defs` into the document's, as `<owner>.<name>`, and points its
+/// `$ref`s there: a `$ref` resolves against the document root, so definitions left
+/// nested inside one kind's alternative are not found by validators (taplo, jsonschema).
+fn hoist_defs(
+    mut schema: serde_json::Value,
+    owner: &str,
+    defs: &mut serde_json::Map<String, serde_json::Value>,
+) -> serde_json::Value {
+    let own = match schema.as_object_mut() {
+        Some(o) => {
+            o.remove("$schema");
+            o.remove("$defs")
+        }
+        None => None,
+    };
+    rewrite_refs(&mut schema, owner);
+    if let Some(serde_json::Value::Object(own)) = own {
+        for (name, mut def) in own {
+            rewrite_refs(&mut def, owner);
+            defs.insert(format!("{owner}.{name}"), def);
+        }
+    }
+    schema
+}
+
+fn rewrite_refs(v: &mut serde_json::Value, owner: &str) {
+    match v {
+        serde_json::Value::Object(o) => {
+            for (key, child) in o.iter_mut() {
+                match (key.as_str(), child) {
+                    ("$ref", serde_json::Value::String(r)) => {
+                        if let Some(name) = r.strip_prefix("#/$defs/") {
+                            *r = format!("#/$defs/{owner}.{name}");
+                        }
+                    }
+                    (_, child) => rewrite_refs(child, owner),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(|c| rewrite_refs(c, owner)),
+        _ => {}
+    }
 }

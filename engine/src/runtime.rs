@@ -33,12 +33,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{oneshot, Notify};
 
 use crate::edge::{Delivery, Edge, OnRelease, Permit};
+use crate::join::{Arrival, JoinTable, Ready};
 use crate::message::{FrameId, Message, Part};
 use crate::plan::{Plan, Restart};
 use crate::registry::Configured;
-use crate::stage::{
-    BuildContext, Built, Input, Joined, Outputs, Role, Source, SourceItem, Stage, StageError, StopFlag,
-};
+use crate::stage::{BuildContext, Built, Input, Outputs, Role, Source, SourceItem, Stage, StageError, StopFlag};
 use dataflow_monitoring::names;
 
 /// Counters of one stage, kept by the engine for every stage kind.
@@ -70,6 +69,8 @@ pub struct StageStats {
     m_processing: Histogram,
     m_utilization: Gauge,
     m_restarts: Counter,
+    /// Parts a join refused because their frame was already emitted (reason `late`).
+    m_late: Counter,
 }
 
 impl StageStats {
@@ -95,12 +96,19 @@ impl StageStats {
             m_processing: metrics::histogram!(names::STAGE_PROCESSING_SECONDS, &sk),
             m_utilization: metrics::gauge!(names::STAGE_UTILIZATION, names::LABEL_STAGE => id.to_string()),
             m_restarts: metrics::counter!(names::STAGE_RESTARTS, names::LABEL_STAGE => id.to_string()),
+            m_late: metrics::counter!(names::STAGE_DROPPED, names::LABEL_STAGE => id.to_string(), names::LABEL_REASON => "late"),
         }
     }
 
     fn on_received(&self) {
         self.received.fetch_add(1, Ordering::Relaxed);
         self.m_received.increment(1);
+    }
+
+    /// A join refused a part of a frame it had already emitted: dropped, reason `late`.
+    fn on_late(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        self.m_late.increment(1);
     }
 
     fn on_sent(&self, n: u64) {
@@ -167,21 +175,45 @@ pub struct RunSummary {
     pub out_dir: PathBuf,
     /// Wall time in seconds.
     pub seconds: f64,
-    /// Frames the sources produced.
+    /// Frames this process's sources produced (messages from other machines not counted).
     pub frames_in: u64,
-    /// Frames that failed anywhere (errors, panics, unreadable inputs).
+    /// Frames that reached a sink: distinct frame ids over every sink, however many
+    /// parts or sinks a frame has (a sending link to another machine is a sink too).
+    pub frames_out: u64,
+    /// Messages received from other machines (link messages: parts, texts, slices).
+    pub link_messages: u64,
+    /// Distinct frames that failed anywhere (errors, panics; a frame failing at two
+    /// stages counts once), plus source inputs that could not be read.
     pub failed: u64,
     /// Messages dropped on edges.
     pub dropped: u64,
     /// Messages still in flight when the run was aborted (0 after a clean end).
     pub in_flight_at_abort: u64,
-    /// Whether Ctrl-C ended the run early.
+    /// Whether a stop request (Ctrl-C here, or the other machine's) ended the run early.
     pub interrupted: bool,
+    /// Whether Ctrl-C (SIGINT) in this process stopped the run.
+    pub ctrl_c: bool,
     /// The error that stopped the run, if any.
     pub fatal: Option<String>,
+    /// The run's own records that could not be written (`errors.jsonl`,
+    /// `summary.json`), one message per file: the outputs are incomplete.
+    pub unwritten: Vec<String>,
+    /// `false` in the snapshots of `summary.json` written while the run goes on.
+    pub finished: bool,
     /// Per stage.
     pub stages: Vec<StageSummary>,
 }
+
+/// Exit code of `dataflow run`: every source ended and every frame went through.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: the graph is invalid or the run could not start.
+pub const EXIT_CONFIG: u8 = 1;
+/// Exit code: frames failed (see `errors.jsonl`) or an error stopped the run.
+pub const EXIT_FAILED: u8 = 2;
+/// Exit code: the run's records (`summary.json`, `errors.jsonl`) could not be written.
+pub const EXIT_UNWRITTEN: u8 = 3;
+/// Exit code: Ctrl-C stopped the run before its sources ended (128 + SIGINT).
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 impl RunSummary {
     /// Whether the run should exit non-zero.
@@ -189,20 +221,62 @@ impl RunSummary {
         self.fatal.is_some() || self.failed > 0
     }
 
+    /// The exit code for this run: [`EXIT_UNWRITTEN`], else [`EXIT_FAILED`], else
+    /// [`EXIT_INTERRUPTED`], else [`EXIT_OK`] (the first that applies).
+    pub fn exit_code(&self) -> u8 {
+        if !self.unwritten.is_empty() {
+            EXIT_UNWRITTEN
+        } else if self.failed() {
+            EXIT_FAILED
+        } else if self.ctrl_c {
+            EXIT_INTERRUPTED
+        } else {
+            EXIT_OK
+        }
+    }
+
+    /// Writes `summary.json` into the output folder atomically (a temporary file
+    /// renamed over it), so a reader or a crash never sees half a file.
+    ///
+    /// # Errors
+    /// A message naming the file, what failed and what to check.
+    pub fn write(&self) -> Result<(), String> {
+        let path = self.out_dir.join("summary.json");
+        let tmp = self.out_dir.join(".summary.json.tmp");
+        let fail = |e: &dyn std::fmt::Display| {
+            format!(
+                "cannot write {}: {e}; the run's summary is missing or stale (check the space and permissions of the output folder)",
+                path.display()
+            )
+        };
+        let text = serde_json::to_string_pretty(self).map_err(|e| fail(&e))?;
+        std::fs::write(&tmp, text).map_err(|e| fail(&e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            fail(&e)
+        })
+    }
+
     /// The summary as text for a terminal.
     pub fn render(&self) -> String {
         let mut s = String::new();
         let fps = if self.seconds > 0.0 {
-            self.frames_in as f64 / self.seconds
+            self.frames_out as f64 / self.seconds
         } else {
             0.0
         };
+        let links = if self.link_messages > 0 {
+            format!(", {} link message(s) from other machines", self.link_messages)
+        } else {
+            String::new()
+        };
         s.push_str(&format!(
-            "graph `{}`: {} frame(s) in {:.2} s ({:.2} frames/s), {} failed, {} dropped{}\n",
+            "graph `{}`: {} frame(s) at the sinks in {:.2} s ({:.2} frames/s); {} from the sources{links}, {} failed, {} dropped{}\n",
             self.graph,
-            self.frames_in,
+            self.frames_out,
             self.seconds,
             fps,
+            self.frames_in,
             self.failed,
             self.dropped,
             if self.interrupted { ", interrupted" } else { "" }
@@ -232,6 +306,9 @@ impl RunSummary {
         if let Some(f) = &self.fatal {
             s.push_str(&format!("error: {f}\n"));
         }
+        for u in &self.unwritten {
+            s.push_str(&format!("error: {u}\n"));
+        }
         s.push_str(&format!("outputs: {}\n", self.out_dir.display()));
         s
     }
@@ -244,6 +321,16 @@ struct RunShared {
     stats: Vec<Arc<StageStats>>,
     error_log: Mutex<Option<BufWriter<File>>>,
     error_log_path: PathBuf,
+    /// The first failed write of each of the run's own record files, by file.
+    unwritten: Mutex<BTreeMap<PathBuf, String>>,
+    /// Frames seen at the sinks.
+    sink_frames: Mutex<SinkFrames>,
+    /// Distinct frames that failed anywhere (a frame failing at two stages counts once).
+    failed_frames: Mutex<SinkFrames>,
+    /// Failures without a frame id (source inputs that could not be read).
+    failed_unnamed: AtomicU64,
+    /// Messages the sources forwarded from other machines.
+    link_messages: AtomicU64,
     fatal: Mutex<Option<String>>,
     finished: AtomicUsize,
     /// Set by Ctrl-C (not by a fatal error, which also stops the sources).
@@ -256,6 +343,16 @@ impl RunShared {
     fn record_error(&self, stage: usize, frame: Option<FrameId>, err: &StageError) {
         let st = &self.stats[stage];
         st.errors.fetch_add(1, Ordering::Relaxed);
+        match frame {
+            Some(f) => {
+                if let Ok(mut failed) = self.failed_frames.lock() {
+                    failed.see(f);
+                }
+            }
+            None => {
+                self.failed_unnamed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         metrics::counter!(names::STAGE_ERRORS, names::LABEL_STAGE => st.id.clone(), names::LABEL_KIND => st.kind.clone(), names::LABEL_ERROR => err.class).increment(1);
         let frame_s = frame.map(|f| f.to_string()).unwrap_or_else(|| "-".into());
         tracing::warn!(stage = %st.id, frame = %frame_s, class = err.class, error = %err, "frame failed");
@@ -263,19 +360,85 @@ impl RunShared {
             "time": SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
             "stage": st.id, "kind": st.kind, "frame": frame_s, "class": err.class, "error": err.message,
         });
-        if let Ok(mut log) = self.error_log.lock() {
-            if log.is_none() {
-                match File::create(&self.error_log_path) {
-                    Ok(f) => *log = Some(BufWriter::new(f)),
-                    Err(e) => {
-                        tracing::error!(path = %self.error_log_path.display(), error = %e, "cannot write the error log")
-                    }
-                }
+        // One line per failed frame, flushed at once: a killed run keeps every line.
+        let written = match self.error_log.lock() {
+            Ok(mut log) => append_line(&mut log, &self.error_log_path, &line.to_string()),
+            Err(_) => Err(std::io::Error::other("the log's lock is poisoned")),
+        };
+        if let Err(e) = written {
+            self.note_unwritten(
+                &self.error_log_path,
+                format!(
+                    "cannot append failed frame {frame_s} of stage `{}` to {}: {e}; the list of failed frames is incomplete (check the space and permissions of the output folder)",
+                    st.id,
+                    self.error_log_path.display()
+                ),
+            );
+        }
+    }
+
+    /// Notes (and logs, once per file) that one of the run's record files could not be written.
+    fn note_unwritten(&self, path: &std::path::Path, message: String) {
+        if let Ok(mut u) = self.unwritten.lock() {
+            if !u.contains_key(path) {
+                tracing::error!(path = %path.display(), "{message}");
+                u.insert(path.to_path_buf(), message);
             }
-            if let Some(w) = log.as_mut() {
-                let _ = writeln!(w, "{line}");
-                let _ = w.flush();
-            }
+        }
+    }
+
+    /// Counts a message arriving at a sink as a frame, unless a part of it came before.
+    fn at_sink(&self, id: FrameId) {
+        if let Ok(mut f) = self.sink_frames.lock() {
+            f.see(id);
+        }
+    }
+
+    /// The run as it stands; `in_flight` and `finished` come from the caller.
+    fn summarise(&self, out_dir: &std::path::Path, seconds: f64, in_flight: u64, finished: bool) -> RunSummary {
+        let stages: Vec<StageSummary> = self
+            .stats
+            .iter()
+            .map(|s| StageSummary {
+                id: s.id.clone(),
+                kind: s.kind.clone(),
+                received: s.received.load(Ordering::Relaxed),
+                sent: s.sent.load(Ordering::Relaxed),
+                errors: s.errors.load(Ordering::Relaxed),
+                dropped: s.dropped.load(Ordering::Relaxed),
+                restarts: s.restarts.load(Ordering::Relaxed),
+                incomplete: s.incomplete.load(Ordering::Relaxed),
+            })
+            .collect();
+        let sourced: u64 = self
+            .stats
+            .iter()
+            .filter(|s| s.role == Role::Source)
+            .map(|s| s.received.load(Ordering::Relaxed))
+            .sum();
+        let link_messages = self.link_messages.load(Ordering::Relaxed);
+        let fatal = self.fatal.lock().ok().and_then(|f| f.clone());
+        RunSummary {
+            graph: self.graph.clone(),
+            out_dir: out_dir.to_path_buf(),
+            seconds,
+            frames_in: sourced.saturating_sub(link_messages),
+            frames_out: self.sink_frames.lock().map(|f| f.count).unwrap_or(0),
+            link_messages,
+            failed: self.failed_frames.lock().map(|f| f.count).unwrap_or(0)
+                + self.failed_unnamed.load(Ordering::Relaxed),
+            dropped: stages.iter().map(|s| s.dropped).sum(),
+            in_flight_at_abort: in_flight,
+            interrupted: self.interrupted.load(Ordering::Relaxed) || (self.stop.is_set() && fatal.is_none()),
+            ctrl_c: self.interrupted.load(Ordering::Relaxed),
+            fatal,
+            unwritten: self
+                .unwritten
+                .lock()
+                .map(|u| u.values().cloned().collect())
+                .unwrap_or_default(),
+            finished,
+            stages,
         }
     }
 
@@ -298,6 +461,46 @@ impl RunShared {
     }
 }
 
+/// Appends `line` to the log at `path` (created on first use) and flushes it.
+fn append_line(log: &mut Option<BufWriter<File>>, path: &std::path::Path, line: &str) -> std::io::Result<()> {
+    if log.is_none() {
+        *log = Some(BufWriter::new(File::create(path)?));
+    }
+    if let Some(w) = log.as_mut() {
+        writeln!(w, "{line}")?;
+        w.flush()?;
+    }
+    Ok(())
+}
+
+/// How many recent frame ids [`SinkFrames`] remembers: a part arriving after this many
+/// newer frames would count its frame again.
+const SINK_FRAME_WINDOW: usize = 4096;
+
+/// Distinct frames seen at the sinks (the parts of a frame, and one frame at several
+/// sinks, count once).
+#[derive(Default)]
+struct SinkFrames {
+    count: u64,
+    /// The most recent frame ids, oldest first, and the same as a set.
+    order: std::collections::VecDeque<FrameId>,
+    seen: std::collections::HashSet<FrameId>,
+}
+
+impl SinkFrames {
+    fn see(&mut self, id: FrameId) {
+        if self.seen.insert(id) {
+            self.count += 1;
+            self.order.push_back(id);
+            if self.order.len() > SINK_FRAME_WINDOW {
+                if let Some(old) = self.order.pop_front() {
+                    self.seen.remove(&old);
+                }
+            }
+        }
+    }
+}
+
 /// Messages a stage actor handles.
 pub(crate) enum StageMsg {
     /// A data message from input edge `input`, number `order` in the group's arrival order.
@@ -306,6 +509,9 @@ pub(crate) enum StageMsg {
         order: u64,
         delivery: Delivery,
     },
+    /// Gap notice (no permit): part `part` of frame `frame` will not come on input
+    /// edge `input`, because an edge upstream dropped it or a stage failed it.
+    Gap { input: usize, frame: FrameId, part: Part },
     /// End of stream on one input edge.
     Eos,
     /// Time to expire incomplete joins.
@@ -363,6 +569,28 @@ impl Group {
         }
     }
 
+    /// Tells the replica that would have got `part` of `frame` that it will not come.
+    fn gap(&self, input: usize, frame: FrameId, part: Part) {
+        let Some(refs) = self.replicas.get() else { return };
+        let replica = if part.count > 1 {
+            part.index as usize % refs.len().max(1)
+        } else {
+            (frame.seq % refs.len().max(1) as u64) as usize
+        };
+        if let Some(r) = refs.get(replica) {
+            let _ = r.send_message(StageMsg::Gap { input, frame, part });
+        }
+    }
+
+    /// Sends a gap notice for `part` of `frame` on every outgoing edge.
+    fn gap_downstream(&self, frame: FrameId, part: Part) {
+        for port in &self.outputs {
+            for (edge, consumer) in port {
+                consumer.gap(edge.input, frame, part);
+            }
+        }
+    }
+
     fn send_eos_downstream(&self) {
         for port in &self.outputs {
             for (_, consumer) in port {
@@ -397,10 +625,12 @@ async fn route_released(
         for (k, (edge, consumer)) in edges.iter().enumerate() {
             let m = if k == last { msg.take() } else { msg.clone() };
             let Some(m) = m else { continue };
-            let (part, seq) = (m.part, m.id.seq);
-            // `None`: dropped by policy, already counted by the edge.
-            if let Some(delivery) = edge.admit(m, release.as_ref()).await {
-                consumer.dispatch(edge.input, delivery, part, seq);
+            let (part, id) = (m.part, m.id);
+            match edge.admit(m, release.as_ref()).await {
+                Some(delivery) => consumer.dispatch(edge.input, delivery, part, id.seq),
+                // Dropped by policy (counted by the edge): tell the consumer, so joins
+                // downstream stop waiting for it.
+                None => consumer.gap(edge.input, id, part),
             }
         }
     }
@@ -558,14 +788,6 @@ fn spawn_worker(config: Arc<dyn Configured>, ctx: BuildContext) -> Result<crossb
     Ok(tx)
 }
 
-/// Frames waiting for their other parts in a joining stage.
-struct PendingJoin {
-    first_seen: Instant,
-    parts: Vec<Vec<Option<Message>>>,
-    expected: Vec<Option<u32>>,
-    permits: Vec<Permit>,
-}
-
 struct StageActor;
 
 struct ActorArgs {
@@ -577,13 +799,16 @@ struct ActorArgs {
     heavy: bool,
     join: Option<Duration>,
     n_inputs: usize,
+    /// Places of each input edge.
+    mailbox: usize,
 }
 
 struct ActorState {
     args: ActorArgs,
     runner: Runner,
     eos_seen: usize,
-    joins: BTreeMap<FrameId, PendingJoin>,
+    /// Frames a joining stage is gathering (empty for other stages).
+    joins: JoinTable<Permit>,
 }
 
 impl ActorState {
@@ -629,65 +854,73 @@ impl ActorState {
         }
     }
 
-    async fn emit_join(&mut self, id: FrameId) {
-        let Some(p) = self.joins.remove(&id) else { return };
-        let joined = Joined { id, parts: p.parts };
-        if joined.lost() > 0 {
-            self.args.shared.stats[self.args.group.index]
-                .incomplete
-                .fetch_add(1, Ordering::Relaxed);
+    /// Hands a ready joined frame to the stage, sends its outputs on, then frees the
+    /// places its parts held. A frame of which nothing arrived is not run: its gap
+    /// goes on downstream.
+    async fn emit_join(&mut self, ready: Ready<Permit>) {
+        let (group, shared) = (self.args.group.clone(), self.args.shared.clone());
+        let id = ready.joined.id;
+        if ready.joined.any().is_none() {
+            group.gap_downstream(id, Part::WHOLE);
+            return;
         }
-        let outs = self.run_input(Some(Input::Joined(joined))).await.unwrap_or_default();
-        route(&self.args.group, &self.args.shared, outs).await;
-        drop(p.permits);
+        if ready.joined.lost() > 0 {
+            shared.stats[group.index].incomplete.fetch_add(1, Ordering::Relaxed);
+        }
+        match self.run_input(Some(Input::Joined(ready.joined))).await {
+            Some(outs) => route(&group, &shared, outs).await,
+            None => group.gap_downstream(id, Part::WHOLE),
+        }
+        drop(ready.held);
     }
 
+    /// A part arrived at a joining stage: kept (and counted received), or refused as
+    /// late when its frame was already emitted.
     async fn on_join(&mut self, input: usize, msg: Message, permit: Permit) {
-        let n = self.args.n_inputs;
-        let id = msg.id;
-        let entry = self.joins.entry(id).or_insert_with(|| PendingJoin {
-            first_seen: Instant::now(),
-            parts: vec![Vec::new(); n],
-            expected: vec![None; n],
-            permits: Vec::new(),
-        });
-        let count = msg.part.count.max(1);
-        entry.expected[input] = Some(count);
-        let slots = &mut entry.parts[input];
-        if slots.len() < count as usize {
-            slots.resize(count as usize, None);
+        let (group, shared) = (self.args.group.clone(), self.args.shared.clone());
+        let (born, id, released) = (msg.born, msg.id, self.joins.released);
+        let arrival = self.joins.part(input, msg, permit);
+        if released == 0 && self.joins.released > 0 {
+            tracing::warn!(
+                stage = %shared.stats[group.index].id, frame = %id,
+                "a frame has more parts on one input than the stage's mailbox has places; the join keeps them without places (raise `mailbox` to at least the number of parts to keep the bound)"
+            );
         }
-        let idx = (msg.part.index as usize).min(count as usize - 1);
-        slots[idx] = Some(msg);
-        entry.permits.push(permit);
-        let complete = entry
-            .expected
-            .iter()
-            .zip(&entry.parts)
-            .all(|(e, p)| matches!(e, Some(c) if p.len() == *c as usize && p.iter().all(Option::is_some)));
-        if complete {
-            self.emit_join(id).await;
+        match arrival {
+            Arrival::Late(place) => {
+                drop(place);
+                shared.stats[group.index].on_late();
+            }
+            Arrival::Kept(ready) => {
+                shared.stats[group.index].on_received();
+                if group.role == Role::Sink {
+                    shared.latency.record(born.elapsed().as_secs_f64());
+                    shared.at_sink(id);
+                }
+                if let Some(r) = ready {
+                    self.emit_join(r).await;
+                }
+            }
+        }
+    }
+
+    /// A gap notice: a join marks the part lost; other stages pass it on downstream.
+    async fn on_gap(&mut self, input: usize, frame: FrameId, part: Part) {
+        if self.args.join.is_some() {
+            if let Some(r) = self.joins.gap(input, frame, part) {
+                self.emit_join(r).await;
+            }
+        } else {
+            self.args.group.gap_downstream(frame, part);
         }
     }
 
     async fn expire_joins(&mut self, all: bool) {
-        let Some(timeout) = self.args.join else { return };
-        let now = Instant::now();
-        let due: Vec<FrameId> = self
-            .joins
-            .iter()
-            .filter(|(_, p)| all || now.duration_since(p.first_seen) >= timeout)
-            .map(|(k, _)| *k)
-            .collect();
-        for id in due {
-            if let Some(p) = self.joins.get_mut(&id) {
-                for parts in p.parts.iter_mut() {
-                    if parts.is_empty() {
-                        parts.push(None);
-                    }
-                }
-            }
-            self.emit_join(id).await;
+        if self.args.join.is_none() {
+            return;
+        }
+        for r in self.joins.due(all) {
+            self.emit_join(r).await;
         }
     }
 }
@@ -719,10 +952,10 @@ impl Actor for StageActor {
             });
         }
         Ok(ActorState {
-            args,
             runner,
             eos_seen: 0,
-            joins: BTreeMap::new(),
+            joins: JoinTable::new(args.n_inputs, args.join.unwrap_or_default(), args.mailbox),
+            args,
         })
     }
 
@@ -736,25 +969,35 @@ impl Actor for StageActor {
             StageMsg::Data { input, order, delivery } => {
                 let group = state.args.group.clone();
                 let shared = state.args.shared.clone();
-                let Some((msg, permit)) = delivery.take() else {
-                    // Discarded by a drop_oldest producer (already counted); keep the order moving.
-                    complete(&group, &shared, order, Vec::new(), None).await;
-                    return Ok(());
+                let (msg, permit) = match delivery.take() {
+                    Ok(taken) => taken,
+                    Err((frame, part)) => {
+                        // Discarded by a drop_oldest producer (already counted): keep the
+                        // order moving and tell the stages downstream.
+                        complete(&group, &shared, order, Vec::new(), None).await;
+                        state.on_gap(input, frame, part).await;
+                        return Ok(());
+                    }
                 };
+                if state.args.join.is_some() {
+                    // Counted received there, unless refused as late.
+                    state.on_join(input, msg, permit).await;
+                    return Ok(());
+                }
                 shared.stats[group.index].on_received();
                 if group.role == Role::Sink {
                     shared.latency.record(msg.born.elapsed().as_secs_f64());
+                    shared.at_sink(msg.id);
                 }
-                if state.args.join.is_some() {
-                    state.on_join(input, msg, permit).await;
-                } else {
-                    let outs = state
-                        .run_input(Some(Input::Message { input, msg }))
-                        .await
-                        .unwrap_or_default();
-                    complete(&group, &shared, order, outs, Some(permit)).await;
+                let (frame, part) = (msg.id, msg.part);
+                let outs = state.run_input(Some(Input::Message { input, msg })).await;
+                if outs.is_none() {
+                    // Failed: joins downstream need not wait for this frame.
+                    group.gap_downstream(frame, part);
                 }
+                complete(&group, &shared, order, outs.unwrap_or_default(), Some(permit)).await;
             }
+            StageMsg::Gap { input, frame, part } => state.on_gap(input, frame, part).await,
             StageMsg::Tick => state.expire_joins(false).await,
             StageMsg::Eos => {
                 state.eos_seen += 1;
@@ -851,6 +1094,7 @@ fn run_source(source: &mut dyn Source, a: &SourceArgs, handle: &tokio::runtime::
             }
             Ok(SourceItem::Forward { msg, on_release }) => {
                 stats.on_received();
+                a.shared.link_messages.fetch_add(1, Ordering::Relaxed);
                 stats.m_processing.record(dt.as_secs_f64());
                 // The callback runs when the last place it holds is freed (or right
                 // here, when every edge dropped the message).
@@ -890,6 +1134,11 @@ pub async fn run(plan: &Plan, opts: RunOptions) -> Result<RunSummary, StageError
         stats: stats.clone(),
         error_log: Mutex::new(None),
         error_log_path: opts.out_dir.join("errors.jsonl"),
+        unwritten: Mutex::new(BTreeMap::new()),
+        sink_frames: Mutex::new(SinkFrames::default()),
+        failed_frames: Mutex::new(SinkFrames::default()),
+        failed_unnamed: AtomicU64::new(0),
+        link_messages: AtomicU64::new(0),
         fatal: Mutex::new(None),
         finished: AtomicUsize::new(0),
         interrupted: std::sync::atomic::AtomicBool::new(false),
@@ -973,6 +1222,7 @@ pub async fn run(plan: &Plan, opts: RunOptions) -> Result<RunSummary, StageError
                 heavy: s.ports.heavy,
                 join: s.ports.join,
                 n_inputs: s.inputs.len(),
+                mailbox: s.mailbox,
             };
             match Actor::spawn(None, StageActor, args).await {
                 Ok((a, _)) => {
@@ -1006,6 +1256,8 @@ pub async fn run(plan: &Plan, opts: RunOptions) -> Result<RunSummary, StageError
     let ticker = {
         let stats = stats.clone();
         let progress = progress.clone();
+        let shared = shared.clone();
+        let out_dir = opts.out_dir.clone();
         tokio::spawn(async move {
             let mut last: Vec<u64> = vec![0; stats.len()];
             let mut iv = tokio::time::interval(Duration::from_millis(250));
@@ -1028,6 +1280,13 @@ pub async fn run(plan: &Plan, opts: RunOptions) -> Result<RunSummary, StageError
                         let util = (busy - last[k]) as f64 / 1e9 / s.replicas.max(1) as f64;
                         s.m_utilization.set(util.min(1.0));
                         last[k] = busy;
+                    }
+                }
+                // A snapshot of summary.json every 2 s, so a killed run leaves one.
+                if ticks.is_multiple_of(SUMMARY_TICKS) {
+                    let snapshot = shared.summarise(&out_dir, t0.elapsed().as_secs_f64(), 0, false);
+                    if let Err(e) = snapshot.write() {
+                        shared.note_unwritten(&out_dir.join("summary.json"), e);
                     }
                 }
             }
@@ -1083,50 +1342,27 @@ pub async fn run(plan: &Plan, opts: RunOptions) -> Result<RunSummary, StageError
         a.stop(None);
     }
     ticker.abort();
+    // Wait until the ticker has stopped, so no snapshot lands after the final summary.
+    let _ = ticker.await;
     if let Some(s) = signals {
         s.abort();
     }
     if let Some(pb) = &progress {
         pb.finish_and_clear();
     }
-    if let Ok(mut log) = shared.error_log.lock() {
-        if let Some(w) = log.as_mut() {
-            let _ = w.flush();
+    let seconds = t0.elapsed().as_secs_f64();
+    let mut summary = shared.summarise(&opts.out_dir, seconds, in_flight, true);
+    if let Err(e) = summary.write() {
+        if !summary.unwritten.contains(&e) {
+            tracing::error!("{e}");
+            summary.unwritten.push(e);
         }
     }
-    let seconds = t0.elapsed().as_secs_f64();
-    let summary_stages: Vec<StageSummary> = stats
-        .iter()
-        .map(|s| StageSummary {
-            id: s.id.clone(),
-            kind: s.kind.clone(),
-            received: s.received.load(Ordering::Relaxed),
-            sent: s.sent.load(Ordering::Relaxed),
-            errors: s.errors.load(Ordering::Relaxed),
-            dropped: s.dropped.load(Ordering::Relaxed),
-            restarts: s.restarts.load(Ordering::Relaxed),
-            incomplete: s.incomplete.load(Ordering::Relaxed),
-        })
-        .collect();
-    let frames_in = stats
-        .iter()
-        .filter(|s| s.role == Role::Source)
-        .map(|s| s.received.load(Ordering::Relaxed))
-        .sum();
-    let fatal = shared.fatal.lock().ok().and_then(|f| f.clone());
-    Ok(RunSummary {
-        graph: shared.graph.clone(),
-        out_dir: opts.out_dir.clone(),
-        seconds,
-        frames_in,
-        failed: summary_stages.iter().map(|s| s.errors).sum(),
-        dropped: summary_stages.iter().map(|s| s.dropped).sum(),
-        in_flight_at_abort: in_flight,
-        interrupted: shared.interrupted.load(Ordering::Relaxed) || (opts.stop.is_set() && fatal.is_none()),
-        fatal,
-        stages: summary_stages,
-    })
+    Ok(summary)
 }
+
+/// Ticks of the 250 ms run ticker between two snapshots of `summary.json` (2 s).
+const SUMMARY_TICKS: u64 = 8;
 
 fn spawn_text(e: &ractor::SpawnErr) -> String {
     match e {

@@ -332,8 +332,19 @@ pub trait StageKind: Send + Sync + 'static {
     /// Channel kinds inherit the graph's `[channel]` keys they declare.
     const CHANNEL: bool = false;
 
+    /// Why the kind runs as one replica only (it owns one output file or port), or
+    /// `None` when replicas are fine. Validation refuses `replicas > 1` with this reason.
+    const ONE_REPLICA: Option<&'static str> = None;
+
     /// Ports for this config (cheap; no model is loaded).
     fn ports(config: &Self::Config) -> Ports;
+
+    /// Values of the kind's own keys that validation refuses (a duration or rate out of
+    /// range, a grid with no tiles), so that a graph that validates also runs. Cheap: no
+    /// file is opened. Each problem names its key, so the message points at its line.
+    fn validate(_config: &Self::Config) -> Vec<KeyProblem> {
+        Vec::new()
+    }
 
     /// Second-pass resource checks (files present, devices available); each
     /// message says what is missing and how to obtain it.
@@ -343,4 +354,50 @@ pub trait StageKind: Send + Sync + 'static {
 
     /// Builds one replica (loads models, opens files).
     fn build(config: &Self::Config, ctx: &BuildContext) -> Result<Built, StageError>;
+}
+
+/// A value of a stage's own key that validation refuses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyProblem {
+    /// The key, as written in the graph file.
+    pub key: &'static str,
+    /// What is wrong and which values are allowed.
+    pub message: String,
+}
+
+/// The longest duration a key may hold: one year, far below what `Duration` and
+/// `Instant` arithmetic can represent, so a validated value never panics at run time.
+pub const MAX_DURATION_S: f64 = 365.0 * 86_400.0;
+
+/// Checks that `value` (in `unit`) of key `key` lies in `[min, max]`; the message names
+/// the range. NaN and infinities are refused.
+pub fn check_range(key: &'static str, value: f64, min: f64, max: f64, unit: &str) -> Option<KeyProblem> {
+    (!(value.is_finite() && value >= min && value <= max)).then(|| KeyProblem {
+        key,
+        message: format!(
+            "`{key}` = {} is out of range: it must be between {} and {} {unit}",
+            show(value),
+            show(min),
+            show(max)
+        ),
+    })
+}
+
+/// A number as a user would write it: `1e300` rather than three hundred digits.
+fn show(v: f64) -> String {
+    if v != 0.0 && v.is_finite() && !(1e-3..1e12).contains(&v.abs()) {
+        format!("{v:e}")
+    } else {
+        format!("{v}")
+    }
+}
+
+/// [`check_range`] for a key that may be absent.
+pub fn check_range_opt(key: &'static str, value: Option<f64>, min: f64, max: f64, unit: &str) -> Option<KeyProblem> {
+    value.and_then(|v| check_range(key, v, min, max, unit))
+}
+
+/// [`check_range`] for a join timeout in milliseconds: 1 ms to [`MAX_DURATION_S`].
+pub fn check_timeout_ms(key: &'static str, value: u64) -> Option<KeyProblem> {
+    check_range(key, value as f64, 1.0, MAX_DURATION_S * 1000.0, "milliseconds")
 }

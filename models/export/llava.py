@@ -15,9 +15,11 @@ Layout written to `--out` (the transformers.js / optimum layout):
     onnx/embed_tokens.onnx           input_ids i64[b, s] -> inputs_embeds f32[b, s, hidden]
     onnx/decoder_model_merged.onnx   inputs_embeds f32[b, s, hidden], attention_mask i64[b, past + s],
                                      position_ids i64[b, s], past_key_values.{i}.key/value
-                                     f32[b, kv_heads, past, head_dim] -> logits f32[b, s, vocab],
-                                     present.{i}.key/value f32[b, kv_heads, past + s, head_dim]
-                                     (past of length 0 = no past)
+                                     f32[b, kv_heads, past, head_dim] -> logits f32[b, 1, vocab] (the
+                                     last position only: decoding needs no other, and the prefill's
+                                     [b, s, vocab] would be ~456 MB a tile for the real model's 151,936
+                                     tokens × ~750 positions), present.{i}.key/value
+                                     f32[b, kv_heads, past + s, head_dim] (past of length 0 = no past)
     tokenizer.json, config.json, preprocessor_config.json
     export.json                      what the Rust side needs: prompt template, image token and count,
                                      pre-processing, stop tokens, cache shapes, versions, command
@@ -92,6 +94,7 @@ class Decoder(nn.Module):
 
     Uses the checkpoint's own modules (projections, norms, rotary embedding, MLP, lm_head) and
     writes out only the attention with its cache and mask, so the traced graph has plain inputs.
+    The LM head runs on the last position only (`logits` [b, 1, vocab]).
     """
 
     def __init__(self, model):
@@ -134,7 +137,7 @@ class Decoder(nn.Module):
             out = torch.matmul(probs, vr).transpose(1, 2).reshape(b, s, self.heads * self.head_dim)
             h = h + attn.o_proj(out)
             h = h + layer.mlp(layer.post_attention_layernorm(h))
-        logits = self.head(self.lm.norm(h))
+        logits = self.head(self.lm.norm(h[:, -1:]))
         return (logits, *presents)
 
 
@@ -257,7 +260,7 @@ def export(model, out: Path) -> dict:
                 "inputs_embeds": {0: "batch", 1: "sequence"},
                 "attention_mask": {0: "batch", 1: "total_sequence"},
                 "position_ids": {0: "batch", 1: "sequence"},
-                "logits": {0: "batch", 1: "sequence"},
+                "logits": {0: "batch"},
             }
         )
         torch.onnx.export(

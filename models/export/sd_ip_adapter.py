@@ -22,8 +22,10 @@ H×W the output size, h = H/8, w = W/8):
 - `text_encoder.onnx`: `input_ids` i64[B, 77] -> `last_hidden_state` f32[B, 77, D]
 - `image_encoder.onnx`: `pixel_values` f32[B, 3, S, S] (CLIP-normalised) -> `image_embeds` f32[B, E]
 - `image_proj.onnx`: `image_embeds` f32[B, E] -> `ip_tokens` f32[B, 4, D]
-- `unet.onnx`: `sample` f32[B, 4, h, w], `timestep` f32[1], `encoder_hidden_states` f32[B, 77, D],
-  `ip_tokens` f32[B, 4, D], `ip_scale` f32[1] (λ) -> `noise_pred` f32[B, 4, h, w]
+- `unet.onnx`: `sample` f32[B, 4, h, w], `timestep` f32[1], `encoder_hidden_states` f32[B, L, D]
+  (L any length: 77 per prompt chunk, chunks concatenated along the sequence axis, as
+  `reconstruct prompt_mode = "concat"` feeds it), `ip_tokens` f32[B, 4, D], `ip_scale` f32[1] (λ)
+  -> `noise_pred` f32[B, 4, h, w]
 - `vae_encoder.onnx`: `image` f32[B, 3, H, W] in [-1, 1] -> `latent_mean` f32[B, 4, h, w] (unscaled)
 - `vae_decoder.onnx`: `latent` f32[B, 4, h, w] (already divided by the scaling factor) -> `image` f32[B, 3, H, W]
 - `tokenizer.json` (CLIP BPE), `export.json` (shapes, tokens, pre-processing, scheduler config, versions).
@@ -38,8 +40,10 @@ patch 8, projection 24), diffusers' `ImageProjection` (4 tokens), and a CLIP-sty
 trained locally. It writes `expected.json`: diffusers' DDIM and Euler-ancestral timesteps and sigmas
 for SD 1.5's scheduler config, the token ids, one guided denoising step of each scheduler from fixed
 latents (DDIM with λ = 0.6, Euler with its recorded noise), the text-only UNet (diffusers' own
-attention, no adapter) at the same latents, a 3-step DDIM run decoded to `ddim3.png`, and the VAE
-encoding of `init.png`; every ONNX file is checked against PyTorch inside the script.
+attention, no adapter) at the same latents, a 3-step DDIM run decoded to `ddim3.png`, the VAE
+encoding of `init.png`, and a prompt past 77 tokens cut into 75-token chunks (`chunk_ids`) whose
+text states, concatenated along the sequence axis, drive one guided DDIM step (`concat_*`); every
+ONNX file is checked against PyTorch inside the script.
 """
 
 from __future__ import annotations
@@ -77,6 +81,8 @@ SCHEDULER_CONFIG = {
     "timestep_spacing": "leading",
 }
 PROMPT = "a red motorbike is parked on the street beside a wall"
+# Past 77 CLIP tokens with the tiny tokenizer (and with SD's): `prompt_mode = "concat"` chunks it.
+LONG_PROMPT = " ".join(common.TINY_CORPUS[1:8])
 
 
 class Holder:
@@ -249,6 +255,19 @@ def token_ids(tok, text: str, pad: int) -> list[int]:
     if len(ids) > MAX_LENGTH:
         ids = ids[: MAX_LENGTH - 1] + [ids[-1]]
     return ids + [pad] * (MAX_LENGTH - len(ids))
+
+
+def chunk_ids(tok, text: str, bos: int, eos: int, pad: int) -> list[list[int]]:
+    """`reconstruct prompt_mode = "concat"`: the prompt's tokens (without its own start/end) in
+    chunks of 75, each as `<|startoftext|> chunk <|endoftext|>` padded to 77 (one chunk for "")."""
+    ids = tok.encode(text).ids
+    if ids and ids[0] == bos:
+        ids = ids[1:]
+    if ids and ids[-1] == eos:
+        ids = ids[:-1]
+    body = MAX_LENGTH - 2
+    chunks = [ids[i:i + body] for i in range(0, len(ids), body)] or [[]]
+    return [[bos] + c + [eos] + [pad] * (body - len(c)) for c in chunks]
 
 
 def build_tiny():
@@ -442,8 +461,27 @@ def references(m, args, out: Path, sessions) -> dict:
         # The img2img start: the VAE's latent mean of `init.png`, times the scaling factor.
         xi = torch.from_numpy(init.astype(np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
         exp["init_latents"] = (vae.encode(xi).latent_dist.mean * SCALING_FACTOR).flatten().tolist()
+        exp.update(concat_reference(m, ipunet, sessions, x, tt, ip, lam, guided))
     exp["guidance_scale"], exp["ip_scale"] = g_scale, lam
     return exp
+
+
+def concat_reference(m, ipunet, sessions, x, tt, ip, lam, guided) -> dict:
+    """`prompt_mode = "concat"` on `LONG_PROMPT`: each 77-token chunk encoded on its own, the
+    states concatenated along the sequence axis; the empty prompt repeated to the same length."""
+    tok, te = m["tok"], m["text_encoder"]
+    chunks = chunk_ids(tok, LONG_PROMPT, m["bos"], m["eos"], m["pad"])
+    assert len(chunks) >= 2, f"LONG_PROMPT is only {len(chunks)} chunk(s)"
+    k = len(chunks)
+    cond = te(input_ids=torch.tensor(chunks)).last_hidden_state.reshape(1, k * MAX_LENGTH, -1)
+    empty = te(input_ids=torch.tensor([token_ids(tok, "", m["pad"])])).last_hidden_state
+    text = torch.cat([empty.repeat(1, k, 1), cond])
+    eps = guided(ipunet(x, tt, text, ip, torch.tensor([lam])))
+    onnx_eps = sessions["unet"].run(None, {"sample": x.numpy(), "timestep": tt.numpy(),
+                                           "encoder_hidden_states": text.numpy(), "ip_tokens": ip.numpy(),
+                                           "ip_scale": np.array([lam], np.float32)})[0]
+    close(guided(torch.from_numpy(onnx_eps)), eps, f"unet, {k * MAX_LENGTH} text tokens")
+    return {"long_prompt": LONG_PROMPT, "concat_chunk_ids": chunks, "concat_eps": eps.flatten().tolist()}
 
 
 def bench(out: Path, steps: int, threads: int, runs: int) -> None:
@@ -525,7 +563,8 @@ def main() -> None:
            (torch.randn(2, 4, H // 8, W // 8), torch.tensor([999.0]), torch.randn(2, MAX_LENGTH, d_model),
             torch.randn(2, NUM_IP_TOKENS, d_model), torch.tensor([0.6])),
            out / "unet.onnx", ["sample", "timestep", "encoder_hidden_states", "ip_tokens", "ip_scale"], ["noise_pred"],
-           {"sample": spatial, "encoder_hidden_states": batch, "ip_tokens": batch, "noise_pred": spatial})
+           {"sample": spatial, "encoder_hidden_states": {0: "batch", 1: "text_len"}, "ip_tokens": batch,
+            "noise_pred": spatial})
     vae_h = half(m["vae"])
     export(VaeEncoder(vae_h, dtype), (torch.randn(1, 3, H, W),), out / "vae_encoder.onnx", ["image"], ["latent_mean"],
            {"image": spatial, "latent_mean": spatial})

@@ -12,12 +12,33 @@
 //! top left: the main object covers a third of this part, on the right; it is white and
 //! gray. the background is bright, blue at the top and green at the bottom.
 //! ```
+//!
+//! With a detector's `objects` ([`crate::detect`]) the caption names things
+//! ([`describe_tile_named`], [`named_in_tile`]): the main object is the class of the
+//! detection that is the segmented object ([`detect::main_object`]), and other objects that lie mostly in
+//! the tile are named with their place in it:
+//!
+//! ```text
+//! bottom left: a person covers most of this part; it is white and blue; a tie is in the
+//! middle. the background is dark blue.
+//! ```
+//!
+//! Object clauses stay out of the background sentence, so [`crate::composite`] parses it
+//! as before. What CenterNet gives on the sample photos at the default threshold (0.4;
+//! `detect_threshold_table` in tests/it/detect.rs, BENCHMARKS.md §12): astronaut → person
+//! 0.61; coffee → cup 0.47 and dining table 0.41 (the cup, inside ISNet's box, is the main
+//! object); motorcycle_left → motorcycle 0.50; rocket → nothing (a clock at 0.36 is below
+//! the threshold). **chelsea, a close-up cat face, → dog 0.48** (no `cat` above 0.2), so
+//! chelsea's captions say "a dog covers …". COCO has no raccoon: scipy's raccoon face
+//! gives cat 0.35, below the threshold.
 
 use std::collections::HashMap;
 
 use image::{imageops, GrayImage, RgbImage};
 
 use crate::colors::{luma, nearest_color, Brightness, ColorName};
+use crate::detect::{self, Detection};
+use crate::isnet::BBox;
 
 /// Mask values at or above this count as the main object.
 pub const MASK_THRESHOLD: u8 = 128;
@@ -211,6 +232,124 @@ fn background_sentence(bg: &Region) -> String {
 /// [`MASK_THRESHOLD`] being the main object. Without a mask, nothing is said about the
 /// object and the whole tile counts as background. The result is never empty.
 pub fn describe_tile(tile: &RgbImage, mask: Option<&GrayImage>, position: TilePosition) -> String {
+    describe_tile_named(tile, mask, position, &Named::default())
+}
+
+/// Objects a detector found, as one tile's caption names them (see [`named_in_tile`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Named {
+    /// Class of the main object (the segmented one), when a detection matches its box.
+    pub main: Option<String>,
+    /// Other objects in the tile: class and the centre of their part of the tile (0–1).
+    pub others: Vec<(String, f64, f64)>,
+}
+
+/// At most this many other objects are named per tile.
+pub const MAX_NAMED: usize = 3;
+
+/// An object is named in a tile holding at least this share of its box.
+pub const MIN_OBJECT_SHARE: f64 = 0.3;
+
+/// [`Named`] for the tile `tile` (frame pixels): `main_box` is the segmenter's object box,
+/// matched to a detection by [`detect::main_object`]; every other class whose box lies at
+/// least [`MIN_OBJECT_SHARE`] in the tile is named once, best score first.
+pub fn named_in_tile(objects: &[Detection], main_box: Option<&BBox>, tile: &BBox) -> Named {
+    let main = main_box.and_then(|b| detect::main_object(objects, b));
+    let mut named = Named {
+        main: main.map(|d| d.class.clone()),
+        others: Vec::new(),
+    };
+    for d in objects {
+        if main.is_some_and(|m| std::ptr::eq(m, d)) || named.others.iter().any(|o| o.0 == d.class) {
+            continue;
+        }
+        let b = d.bbox();
+        let (x0, y0) = (b.x.max(tile.x), b.y.max(tile.y));
+        let (x1, y1) = (
+            (b.x + b.width).min(tile.x + tile.width),
+            (b.y + b.height).min(tile.y + tile.height),
+        );
+        if x1 <= x0 || y1 <= y0 || tile.width == 0 || tile.height == 0 {
+            continue;
+        }
+        let share = f64::from(x1 - x0) * f64::from(y1 - y0) / b.area().max(1) as f64;
+        if share >= MIN_OBJECT_SHARE && named.others.len() < MAX_NAMED {
+            let fx = (f64::from(x0 + x1) / 2.0 - f64::from(tile.x)) / f64::from(tile.width);
+            let fy = (f64::from(y0 + y1) / 2.0 - f64::from(tile.y)) / f64::from(tile.height);
+            named.others.push((d.class.clone(), fx, fy));
+        }
+    }
+    named
+}
+
+/// "a cup", "an orange".
+fn with_article(class: &str) -> String {
+    let article = if class.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    };
+    format!("{article} {class}")
+}
+
+/// Per-region statistics of one tile.
+struct TileStats {
+    obj: Region,
+    bg: Region,
+    /// Mean (x, y) of the object's samples in the tile (0–1), summed.
+    obj_xy: (f64, f64),
+    total: usize,
+}
+
+fn tile_stats(tile: &RgbImage, mask: Option<&GrayImage>) -> TileStats {
+    let (w, h) = tile.dimensions();
+    // Sample on a regular grid of at most MAX_SAMPLES points.
+    let step = ((f64::from(w) * f64::from(h) / f64::from(MAX_SAMPLES)).sqrt().ceil() as u32).max(1);
+    let mut st = TileStats {
+        obj: Region::default(),
+        bg: Region::default(),
+        obj_xy: (0.0, 0.0),
+        total: 0,
+    };
+    for y in (step / 2..h).step_by(step as usize) {
+        for x in (step / 2..w).step_by(step as usize) {
+            st.total += 1;
+            let rgb = tile.get_pixel(x, y).0;
+            let (fx, fy) = ((f64::from(x) + 0.5) / f64::from(w), (f64::from(y) + 0.5) / f64::from(h));
+            if mask.is_some_and(|m| m.get_pixel(x, y).0[0] >= MASK_THRESHOLD) {
+                st.obj.add(rgb, fx, fy);
+                st.obj_xy.0 += fx;
+                st.obj_xy.1 += fy;
+            } else {
+                st.bg.add(rgb, fx, fy);
+            }
+        }
+    }
+    st.total = st.total.max(1);
+    st
+}
+
+/// The clause about the main object: "the main object covers half of this part, on the
+/// left; it is red" (or "a person covers …"), or "there is no main object here".
+fn object_clause(st: &TileStats, main: Option<&str>) -> String {
+    let coverage = st.obj.samples as f64 / st.total as f64;
+    if coverage <= MIN_OBJECT_COVERAGE {
+        return "there is no main object here".to_string();
+    }
+    let n = st.obj.samples.max(1) as f64;
+    let amount = amount_words(coverage);
+    let colors = colour_list(&st.obj.dominant());
+    let subject = main.map_or_else(|| "the main object".to_string(), with_article);
+    if coverage >= 0.9 {
+        format!("{subject} covers {amount} of this part; it is {colors}")
+    } else {
+        let place = place_words(st.obj_xy.0 / n, st.obj_xy.1 / n);
+        format!("{subject} covers {amount} of this part, {place}; it is {colors}")
+    }
+}
+
+/// [`describe_tile`] naming the objects of `named` ([`named_in_tile`]).
+pub fn describe_tile_named(tile: &RgbImage, mask: Option<&GrayImage>, position: TilePosition, named: &Named) -> String {
     let mut text = format!("{}: ", position.words());
     let (w, h) = tile.dimensions();
     if w == 0 || h == 0 {
@@ -225,52 +364,23 @@ pub fn describe_tile(tile: &RgbImage, mask: Option<&GrayImage>, position: TilePo
         }
         other => other,
     };
-    // Sample on a regular grid of at most MAX_SAMPLES points.
-    let step = ((f64::from(w) * f64::from(h) / f64::from(MAX_SAMPLES)).sqrt().ceil() as u32).max(1);
-    let (mut obj, mut bg) = (Region::default(), Region::default());
-    let (mut obj_x, mut obj_y) = (0.0, 0.0);
-    let mut total = 0usize;
-    for y in (step / 2..h).step_by(step as usize) {
-        for x in (step / 2..w).step_by(step as usize) {
-            total += 1;
-            let rgb = tile.get_pixel(x, y).0;
-            let (fx, fy) = ((f64::from(x) + 0.5) / f64::from(w), (f64::from(y) + 0.5) / f64::from(h));
-            let is_obj = mask.is_some_and(|m| m.get_pixel(x, y).0[0] >= MASK_THRESHOLD);
-            if is_obj {
-                obj.add(rgb, fx, fy);
-                obj_x += fx;
-                obj_y += fy;
-            } else {
-                bg.add(rgb, fx, fy);
-            }
-        }
-    }
-    let total = total.max(1);
+    let st = tile_stats(tile, mask);
+    let mut clauses: Vec<String> = Vec::new();
     if mask.is_some() {
-        let coverage = obj.samples as f64 / total as f64;
-        if coverage > MIN_OBJECT_COVERAGE {
-            let n = obj.samples.max(1) as f64;
-            let amount = amount_words(coverage);
-            let colors = colour_list(&obj.dominant());
-            if coverage >= 0.9 {
-                text.push_str(&format!(
-                    "the main object covers {amount} of this part; it is {colors}. "
-                ));
-            } else {
-                let place = place_words(obj_x / n, obj_y / n);
-                text.push_str(&format!(
-                    "the main object covers {amount} of this part, {place}; it is {colors}. "
-                ));
-            }
-        } else {
-            text.push_str("there is no main object here. ");
-        }
+        clauses.push(object_clause(&st, named.main.as_deref()));
+    }
+    for (class, fx, fy) in &named.others {
+        clauses.push(format!("{} is {}", with_article(class), place_words(*fx, *fy)));
+    }
+    if !clauses.is_empty() {
+        text.push_str(&clauses.join("; "));
+        text.push_str(". ");
     }
     // A background of a handful of pixels is not worth naming.
-    if bg.samples as f64 / (total as f64) < 0.03 {
+    if st.bg.samples as f64 / (st.total as f64) < 0.03 {
         text.push_str("the background is hidden.");
     } else {
-        text.push_str(&background_sentence(&bg));
+        text.push_str(&background_sentence(&st.bg));
     }
     text
 }
@@ -403,6 +513,61 @@ mod tests {
             describe_tile(&RgbImage::new(0, 0), None, pos(2)),
             "bottom left: this part is empty."
         );
+    }
+
+    #[test]
+    fn names_the_main_object_and_the_others_in_the_tile() {
+        let det = |class: &str, score: f32, bbox: [u32; 4]| Detection {
+            class: class.into(),
+            score,
+            bbox,
+        };
+        // A person on the left of a 200x200 frame, a tie on them, a cup at the far right.
+        let objects = vec![
+            det("person", 0.7, [0, 0, 110, 200]),
+            det("tie", 0.45, [40, 120, 20, 40]),
+            det("cup", 0.5, [170, 170, 30, 30]),
+        ];
+        let mask_box = BBox {
+            x: 0,
+            y: 0,
+            width: 100,
+            height: 200,
+        };
+        let bottom_left = BBox {
+            x: 0,
+            y: 100,
+            width: 100,
+            height: 100,
+        };
+        let named = named_in_tile(&objects, Some(&mask_box), &bottom_left);
+        assert_eq!(named.main.as_deref(), Some("person"));
+        assert_eq!(named.others.len(), 1, "{named:?}"); // the cup is in another tile
+        let tile = RgbImage::from_fn(100, 100, |x, _| {
+            if x < 70 {
+                Rgb([240, 240, 240])
+            } else {
+                Rgb([20, 20, 90])
+            }
+        });
+        let mask = GrayImage::from_fn(100, 100, |x, _| Luma([if x < 70 { 255 } else { 0 }]));
+        let text = describe_tile_named(&tile, Some(&mask), pos(2), &named);
+        assert!(
+            text.starts_with(
+                "bottom left: a person covers most of this part, on the left; it is white; a tie is in the \
+                 middle. the background is "
+            ),
+            "{text}"
+        );
+        // No detection overlapping the mask: the object stays "the main object".
+        let far = BBox {
+            x: 300,
+            y: 300,
+            width: 10,
+            height: 10,
+        };
+        assert_eq!(named_in_tile(&objects, Some(&far), &bottom_left).main, None);
+        assert_eq!(with_article("orange"), "an orange");
     }
 
     #[test]

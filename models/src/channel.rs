@@ -534,6 +534,28 @@ pub fn q_function(x: f64) -> f64 {
     0.5 * erfc(x / std::f64::consts::SQRT_2)
 }
 
+/// The bit error rate expected from hard decisions on `modulation` at `snr_db` (Es/N0):
+/// Q(√(2·SNR)) for BPSK, Q(√SNR) for QPSK, and for Gray-mapped square M-QAM the usual
+/// nearest-neighbour approximation (4/k)(1 − 1/√M)·Q(√(3·SNR/(M − 1))), k = log2 M, capped
+/// at 0.5. The noisy-channel corrector takes it as the probability of a bit flip.
+pub fn expected_ber(modulation: Modulation, snr_db: f64) -> f64 {
+    let snr = 10f64.powf(snr_db / 10.0);
+    let ber = match modulation {
+        Modulation::Bpsk => q_function((2.0 * snr).sqrt()),
+        Modulation::Qpsk => q_function(snr.sqrt()),
+        Modulation::Qam16 | Modulation::Qam64 => {
+            let k = modulation.bits_per_symbol() as f64;
+            let m = 2f64.powf(k);
+            4.0 / k * (1.0 - 1.0 / m.sqrt()) * q_function((3.0 * snr / (m - 1.0)).sqrt())
+        }
+    };
+    if ber.is_nan() {
+        0.5
+    } else {
+        ber.clamp(0.0, 0.5)
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {

@@ -10,6 +10,7 @@
 //! - [`provider`]: execution providers and per-session options ([`provider::SessionOptions`]).
 //! - [`session`]: loading a model with its inputs/outputs checked ([`session::load_session`]).
 //! - [`assets`]: where `assets/` is and whether its files match the manifest.
+//! - [`detect`]: COCO-80 object detection (CenterNet, the `detect` stage).
 //! - [`isnet`]: ISNet salient-object segmentation (offline tier of `segment`).
 //! - [`fcn`]: FCN-ResNet50 VOC segmentation (paper tier of `segment`).
 //! - [`llava`]: LLaVA-Interleave-Qwen-0.5B captions with a KV cache (paper tier of `caption`).
@@ -18,6 +19,9 @@
 //! - [`attributes`]: deterministic captioner from mask and colour statistics (offline `caption`).
 //! - [`colors`]: colour and brightness vocabulary shared by the captioner.
 //! - [`symspell`]: SymSpell spelling corrector (offline `correct`).
+//! - [`ngram`]: word bigram language model from count files (for `noisy_channel`).
+//! - [`noisy_channel`]: channel-aware corrector over bit flips (`correct model = "noisy_channel"`).
+//! - [`text_metrics`]: WER, CER and object recall of texts for `evaluate`.
 //! - [`composite`]: object slice on a background made from the text (offline `reconstruct`).
 //! - [`quality`]: image and text quality measures for `evaluate`.
 //! - [`lpips`]: LPIPS v0.1 AlexNet perceptual distance (paper-tier `evaluate`).
@@ -37,6 +41,7 @@ pub mod clip;
 pub mod codec;
 pub mod colors;
 pub mod composite;
+pub mod detect;
 pub mod error;
 pub mod fcn;
 pub mod isnet;
@@ -44,6 +49,8 @@ pub mod jscc;
 pub mod ldpc;
 pub mod llava;
 pub mod lpips;
+pub mod ngram;
+pub mod noisy_channel;
 pub mod provider;
 pub mod quality;
 pub mod runtime;
@@ -51,4 +58,5 @@ pub mod schedulers;
 pub mod sd;
 pub mod session;
 pub mod symspell;
+pub mod text_metrics;
 pub mod textgen;

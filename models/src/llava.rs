@@ -11,7 +11,9 @@
 //!   `[b, N, hidden]`; `embed_tokens`: `input_ids` i64 `[b, s]` → `inputs_embeds` f32 `[b, s, hidden]`;
 //!   `decoder_model_merged`: `inputs_embeds`, `attention_mask` i64 `[b, past + s]`, `position_ids`
 //!   i64 `[b, s]`, `past_key_values.{i}.key/value` f32 `[b, kv_heads, past, head_dim]` → `logits`
-//!   f32 `[b, s, vocab]`, `present.{i}.key/value` (a past of length 0 is "no past").
+//!   f32 `[b, 1, vocab]` (the last position only; exports made before this give `[b, s, vocab]`,
+//!   ~456 MB a tile at the prefill for the real model, and are still read),
+//!   `present.{i}.key/value` (a past of length 0 is "no past").
 //!
 //! Pre-processing is the SigLIP processor's: RGB, bicubic resize to S×S, `x / 255`, then
 //! `(x − mean) / std`. The prompt is the checkpoint's chat template around the paper's query
@@ -362,15 +364,21 @@ impl Llava {
             }
             let mut res = self.decoder.run(inputs)?;
             let (lshape, logits) = res.f32("logits")?;
-            if lshape != [b, seq_len, e.vocab_size] {
+            // The last position only, or (older exports) every position.
+            let positions = lshape.get(1).copied().unwrap_or(0);
+            if lshape.len() != 3
+                || lshape[0] != b
+                || lshape[2] != e.vocab_size
+                || (positions != 1 && positions != seq_len)
+            {
                 return Err(ModelError::Invalid(format!(
-                    "logits has shape {lshape:?}, expected [{b}, {seq_len}, {}]",
+                    "logits has shape {lshape:?}, expected [{b}, 1, {0}] (or [{b}, {seq_len}, {0}])",
                     e.vocab_size
                 )));
             }
             let mut next = Vec::with_capacity(b);
             for row in 0..b {
-                let at = (row * seq_len + seq_len - 1) * e.vocab_size;
+                let at = (row * positions + positions - 1) * e.vocab_size;
                 let token = picker.pick(row, &logits[at..at + e.vocab_size]);
                 if !done[row] {
                     if options.stop_at_stop_tokens && e.stop_token_ids.contains(&token) {

@@ -14,7 +14,8 @@
 //!   `text_encoder.onnx` `input_ids` i64 `[B, 77]` → `last_hidden_state` f32 `[B, 77, D]`;
 //!   `image_encoder.onnx` `pixel_values` f32 `[B, 3, S, S]` → `image_embeds` f32 `[B, E]`;
 //!   `image_proj.onnx` `image_embeds` → `ip_tokens` f32 `[B, 4, D]`;
-//!   `unet.onnx` `sample` f32 `[B, 4, h, w]`, `timestep` f32 `[1]`, `encoder_hidden_states`,
+//!   `unet.onnx` `sample` f32 `[B, 4, h, w]`, `timestep` f32 `[1]`, `encoder_hidden_states`
+//!   f32 `[B, L, D]` (L any multiple of 77; exports made before `prompt_mode` fix it at 77),
 //!   `ip_tokens`, `ip_scale` f32 `[1]` → `noise_pred` f32 `[B, 4, h, w]`;
 //!   `vae_encoder.onnx` `image` f32 `[B, 3, H, W]` in `[-1, 1]` → `latent_mean` (unscaled);
 //!   `vae_decoder.onnx` `latent` (divided by the scaling factor) → `image` in `[-1, 1]`.
@@ -27,6 +28,31 @@
 //! `CLIPImageProcessor` does (shorter side to S, bicubic; centre crop; `x/255`; CLIP mean/std).
 //! Differences: the start noise comes from a ChaCha8 generator seeded by the caller, not from
 //! PyTorch's generator; img2img starts from the VAE's latent mean rather than a sample of it.
+//!
+//! # Several captions: [`PromptMode`]
+//!
+//! CLIP's text encoder sees 77 tokens, and four ~42-token tile captions joined are ~170, so
+//! cutting at 77 (diffusers' `truncation=True`, [`PromptMode::Truncate`]) loses tiles 2–4.
+//! - [`PromptMode::Concat`]: each caption is cut into chunks of 75 tokens, each chunk encoded
+//!   on its own as `<|startoftext|> … <|endoftext|>` padded to 77, and the states of all
+//!   chunks concatenated along the sequence axis (SD's cross-attention takes any length; the
+//!   technique of A1111's WebUI and `compel`). The unconditional row is the empty prompt's 77
+//!   states repeated to the same length. One UNet call per step on 2 rows, as `Truncate`.
+//! - [`PromptMode::Regional`]: MultiDiffusion (Bar-Tal et al., "MultiDiffusion: Fusing
+//!   Diffusion Paths for Controlled Image Generation", ICML 2023, region-based generation):
+//!   every step predicts the noise once per tile caption (tile k's chunks alone) and once for
+//!   the global prompt (all captions, as `Concat`), each guided against the shared
+//!   unconditional row, and blends them per latent pixel:
+//!   `ε = β·ε_global + (1 − β)·ε_tile(pixel)`, β = [`GenerateOptions::global_weight`]
+//!   (default [`DEFAULT_GLOBAL_WEIGHT`] = 0.3; a tile without a caption gets `ε_global`).
+//!   The tiles are [`crate::composite::tile_rect`] of the latent, the same split as the
+//!   sender's. The noise step of DDIM and Euler ancestral is linear in ε for a fixed state
+//!   and noise, so blending ε equals MultiDiffusion's blending of the per-region updates.
+//!   Cost: `tiles + 2` UNet rows per step instead of 2, in one call per distinct text length.
+//!
+//! Repeating a row's states k times changes nothing mathematically (softmax over k copies of
+//! each key divides each weight by k and sums k equal values), which is why the empty prompt
+//! can be repeated to any chunk count.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -56,11 +82,32 @@ pub fn locate_export(explicit: Option<&Path>) -> Result<PathBuf, ModelError> {
     crate::textgen::locate_export(explicit, ASSET_DIR, SCRIPT)
 }
 
+/// β of [`PromptMode::Regional`]: the global prompt's share of the noise prediction inside a
+/// captioned tile. 0.3 lets the tile's own caption dominate its region (what that device saw
+/// is drawn where it was) while the global prompt, which sees every caption, keeps the scene
+/// coherent across tile borders. Not tuned on the real checkpoint (no GPU here).
+pub const DEFAULT_GLOBAL_WEIGHT: f32 = 0.3;
+
+/// How the captions of one image become SD's text conditioning (module docs, "Several captions").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptMode {
+    /// The captions joined and cut at 77 CLIP tokens (diffusers' behaviour); the rest is dropped.
+    Truncate,
+    /// Every caption (in 75-token chunks) encoded on its own, the states concatenated.
+    #[default]
+    Concat,
+    /// Tile k's caption conditions tile k's region, blended with a global prompt (MultiDiffusion).
+    Regional,
+}
+
 /// `export.json` of an SD + IP-Adapter export.
 #[derive(Debug, Clone, Deserialize)]
 pub struct SdExport {
     /// Text length (77).
     pub max_length: usize,
+    /// `<|startoftext|>`, opening every prompt chunk.
+    pub bos_token_id: u32,
     /// `<|endoftext|>`, closing every prompt.
     pub eos_token_id: u32,
     /// The padding token (`<|endoftext|>` for SD 1.5).
@@ -107,6 +154,10 @@ pub struct GenerateOptions {
     pub strength: f32,
     /// Output size `[W, H]`, multiples of 8.
     pub size: [u32; 2],
+    /// How several captions become the text conditioning.
+    pub prompt_mode: PromptMode,
+    /// β of [`PromptMode::Regional`], in `[0, 1]` (ignored by the other modes).
+    pub global_weight: f32,
 }
 
 impl Default for GenerateOptions {
@@ -119,31 +170,48 @@ impl Default for GenerateOptions {
             seed: 0,
             strength: 0.0,
             size: [512, 512],
+            prompt_mode: PromptMode::Concat,
+            global_weight: DEFAULT_GLOBAL_WEIGHT,
         }
     }
 }
 
-/// The prompts of one image, encoded: rows `[empty, prompt]` with guidance, `[prompt]` without.
+/// Where a conditional prompt applies in the latent.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Area {
+    /// Every latent pixel, with this weight.
+    Everywhere(f32),
+    /// Row-major tile `index` of a `grid = (rows, cols)` split, with this weight (0 outside).
+    Tile {
+        /// The tile.
+        index: usize,
+        /// `(rows, cols)`.
+        grid: (usize, usize),
+        /// Weight inside the tile.
+        weight: f32,
+    },
+}
+
+/// The prompts of one image, encoded: one or more conditional prompts with their [`Area`]s,
+/// the empty prompt for classifier-free guidance, and the image-prompt tokens.
 #[derive(Debug, Clone)]
 pub struct Conditioning {
-    /// Text states, `rows × 77 × D`.
-    pub text: Vec<f32>,
-    /// Image-prompt tokens, `rows × 4 × D`.
+    /// Text states of each conditional prompt, `len × D` with `len` a multiple of 77.
+    pub texts: Vec<Vec<f32>>,
+    /// Where each prompt of `texts` applies (same order); the noise predictions are blended
+    /// per latent pixel with these weights.
+    pub areas: Vec<Area>,
+    /// The empty prompt's states (`77 × D`), the unconditional row under guidance.
+    pub empty_text: Vec<f32>,
+    /// Image-prompt tokens, `4 × D` each: `[zero embedding's, the slice's]` with guidance,
+    /// `[the slice's]` without.
     pub ip: Vec<f32>,
     /// λ.
     pub ip_scale: f32,
     /// g.
     pub guidance_scale: f32,
-}
-
-impl Conditioning {
-    fn rows(&self) -> usize {
-        if self.guidance_scale > 1.0 {
-            2
-        } else {
-            1
-        }
-    }
+    /// CLIP tokens cut off by [`PromptMode::Truncate`] (0 in the other modes).
+    pub tokens_dropped: usize,
 }
 
 /// What [`SdIpAdapter::generate`] gives.
@@ -157,6 +225,13 @@ pub struct Generated {
     pub unet_time: Duration,
     /// Time of the whole call.
     pub total_time: Duration,
+    /// UNet session runs (one per step and distinct text length).
+    pub unet_calls: usize,
+    /// UNet evaluations: batch rows over all runs (2 per step for `truncate`/`concat` with
+    /// guidance, `tiles + 2` for `regional`).
+    pub unet_evals: usize,
+    /// CLIP tokens cut off by [`PromptMode::Truncate`].
+    pub tokens_dropped: usize,
 }
 
 /// An SD 1.5 + IP-Adapter export: six sessions, a tokenizer, and the two unconditional inputs.
@@ -172,6 +247,10 @@ pub struct SdIpAdapter {
     vae_decoder: LoadedSession,
     empty_text: Vec<f32>,
     zero_ip: Vec<f32>,
+    /// The UNet's text length when the export fixes it (77 before `prompt_mode`), else `None`.
+    fixed_text_len: Option<usize>,
+    /// UNet session runs and batch rows so far (for [`Generated`]).
+    unet_counts: (usize, usize),
 }
 
 impl SdIpAdapter {
@@ -210,7 +289,7 @@ impl SdIpAdapter {
             IoSpec::new()
                 .input(TensorSpec::f32("sample", &[-1, c, -1, -1]))
                 .input(TensorSpec::f32("timestep", &[1]))
-                .input(TensorSpec::f32("encoder_hidden_states", &[-1, l, d]))
+                .input(TensorSpec::f32("encoder_hidden_states", &[-1, -1, d]))
                 .input(TensorSpec::f32("ip_tokens", &[-1, n, d]))
                 .input(TensorSpec::f32("ip_scale", &[1]))
                 .output(TensorSpec::f32("noise_pred", &[-1, c, -1, -1])),
@@ -228,6 +307,12 @@ impl SdIpAdapter {
                 .output(TensorSpec::f32("image", &[-1, 3, -1, -1])),
         )?;
         let tokenizer = TextTokenizer::load(&dir.join("tokenizer.json"))?;
+        let fixed_text_len = unet
+            .inputs()
+            .iter()
+            .find(|t| t.name == "encoder_hidden_states")
+            .and_then(|t| t.shape.get(1))
+            .and_then(|&n| usize::try_from(n).ok());
         let mut sd = SdIpAdapter {
             export: e,
             tokenizer,
@@ -239,6 +324,8 @@ impl SdIpAdapter {
             vae_decoder,
             empty_text: Vec::new(),
             zero_ip: Vec::new(),
+            fixed_text_len,
+            unet_counts: (0, 0),
         };
         sd.empty_text = sd.encode_text("")?;
         sd.zero_ip = sd.project(&vec![0.0; sd.export.image_embed_dim])?;
@@ -271,10 +358,55 @@ impl SdIpAdapter {
     /// The text encoder's last hidden state for `text`, `77 × D`.
     pub fn encode_text(&mut self, text: &str) -> Result<Vec<f32>, ModelError> {
         let ids = self.token_ids(text)?;
+        self.encode_chunks(&[ids])
+    }
+
+    /// CLIP tokens of `text` without its start and end tokens.
+    pub fn prompt_tokens(&self, text: &str) -> Result<Vec<u32>, ModelError> {
+        let mut ids = self.tokenizer.encode(text, true)?;
+        if ids.last() == Some(&self.export.eos_token_id) {
+            ids.pop();
+        }
+        if ids.first() == Some(&self.export.bos_token_id) {
+            ids.remove(0);
+        }
+        Ok(ids)
+    }
+
+    /// [`PromptMode::Concat`]'s chunks of `text`: its tokens in runs of 75, each as
+    /// `<|startoftext|> … <|endoftext|>` padded to 77 (one chunk, the empty prompt's, for "").
+    pub fn chunk_ids(&self, text: &str) -> Result<Vec<Vec<i64>>, ModelError> {
         let l = self.export.max_length;
+        let body = l.saturating_sub(2).max(1);
+        let ids = self.prompt_tokens(text)?;
+        let chunk = |c: &[u32]| {
+            let mut v = Vec::with_capacity(l);
+            v.push(self.export.bos_token_id);
+            v.extend_from_slice(c);
+            v.push(self.export.eos_token_id);
+            v.resize(l, self.export.pad_token_id);
+            v.into_iter().map(i64::from).collect::<Vec<i64>>()
+        };
+        if ids.is_empty() {
+            return Ok(vec![chunk(&[])]);
+        }
+        Ok(ids.chunks(body).map(chunk).collect())
+    }
+
+    /// The text encoder's states of every chunk (77 ids each) in one batch, concatenated along
+    /// the sequence axis: `(77 · chunks) × D`.
+    pub fn encode_chunks(&mut self, chunks: &[Vec<i64>]) -> Result<Vec<f32>, ModelError> {
+        let l = self.export.max_length;
+        if chunks.is_empty() || chunks.iter().any(|c| c.len() != l) {
+            return Err(ModelError::Invalid(format!(
+                "the text encoder takes chunks of {l} token ids, got lengths {:?}",
+                chunks.iter().map(Vec::len).collect::<Vec<_>>()
+            )));
+        }
+        let ids: Vec<i64> = chunks.concat();
         let out = self
             .text_encoder
-            .run(vec![("input_ids".into(), tensor_i64(&[1, l], ids)?.into())])?;
+            .run(vec![("input_ids".into(), tensor_i64(&[chunks.len(), l], ids)?.into())])?;
         Ok(out.f32("last_hidden_state")?.1.to_vec())
     }
 
@@ -306,6 +438,7 @@ impl SdIpAdapter {
 
     /// Encodes the prompt (and the empty prompt under guidance) and the image prompt. Without
     /// an image prompt the adapter's tokens are those of a zero embedding and λ is set to 0.
+    /// The prompt is cut at 77 tokens, as diffusers does ([`PromptMode::Truncate`]).
     pub fn condition(
         &mut self,
         prompt: &str,
@@ -313,7 +446,94 @@ impl SdIpAdapter {
         ip_scale: f32,
         guidance_scale: f32,
     ) -> Result<Conditioning, ModelError> {
-        let cond_text = self.encode_text(prompt)?;
+        let texts = vec![self.encode_text(prompt)?];
+        let dropped = self.dropped_tokens(prompt)?;
+        self.conditioning(
+            texts,
+            vec![Area::Everywhere(1.0)],
+            dropped,
+            image_prompt,
+            ip_scale,
+            guidance_scale,
+        )
+    }
+
+    /// Encodes the captions of one image (`captions[k]` is row-major tile k of `grid`, `None`
+    /// when lost) as `o.prompt_mode` says, and the image prompt (see [`Self::condition`]).
+    pub fn condition_captions(
+        &mut self,
+        captions: &[Option<String>],
+        grid: (usize, usize),
+        image_prompt: Option<&RgbImage>,
+        o: &GenerateOptions,
+    ) -> Result<Conditioning, ModelError> {
+        let (ip_scale, g) = (o.ip_scale, o.guidance_scale);
+        let said: Vec<(usize, &str)> = captions
+            .iter()
+            .enumerate()
+            .filter_map(|(k, c)| c.as_deref().map(str::trim).filter(|c| !c.is_empty()).map(|c| (k, c)))
+            .collect();
+        if o.prompt_mode == PromptMode::Truncate {
+            let joined = said.iter().map(|(_, c)| *c).collect::<Vec<_>>().join(" ");
+            return self.condition(&joined, image_prompt, ip_scale, g);
+        }
+        let mut per_caption = Vec::with_capacity(said.len());
+        for (_, c) in &said {
+            per_caption.push(self.chunk_ids(c)?);
+        }
+        let all: Vec<Vec<i64>> = per_caption.iter().flatten().cloned().collect();
+        let all = if all.is_empty() { self.chunk_ids("")? } else { all };
+        let states = self.encode_chunks(&all)?;
+        let tiles = grid.0.max(1) * grid.1.max(1);
+        if o.prompt_mode == PromptMode::Concat || tiles == 1 {
+            return self.conditioning(vec![states], vec![Area::Everywhere(1.0)], 0, image_prompt, ip_scale, g);
+        }
+        if captions.len() > tiles {
+            return Err(ModelError::Invalid(format!(
+                "prompt_mode = \"regional\" needs one caption per tile: got {} captions for a {}×{} grid; \
+                 use prompt_mode = \"concat\"",
+                captions.len(),
+                grid.0,
+                grid.1
+            )));
+        }
+        let beta = o.global_weight;
+        if !(0.0..=1.0).contains(&beta) {
+            return Err(ModelError::Invalid(format!(
+                "global_weight must be in [0, 1], got {beta}"
+            )));
+        }
+        let row = self.export.max_length * self.export.cross_attention_dim;
+        let (mut texts, mut areas) = (vec![states.clone()], vec![Area::Everywhere(beta)]);
+        let mut at = 0;
+        for ((k, _), chunks) in said.iter().zip(&per_caption) {
+            let n = chunks.len() * row;
+            texts.push(states[at..at + n].to_vec());
+            areas.push(Area::Tile {
+                index: *k,
+                grid,
+                weight: 1.0 - beta,
+            });
+            at += n;
+        }
+        self.conditioning(texts, areas, 0, image_prompt, ip_scale, g)
+    }
+
+    /// Tokens of `prompt` past the 75 that fit in one 77-token prompt.
+    fn dropped_tokens(&self, prompt: &str) -> Result<usize, ModelError> {
+        let n = self.prompt_tokens(prompt)?.len();
+        Ok(n.saturating_sub(self.export.max_length.saturating_sub(2)))
+    }
+
+    fn conditioning(
+        &mut self,
+        texts: Vec<Vec<f32>>,
+        areas: Vec<Area>,
+        tokens_dropped: usize,
+        image_prompt: Option<&RgbImage>,
+        ip_scale: f32,
+        guidance_scale: f32,
+    ) -> Result<Conditioning, ModelError> {
         let (cond_ip, ip_scale) = match image_prompt {
             Some(img) => {
                 let e = self.image_embeds(img)?;
@@ -321,56 +541,124 @@ impl SdIpAdapter {
             }
             None => (self.zero_ip.clone(), 0.0),
         };
-        let (text, ip) = if guidance_scale > 1.0 {
-            (
-                [self.empty_text.clone(), cond_text].concat(),
-                [self.zero_ip.clone(), cond_ip].concat(),
-            )
+        let ip = if guidance_scale > 1.0 {
+            [self.zero_ip.clone(), cond_ip].concat()
         } else {
-            (cond_text, cond_ip)
+            cond_ip
         };
         Ok(Conditioning {
-            text,
+            texts,
+            areas,
+            empty_text: self.empty_text.clone(),
             ip,
             ip_scale,
             guidance_scale,
+            tokens_dropped,
         })
     }
 
     /// The guided noise prediction for `sample` (`4 × h × w`, already scaled for the scheduler)
-    /// at timestep `t`: one UNet call on the batch of [`Conditioning`] rows.
+    /// at timestep `t`: each prompt of `c` guided against the empty prompt, blended by their
+    /// [`Area`]s. Rows of the same text length share one UNet call (the empty prompt rides with
+    /// the shortest rows, repeated to their length).
     pub fn guided_noise(
         &mut self,
         c: &Conditioning,
         sample: &[f32],
         t: f32,
-        (h, w): (usize, usize),
+        hw: (usize, usize),
     ) -> Result<Vec<f32>, ModelError> {
-        let rows = c.rows();
-        let (d, l, n, ch) = (
+        let d = self.export.cross_attention_dim;
+        let guide = c.guidance_scale > 1.0;
+        let (zero_ip, cond_ip) = c.ip.split_at(if guide { c.ip.len() / 2 } else { 0 });
+        let mut lens: Vec<usize> = Vec::new();
+        for text in &c.texts {
+            if !lens.contains(&(text.len() / d.max(1))) {
+                lens.push(text.len() / d.max(1));
+            }
+        }
+        // The empty prompt rides with the shortest rows (its repeats cost attention).
+        let uncond_len = lens.iter().copied().min().unwrap_or(0);
+        let mut cond: Vec<Vec<f32>> = vec![Vec::new(); c.texts.len()];
+        let mut uncond = Vec::new();
+        for &len in &lens {
+            let members: Vec<usize> = (0..c.texts.len()).filter(|&i| c.texts[i].len() == len * d).collect();
+            let with_uncond = guide && len == uncond_len;
+            let (mut text, mut ip) = (Vec::new(), Vec::new());
+            if with_uncond {
+                let l = self.export.max_length;
+                if len % l != 0 || c.empty_text.len() != l * d {
+                    return Err(ModelError::Invalid(format!(
+                        "text states of {len} tokens are not whole {l}-token chunks"
+                    )));
+                }
+                (0..len / l).for_each(|_| text.extend_from_slice(&c.empty_text));
+                ip.extend_from_slice(zero_ip);
+            }
+            for &i in &members {
+                text.extend_from_slice(&c.texts[i]);
+                ip.extend_from_slice(cond_ip);
+            }
+            let eps = self.unet_run(sample, t, hw, len, text, ip, c.ip_scale)?;
+            let mut rows = eps.chunks(sample.len().max(1));
+            if with_uncond {
+                uncond = rows.next().map(<[f32]>::to_vec).unwrap_or_default();
+            }
+            for (&i, e) in members.iter().zip(rows) {
+                cond[i] = e.to_vec();
+            }
+        }
+        if guide {
+            let g = c.guidance_scale;
+            for e in &mut cond {
+                e.iter_mut().zip(&uncond).for_each(|(c, &u)| *c = u + g * (*c - u));
+            }
+        }
+        if cond.len() == 1 {
+            return Ok(cond.pop().unwrap_or_default());
+        }
+        Ok(blend(&cond, &c.areas, hw))
+    }
+
+    /// One UNet run on a batch of rows sharing `sample`, text length `len`.
+    #[allow(clippy::too_many_arguments)]
+    fn unet_run(
+        &mut self,
+        sample: &[f32],
+        t: f32,
+        (h, w): (usize, usize),
+        len: usize,
+        text: Vec<f32>,
+        ip: Vec<f32>,
+        ip_scale: f32,
+    ) -> Result<Vec<f32>, ModelError> {
+        let (d, n, ch) = (
             self.export.cross_attention_dim,
-            self.export.max_length,
             self.export.num_ip_tokens,
             self.export.latent_channels,
         );
+        if let Some(fixed) = self.fixed_text_len.filter(|&f| f != len) {
+            return Err(ModelError::Invalid(format!(
+                "this export's UNet takes exactly {fixed} text tokens, the prompt needs {len}: \
+                 re-export it with `{EXPORT_COMMAND}` (the text axis is dynamic since prompt_mode), \
+                 or use prompt_mode = \"truncate\""
+            )));
+        }
+        let rows = text.len() / (len * d).max(1);
         let batch: Vec<f32> = (0..rows).flat_map(|_| sample.iter().copied()).collect();
         let out = self.unet.run(vec![
             ("sample".into(), tensor_f32(&[rows, ch, h, w], batch)?.into()),
             ("timestep".into(), tensor_f32(&[1], vec![t])?.into()),
             (
                 "encoder_hidden_states".into(),
-                tensor_f32(&[rows, l, d], c.text.clone())?.into(),
+                tensor_f32(&[rows, len, d], text)?.into(),
             ),
-            ("ip_tokens".into(), tensor_f32(&[rows, n, d], c.ip.clone())?.into()),
-            ("ip_scale".into(), tensor_f32(&[1], vec![c.ip_scale])?.into()),
+            ("ip_tokens".into(), tensor_f32(&[rows, n, d], ip)?.into()),
+            ("ip_scale".into(), tensor_f32(&[1], vec![ip_scale])?.into()),
         ])?;
-        let (_, eps) = out.f32("noise_pred")?;
-        if rows == 1 {
-            return Ok(eps.to_vec());
-        }
-        let (u, cnd) = eps.split_at(eps.len() / 2);
-        let g = c.guidance_scale;
-        Ok(u.iter().zip(cnd).map(|(&u, &c)| u + g * (c - u)).collect())
+        self.unet_counts.0 += 1;
+        self.unet_counts.1 += rows;
+        Ok(out.f32("noise_pred")?.1.to_vec())
     }
 
     /// Runs scheduler steps `first..` from `latents`, drawing Euler's noise from `rng`.
@@ -438,6 +726,19 @@ impl SdIpAdapter {
         init: Option<&RgbImage>,
         o: &GenerateOptions,
     ) -> Result<Generated, ModelError> {
+        self.generate_captions(&[Some(prompt.to_string())], (1, 1), image_prompt, init, o)
+    }
+
+    /// [`Self::generate`] from the captions of a `grid = (rows, cols)` of tiles (`captions[k]`
+    /// row-major tile k, `None` when lost), combined as `o.prompt_mode` says.
+    pub fn generate_captions(
+        &mut self,
+        captions: &[Option<String>],
+        grid: (usize, usize),
+        image_prompt: Option<&RgbImage>,
+        init: Option<&RgbImage>,
+        o: &GenerateOptions,
+    ) -> Result<Generated, ModelError> {
         let t0 = Instant::now();
         let f = self.export.vae_scale_factor;
         let [w, h] = o.size;
@@ -454,7 +755,7 @@ impl SdIpAdapter {
         }
         let hw = ((h / f) as usize, (w / f) as usize);
         let sched = Scheduler::new(o.scheduler, &self.export.scheduler, o.steps)?;
-        let c = self.condition(prompt, image_prompt, o.ip_scale, o.guidance_scale)?;
+        let c = self.condition_captions(captions, grid, image_prompt, o)?;
         let mut rng = ChaCha8Rng::seed_from_u64(o.seed);
         let n = self.export.latent_channels * hw.0 * hw.1;
         let noise = normal(&mut rng, n);
@@ -479,6 +780,7 @@ impl SdIpAdapter {
             }
         };
         let tu = Instant::now();
+        let counts = self.unet_counts;
         let latents = self.denoise(&c, &sched, latents, first, hw, &mut rng)?;
         let unet_time = tu.elapsed();
         let image = self.decode(&latents, hw)?;
@@ -487,8 +789,47 @@ impl SdIpAdapter {
             steps_run: o.steps.saturating_sub(first),
             unet_time,
             total_time: t0.elapsed(),
+            unet_calls: self.unet_counts.0 - counts.0,
+            unet_evals: self.unet_counts.1 - counts.1,
+            tokens_dropped: c.tokens_dropped,
         })
     }
+}
+
+/// Noise predictions (`channels × h × w` each) blended per latent pixel by their areas'
+/// weights; a pixel no area weighs gets the first prediction.
+fn blend(eps: &[Vec<f32>], areas: &[Area], (h, w): (usize, usize)) -> Vec<f32> {
+    let plane = h * w;
+    let first = eps.first().cloned().unwrap_or_default();
+    if plane == 0 {
+        return first;
+    }
+    let mut num = vec![0f32; first.len()];
+    let mut den = vec![0f32; plane];
+    for (e, area) in eps.iter().zip(areas) {
+        let (x0, y0, x1, y1, weight) = match *area {
+            Area::Everywhere(weight) => (0, 0, w, h, weight),
+            Area::Tile { index, grid, weight } => {
+                let (x, y, tw, th) = crate::composite::tile_rect(index, grid, (w as u32, h as u32));
+                let (x, y) = (x as usize, y as usize);
+                (x, y, x + tw as usize, y + th as usize, weight)
+            }
+        };
+        for y in y0..y1.min(h) {
+            for x in x0..x1.min(w) {
+                let p = y * w + x;
+                den[p] += weight;
+                for c in (p..num.len().min(e.len())).step_by(plane) {
+                    num[c] += weight * e[c];
+                }
+            }
+        }
+    }
+    for (i, v) in num.iter_mut().enumerate() {
+        let d = den[i % plane];
+        *v = if d > 0.0 { *v / d } else { first[i] };
+    }
+    num
 }
 
 /// `n` standard-normal draws.
@@ -519,4 +860,54 @@ pub fn clip_pixels(img: &RgbImage, size: u32, mean: [f32; 3], std: [f32; 3]) -> 
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{blend, Area};
+
+    #[test]
+    fn regional_blend_weighs_each_tile_with_the_global_prompt_and_a_lost_tile_gets_the_global() {
+        // 1 channel, 2×2 latent, 2×2 grid: one latent pixel per tile.
+        let global = vec![10.0; 4];
+        let tile0 = vec![1.0, 99.0, 99.0, 99.0];
+        let tile3 = vec![99.0, 99.0, 99.0, 3.0];
+        let beta = 0.25;
+        let tile = |index| Area::Tile {
+            index,
+            grid: (2, 2),
+            weight: 1.0 - beta,
+        };
+        let eps = blend(
+            &[global, tile0, tile3],
+            &[Area::Everywhere(beta), tile(0), tile(3)],
+            (2, 2),
+        );
+        let want = [
+            beta * 10.0 + (1.0 - beta) * 1.0,
+            10.0,
+            10.0,
+            beta * 10.0 + (1.0 - beta) * 3.0,
+        ];
+        for (a, b) in eps.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{eps:?} vs {want:?}");
+        }
+    }
+
+    #[test]
+    fn a_pixel_no_area_covers_takes_the_first_prediction() {
+        let eps = blend(
+            &[vec![5.0; 4], vec![7.0; 4]],
+            &[
+                Area::Everywhere(0.0),
+                Area::Tile {
+                    index: 0,
+                    grid: (1, 2),
+                    weight: 1.0,
+                },
+            ],
+            (2, 2),
+        );
+        assert_eq!(eps, vec![7.0, 5.0, 7.0, 5.0]);
+    }
 }

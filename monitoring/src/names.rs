@@ -54,6 +54,16 @@ pub const QUALITY_LPIPS: &str = "dataflow_quality_lpips";
 pub const QUALITY_BLEU: &str = "dataflow_quality_bleu";
 /// Cosine similarity of reconstruction and original. Labels: `graph`.
 pub const QUALITY_COSINE: &str = "dataflow_quality_cosine";
+/// F1 of the COCO objects detected on the reconstruction against those on the original
+/// (same class, box IoU ≥ 0.5). Labels: `graph`.
+pub const QUALITY_DETECTION_F1: &str = "dataflow_quality_detection_f1";
+/// Word error rate of the corrected texts against the sent texts (may exceed 1). Labels: `graph`.
+pub const QUALITY_WER: &str = "dataflow_quality_wer";
+/// Character error rate of the corrected texts against the sent texts. Labels: `graph`.
+pub const QUALITY_CER: &str = "dataflow_quality_cer";
+/// Share of the COCO object names sent that survive in the corrected texts (frames that
+/// name no object are not observed). Labels: `graph`.
+pub const QUALITY_OBJECT_RECALL: &str = "dataflow_quality_object_recall";
 
 /// Label key: stage id.
 pub const LABEL_STAGE: &str = "stage";
@@ -114,7 +124,7 @@ use MetricKind::{Counter, Gauge, Histogram};
 /// [`crate::describe_all`] registers these; [`ALL`] is the list of their names.
 pub const METRICS: &[MetricSpec] = &METRIC_TABLE;
 
-const METRIC_TABLE: [MetricSpec; 26] = [
+const METRIC_TABLE: [MetricSpec; 30] = [
     spec(
         STAGE_MESSAGES_RECEIVED,
         Counter,
@@ -307,6 +317,42 @@ const METRIC_TABLE: [MetricSpec; 26] = [
         None,
         &[LABEL_GRAPH],
         "Cosine similarity of reconstruction and original.",
+    ),
+    spec(
+        QUALITY_DETECTION_F1,
+        Histogram {
+            buckets: buckets::UNIT_INTERVAL,
+        },
+        None,
+        &[LABEL_GRAPH],
+        "F1 of the objects detected on the reconstruction against the original's (same class, IoU >= 0.5).",
+    ),
+    spec(
+        QUALITY_WER,
+        Histogram {
+            buckets: buckets::UNIT_INTERVAL,
+        },
+        None,
+        &[LABEL_GRAPH],
+        "Word error rate of the corrected texts against the sent texts (above 1 counts in +Inf).",
+    ),
+    spec(
+        QUALITY_CER,
+        Histogram {
+            buckets: buckets::UNIT_INTERVAL,
+        },
+        None,
+        &[LABEL_GRAPH],
+        "Character error rate of the corrected texts against the sent texts.",
+    ),
+    spec(
+        QUALITY_OBJECT_RECALL,
+        Histogram {
+            buckets: buckets::UNIT_INTERVAL,
+        },
+        None,
+        &[LABEL_GRAPH],
+        "Share of the sent COCO object names kept in the corrected texts.",
     ),
     spec(
         EXPORTER_INFO,

@@ -7,16 +7,20 @@
 //! to a table). [`run`] scrapes over plain HTTP and redraws every interval.
 //!
 //! # Definitions
-//! - *rate*: increase of `dataflow_stage_messages_sent_total` between two scrapes,
-//!   summed over the stage's series, divided by the time between them (a counter
-//!   that went down, i.e. a restarted process, counts from zero);
+//! - *rate*: increase of `dataflow_stage_messages_received_total` (messages taken in;
+//!   a source's frames produced), or of `dataflow_stage_messages_sent_total` for a
+//!   stage without the former, summed over the stage's series, divided by the time
+//!   between two scrapes (a counter that went down, i.e. a restarted process, counts
+//!   from zero). [`run`] shows rates from the second scrape on, measured against the
+//!   oldest scrape of the last [`RATE_WINDOW`], so a stage that takes seconds per
+//!   frame shows its mean rate rather than 0 in most refreshes;
 //! - *queue*: sum of `dataflow_edge_queue_depth` over the edges into the stage
 //!   (`to = stage`) against the sum of their `dataflow_edge_capacity`;
 //! - *utilization*: `dataflow_stage_utilization`;
 //! - *bottleneck*: the stage with the highest utilization (compared as shown, to the
 //!   percent), ties broken by the fullest input queue; none when every stage is idle.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -26,6 +30,9 @@ use crate::names::{
     STAGE_MESSAGES_RECEIVED, STAGE_MESSAGES_SENT, STAGE_RESTARTS, STAGE_UTILIZATION,
 };
 use crate::MonitoringError;
+
+/// The longest span a rate in [`run`] is measured over: the oldest scrape kept.
+pub const RATE_WINDOW: Duration = Duration::from_secs(10);
 
 /// One sample of the text exposition format: a series and its value.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,7 +59,8 @@ pub struct StageRow {
     pub stage: String,
     /// Stage kind(s) from the `kind` label, comma-joined; empty when unknown.
     pub kind: String,
-    /// Messages sent per second; `None` until there are two scrapes.
+    /// Messages taken in per second (see the module's definitions); `None` until
+    /// there are two scrapes.
     pub rate: Option<f64>,
     /// Messages waiting on the edges into the stage; `None` for a stage with no
     /// input edge (a source).
@@ -250,27 +258,15 @@ pub fn compute(previous: Option<&[Sample]>, current: &[Sample], elapsed: Duratio
 
     if let Some(previous) = previous {
         let secs = elapsed.as_secs_f64();
-        let before: BTreeMap<&BTreeMap<String, String>, f64> = previous
-            .iter()
-            .filter(|s| s.name == STAGE_MESSAGES_SENT)
-            .map(|s| (&s.labels, s.value))
-            .collect();
-        for s in current.iter().filter(|s| s.name == STAGE_MESSAGES_SENT) {
-            let Some(row) = s.label(LABEL_STAGE).and_then(|stage| rows.get_mut(stage)) else {
-                continue;
-            };
-            let increase = match before.get(&s.labels) {
-                Some(&old) if s.value >= old => s.value - old,
-                _ => s.value, // new series, or a counter reset
-            };
-            if secs > 0.0 {
-                row.rate = Some(row.rate.unwrap_or(0.0) + increase / secs);
-            }
-        }
-        // Stages that sent nothing in either scrape still had a rate: zero.
+        // Messages taken in (what RECEIVED counts; a source's frames); a stage that
+        // exports no such series is measured by what it sent.
+        let received = increases(previous, current, STAGE_MESSAGES_RECEIVED);
+        let sent = increases(previous, current, STAGE_MESSAGES_SENT);
         if secs > 0.0 {
-            for row in rows.values_mut() {
-                row.rate.get_or_insert(0.0);
+            for (stage, row) in rows.iter_mut() {
+                let increase = received.get(stage).or_else(|| sent.get(stage)).copied();
+                // Stages that moved nothing in either scrape still had a rate: zero.
+                row.rate = Some(increase.unwrap_or(0.0) / secs);
             }
         }
     }
@@ -287,6 +283,26 @@ pub fn compute(previous: Option<&[Sample]>, current: &[Sample], elapsed: Duratio
         .collect();
     mark_bottleneck(&mut ordered);
     ordered
+}
+
+/// Increase of counter `name` per stage between two scrapes, summed over the stage's
+/// series (a new series or a counter that went down counts from zero).
+fn increases(previous: &[Sample], current: &[Sample], name: &str) -> BTreeMap<String, f64> {
+    let before: BTreeMap<&BTreeMap<String, String>, f64> = previous
+        .iter()
+        .filter(|s| s.name == name)
+        .map(|s| (&s.labels, s.value))
+        .collect();
+    let mut out: BTreeMap<String, f64> = BTreeMap::new();
+    for s in current.iter().filter(|s| s.name == name) {
+        let Some(stage) = s.label(LABEL_STAGE) else { continue };
+        let increase = match before.get(&s.labels) {
+            Some(&old) if s.value >= old => s.value - old,
+            _ => s.value,
+        };
+        *out.entry(stage.to_owned()).or_default() += increase;
+    }
+    out
 }
 
 fn empty_row(stage: &str) -> StageRow {
@@ -446,9 +462,10 @@ pub fn scrape(endpoint: &str, timeout: Duration) -> Result<Vec<Sample>, Monitori
 /// The scrape error in `once` mode; [`MonitoringError::Io`] when `out` fails.
 pub fn run(options: &TopOptions, out: &mut impl Write) -> Result<(), MonitoringError> {
     let timeout = options.interval.max(Duration::from_secs(1));
-    let mut previous: Option<(Vec<Sample>, Instant)> = None;
+    // Earlier scrapes, oldest first, none older than RATE_WINDOW but the last one.
+    let mut history: VecDeque<(Instant, Vec<Sample>)> = VecDeque::new();
     if options.once {
-        previous = Some((scrape(&options.endpoint, timeout)?, Instant::now()));
+        history.push_back((Instant::now(), scrape(&options.endpoint, timeout)?));
         std::thread::sleep(options.interval);
     }
     loop {
@@ -456,11 +473,18 @@ pub fn run(options: &TopOptions, out: &mut impl Write) -> Result<(), MonitoringE
         let frame = match scrape(&options.endpoint, timeout) {
             Ok(current) => {
                 let now = Instant::now();
-                let rows = match &previous {
-                    Some((before, at)) => compute(Some(before), &current, now.duration_since(*at)),
+                let rows = match history.front() {
+                    Some((at, before)) => compute(Some(before), &current, now.duration_since(*at)),
                     None => compute(None, &current, Duration::ZERO),
                 };
-                previous = Some((current, now));
+                history.push_back((now, current));
+                while history.len() > 1
+                    && history
+                        .front()
+                        .is_some_and(|(at, _)| now.duration_since(*at) > RATE_WINDOW)
+                {
+                    history.pop_front();
+                }
                 render(&rows, &options.endpoint)
             }
             Err(e) if options.once => return Err(e),
@@ -487,6 +511,7 @@ mod tests {
 dataflow_stage_messages_sent_total{stage="src",kind="synthetic"} 100
 dataflow_stage_messages_sent_total{stage="slow",kind="delay"} 10
 dataflow_stage_messages_sent_total{stage="sink",kind="null_sink"} 0
+dataflow_stage_messages_received_total{stage="slow",kind="delay"} 14
 "#;
 
     const AFTER: &str = r#"# HELP dataflow_stage_messages_sent_total Messages a stage sent downstream.
@@ -575,6 +600,17 @@ dataflow_stage_processing_seconds_sum{stage="slow",kind="delay"} 29.5
     fn first_scrape_has_no_rate() {
         let rows = compute(None, &parse_exposition(AFTER).unwrap(), Duration::ZERO);
         assert!(rows.iter().all(|r| r.rate.is_none()));
+    }
+
+    #[test]
+    fn a_sink_rate_is_what_it_takes_in() {
+        // Regression (issue 16): sinks send nothing, so a sent-based rate read 0.0.
+        let before =
+            parse_exposition("dataflow_stage_messages_received_total{stage=\"sink\",kind=\"csv_sink\"} 10\n").unwrap();
+        let after =
+            parse_exposition("dataflow_stage_messages_received_total{stage=\"sink\",kind=\"csv_sink\"} 30\n").unwrap();
+        let rows = compute(Some(&before), &after, Duration::from_secs(2));
+        assert_eq!(rows[0].rate, Some(10.0));
     }
 
     #[test]

@@ -259,3 +259,231 @@ fn drop_oldest_keeps_live_frames_fresh_and_counts_drops() {
         fresh.last()
     );
 }
+
+// Issue 24: defects found by running random graphs ----------------------------------
+
+/// The frames named in errors.jsonl, with how many lines each has.
+fn failed_frames(dir: &std::path::Path) -> std::collections::BTreeMap<String, usize> {
+    let log = std::fs::read_to_string(dir.join("errors.jsonl")).unwrap_or_default();
+    let mut frames = std::collections::BTreeMap::new();
+    for line in log.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        *frames.entry(v["frame"].as_str().unwrap().to_string()).or_insert(0) += 1;
+    }
+    frames
+}
+
+#[test]
+fn join_fails_a_timed_out_frame_once_and_drops_its_late_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = run_text(
+        r#"
+[stage.src]
+kind = "synthetic"
+frames = 20
+width = 16
+height = 16
+[stage.slow]
+kind = "delay"
+inputs = ["src"]
+ms = 50
+[stage.evaluate]
+kind = "evaluate"
+inputs = ["src", "slow"]
+timeout_ms = 20
+[stage.sink]
+kind = "null_sink"
+inputs = ["evaluate"]
+"#,
+        dir.path(),
+    );
+    let ev = stage(&s, "evaluate");
+    println!("failed {} frames_in {} evaluate {ev:?}", s.failed, s.frames_in);
+    assert_eq!(s.frames_in, 20);
+    assert_eq!(s.failed, 20, "each frame fails once, when its timeout fires");
+    assert_eq!(ev.errors, 20);
+    assert_eq!(ev.dropped, 20, "each late part is dropped (reason `late`)");
+    assert_eq!(ev.received, 20, "late parts are not received");
+    let frames = failed_frames(dir.path());
+    assert_eq!(frames.len(), 20, "{frames:?}");
+    assert!(
+        frames.values().all(|&n| n == 1),
+        "a frame in errors.jsonl twice: {frames:?}"
+    );
+}
+
+#[test]
+fn join_after_a_dropping_edge_completes_the_frame_at_once() {
+    // A join timeout of a minute: without gap notices the join would hold the places of
+    // the frames `b` dropped for a minute each and the run would stall.
+    let dir = tempfile::tempdir().unwrap();
+    let s = crate::invariants::run_text_within(
+        r#"
+[stage.src]
+kind = "synthetic"
+frames = 300
+width = 16
+height = 16
+[stage.a]
+kind = "passthrough"
+inputs = ["src"]
+[stage.b]
+kind = "delay"
+inputs = ["src"]
+ms = 1
+mailbox = 1
+when_full = "drop_newest"
+[stage.evaluate]
+kind = "evaluate"
+inputs = ["a", "b"]
+timeout_ms = 60000
+[stage.sink]
+kind = "null_sink"
+inputs = ["evaluate"]
+"#,
+        dir.path(),
+        std::time::Duration::from_secs(30),
+    );
+    let (b, ev) = (stage(&s, "b"), stage(&s, "evaluate"));
+    println!("{:.2} s; b {b:?}; evaluate {ev:?}", s.seconds);
+    assert!(b.dropped > 0, "the source is faster than `b`");
+    assert_eq!(ev.incomplete, b.dropped, "each dropped frame is completed as lost");
+    assert_eq!(ev.errors, b.dropped, "evaluate fails each frame that lost its part");
+    assert_eq!(ev.sent, 300 - b.dropped);
+    assert_eq!(ev.dropped, 0, "nothing arrives late");
+}
+
+#[test]
+fn join_after_a_drop_oldest_edge_and_a_split_completes_the_frame_at_once() {
+    // The gap crosses a stage (`caption`-like passthrough gathering the tiles) and a
+    // split: a frame dropped before the split loses every tile.
+    let dir = tempfile::tempdir().unwrap();
+    let s = crate::invariants::run_text_within(
+        r#"
+[stage.src]
+kind = "synthetic"
+frames = 200
+width = 16
+height = 16
+[stage.slow]
+kind = "delay"
+inputs = ["src"]
+ms = 1
+mailbox = 1
+when_full = "drop_oldest"
+[stage.split]
+kind = "split"
+inputs = ["slow"]
+grid = [2, 2]
+[stage.tiles]
+kind = "passthrough"
+inputs = ["split.tile0", "split.tile1", "split.tile2", "split.tile3"]
+[stage.join]
+kind = "gather"
+inputs = ["src", "tiles"]
+timeout_ms = 60000
+[stage.sink]
+kind = "null_sink"
+inputs = ["join"]
+"#,
+        dir.path(),
+        std::time::Duration::from_secs(30),
+    );
+    let (slow, join) = (stage(&s, "slow"), stage(&s, "join"));
+    println!("{:.2} s; slow {slow:?}; join {join:?}", s.seconds);
+    assert!(slow.dropped > 0);
+    assert_eq!(join.incomplete, slow.dropped);
+    assert_eq!(join.sent, 200);
+}
+
+#[test]
+fn csv_sink_with_replicas_is_refused_at_validation() {
+    let d = crate::support::diagnostics(
+        r#"
+[stage.src]
+kind = "synthetic"
+frames = 3
+[stage.rows]
+kind = "csv_sink"
+inputs = ["src"]
+replicas = 3
+"#,
+    );
+    println!("{d:?}");
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert!(d[0].contains("test.toml:8"), "points at the `replicas` line: {}", d[0]);
+    assert!(d[0].contains("stage `rows`") || d[0].contains("rows"), "{}", d[0]);
+    assert!(
+        d[0].contains("same CSV file") && d[0].contains("replicas = 3"),
+        "{}",
+        d[0]
+    );
+}
+
+#[test]
+fn out_of_range_durations_and_rates_fail_validation_not_the_run() {
+    let text = r#"
+[stage.src]
+kind = "synthetic"
+frames = 3
+rate = 1e-300
+[stage.slow]
+kind = "delay"
+inputs = ["src"]
+ms = 1e300
+[stage.evaluate]
+kind = "evaluate"
+inputs = ["src", "slow"]
+timeout_ms = 0
+[stage.sink]
+kind = "null_sink"
+inputs = ["evaluate"]
+"#;
+    let d = crate::support::diagnostics(text);
+    println!("{}", d.join("\n"));
+    assert_eq!(d.len(), 3, "{d:?}");
+    assert!(d[0].contains("test.toml:5") && d[0].contains("`rate`") && d[0].contains("between 0.001 and 1000000"));
+    assert!(d[1].contains("test.toml:9") && d[1].contains("`ms`") && d[1].contains("between 0 and"));
+    assert!(d[2].contains("test.toml:13") && d[2].contains("`timeout_ms`") && d[2].contains("between 1 and"));
+    // The binary stops before running: exit 1 with the messages, no panic.
+    let dir = tempfile::tempdir().unwrap();
+    let graph = dir.path().join("g.toml");
+    std::fs::write(&graph, text).unwrap();
+    let o = crate::support::run_graph(&graph, &dir.path().join("out"), &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("out of range") && !err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn split_grid_finer_than_the_image_fails_the_frame_at_split() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = run_text(
+        r#"
+[stage.src]
+kind = "synthetic"
+frames = 3
+width = 4
+height = 4
+[stage.split]
+kind = "split"
+inputs = ["src"]
+grid = [5, 5]
+[stage.tiles]
+kind = "image_sink"
+inputs = ["split.tile0"]
+"#,
+        dir.path(),
+    );
+    let split = stage(&s, "split");
+    assert_eq!(split.errors, 3, "split fails each frame itself");
+    assert_eq!(split.sent, 0);
+    assert_eq!(stage(&s, "tiles").errors, 0, "nothing reaches image_sink");
+    let log = std::fs::read_to_string(dir.path().join("errors.jsonl")).unwrap();
+    println!("{log}");
+    assert!(log.contains("grid = [5, 5]") && log.contains("4x4 image"), "{log}");
+    assert!(
+        log.contains("\"stage\":\"split\"") && log.contains("\"frame\":\"0:2\""),
+        "{log}"
+    );
+}

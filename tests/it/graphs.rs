@@ -124,9 +124,10 @@ fn check_run(out: &Path, names: &[&str]) {
     }
 }
 
-/// The source file of a frame name (samples or Kodak).
+/// The source file of a frame name (samples, or the Kodak folder of `DATAFLOW_KODAK`).
 fn find_input(name: &str) -> PathBuf {
-    for dir in [root().join("assets/samples"), crate::support::kodak_dir()] {
+    let dirs = [Some(crate::support::samples_dir()), crate::support::kodak_dir()];
+    for dir in dirs.iter().flatten() {
         for ext in ["png", "jpg"] {
             let p = dir.join(format!("{name}.{ext}"));
             if p.is_file() {
@@ -140,7 +141,7 @@ fn find_input(name: &str) -> PathBuf {
 const KODAK: [&str; 4] = ["kodim03", "kodim07", "kodim15", "kodim23"];
 
 fn sample_names() -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(root().join("assets/samples"))
+    let mut v: Vec<String> = std::fs::read_dir(crate::support::samples_dir())
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "png" || e == "jpg"))
@@ -150,10 +151,10 @@ fn sample_names() -> Vec<String> {
     v
 }
 
+/// The graph on the sample photos of the set-up, its own source folder.
 fn runs_end_to_end(graph: &str) {
     let g = root().join("graphs").join(graph);
     let dir = tempfile::tempdir().unwrap();
-    // (a) the sample photos of the set-up, the graph's own source folder.
     let samples = sample_names();
     assert_eq!(samples.len(), 5, "the set-up puts 5 sample photos in assets/samples");
     let out = dir.path().join("samples");
@@ -161,7 +162,12 @@ fn runs_end_to_end(graph: &str) {
     assert_eq!(o.status.code(), Some(0));
     let names: Vec<&str> = samples.iter().map(String::as_str).collect();
     check_run(&out, &names);
-    // (b) four Kodak images copied to a folder of their own.
+}
+
+/// The graph on four Kodak images copied to a folder of their own.
+fn runs_end_to_end_on_kodak(graph: &str) {
+    let g = root().join("graphs").join(graph);
+    let dir = tempfile::tempdir().unwrap();
     let imgs = dir.path().join("kodak");
     copy_kodak(&imgs, &KODAK);
     let out = dir.path().join("kodak-out");
@@ -171,18 +177,36 @@ fn runs_end_to_end(graph: &str) {
 }
 
 #[test]
-fn multisc_lite_runs_end_to_end_on_samples_and_kodak() {
+fn multisc_lite_runs_end_to_end_on_samples() {
     runs_end_to_end("multisc-lite.toml");
 }
 
 #[test]
-fn single_text_lite_runs_end_to_end_on_samples_and_kodak() {
+fn single_text_lite_runs_end_to_end_on_samples() {
     runs_end_to_end("single-text-lite.toml");
 }
 
 #[test]
-fn vlm_csc_lite_runs_end_to_end_on_samples_and_kodak() {
+fn vlm_csc_lite_runs_end_to_end_on_samples() {
     runs_end_to_end("vlm-csc-lite.toml");
+}
+
+#[test]
+#[ignore = "Kodak24: runs with DATAFLOW_KODAK=DIR"]
+fn kodak24_multisc_lite_runs_end_to_end() {
+    runs_end_to_end_on_kodak("multisc-lite.toml");
+}
+
+#[test]
+#[ignore = "Kodak24: runs with DATAFLOW_KODAK=DIR"]
+fn kodak24_single_text_lite_runs_end_to_end() {
+    runs_end_to_end_on_kodak("single-text-lite.toml");
+}
+
+#[test]
+#[ignore = "Kodak24: runs with DATAFLOW_KODAK=DIR"]
+fn kodak24_vlm_csc_lite_runs_end_to_end() {
+    runs_end_to_end_on_kodak("vlm-csc-lite.toml");
 }
 
 /// The image baselines have no texts: every frame arrives, at the frame's size, and

@@ -2,13 +2,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod cli;
+mod detect;
 mod distributed;
 mod engine;
 mod graphs;
+mod invariants;
 mod live;
 mod live_ffmpeg;
 mod monitoring;
 mod multisc;
+mod newcomer;
+mod noisy_channel;
+mod outcomes;
 mod paper;
 mod receiver;
 mod support;

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use crate::support::{copy_kodak, kodak_dir, num, read_csv, root, run_graph, run_text, run_text_fixed, texts};
+use crate::support::{make_photos, num, read_csv, root, run_graph, run_text, run_text_fixed, texts};
 
 fn multisc() -> std::path::PathBuf {
     root().join("graphs/multisc-lite.toml")
@@ -23,7 +23,7 @@ const ONE_SEGMENTER: [&str; 4] = [
 fn at_20_db_every_caption_arrives_and_survives_correction() {
     let dir = tempfile::tempdir().unwrap();
     let imgs = dir.path().join("in");
-    copy_kodak(&imgs, &["kodim05", "kodim15", "kodim20"]);
+    make_photos(&imgs, 3);
     let out = dir.path().join("out");
     let src = format!("stage.source.path={}", imgs.display());
     let mut args = vec!["--snr", "20", "--set", &src];
@@ -52,7 +52,7 @@ fn at_20_db_every_caption_arrives_and_survives_correction() {
 
 /// Multi-SC without segmentation (captions from colours only): the text path alone,
 /// cheap enough for many frames. `correct` is the real SymSpell stage.
-fn text_only_graph(snr_db: f64, seed: u64, limit: usize) -> String {
+fn text_only_graph(images: &Path, snr_db: f64, seed: u64, limit: usize) -> String {
     format!(
         r#"
 [graph]
@@ -63,7 +63,7 @@ snr_db = {snr_db}
 modulation = "bpsk"
 [stage.source]
 kind = "image_dir"
-path = "{kodak}"
+path = "{images}"
 limit = {limit}
 [stage.split]
 kind = "split"
@@ -93,7 +93,7 @@ kind = "csv_sink"
 inputs = ["evaluate"]
 path = "metrics.csv"
 "#,
-        kodak = kodak_dir().display()
+        images = images.display()
     )
 }
 
@@ -104,7 +104,9 @@ fn mean(v: &[f64]) -> f64 {
 #[test]
 fn at_0_db_symspell_raises_bleu_over_the_received_text() {
     let dir = tempfile::tempdir().unwrap();
-    let s = run_text(&text_only_graph(0.0, 7, 12), dir.path());
+    let imgs = dir.path().join("in");
+    make_photos(&imgs, 12);
+    let s = run_text(&text_only_graph(&imgs, 0.0, 7, 12), dir.path());
     assert_eq!(s.failed, 0);
     let rows = read_csv(&dir.path().join("metrics.csv"));
     assert_eq!(rows.len(), 12);
@@ -137,9 +139,11 @@ fn at_0_db_symspell_raises_bleu_over_the_received_text() {
 #[test]
 fn the_same_seed_gives_the_same_metrics_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
+    let imgs = dir.path().join("in");
+    make_photos(&imgs, 6);
     let csv = |name: &str, seed: u64| {
         let out = dir.path().join(name);
-        let s = run_text(&text_only_graph(3.0, seed, 6), &out);
+        let s = run_text(&text_only_graph(&imgs, 3.0, seed, 6), &out);
         assert_eq!(s.failed, 0);
         std::fs::read(out.join("metrics.csv")).unwrap()
     };
@@ -219,27 +223,24 @@ path = "tiles.csv"
 /// Writes the awkward inputs; returns (file stem, size) of each.
 fn bad_inputs(dir: &Path) -> Vec<(&'static str, (u32, u32))> {
     std::fs::create_dir_all(dir).unwrap();
-    let kodak = |n: &str| image::open(kodak_dir().join(format!("{n}.png"))).unwrap();
+    let photos = dir.with_file_name("photos");
+    make_photos(&photos, 3);
+    let photo = |i: usize| image::open(photos.join(format!("photo{i:02}.png"))).unwrap();
     image::RgbImage::from_pixel(320, 240, image::Rgb([128, 128, 128]))
         .save(dir.join("a_flat_grey.png"))
         .unwrap();
     image::RgbImage::from_pixel(1, 1, image::Rgb([200, 30, 30]))
         .save(dir.join("b_one_pixel.png"))
         .unwrap();
-    kodak("kodim23").to_luma8().save(dir.join("c_grayscale.png")).unwrap();
-    let mut rgba = kodak("kodim15").to_rgba8();
+    photo(0).to_luma8().save(dir.join("c_grayscale.png")).unwrap();
+    let mut rgba = photo(2).to_rgba8();
     for (x, _, p) in rgba.enumerate_pixels_mut() {
         p[3] = if x < 100 { 0 } else { 255 };
     }
     rgba.save(dir.join("d_rgba.png")).unwrap();
-    image::imageops::resize(
-        &kodak("kodim03").to_rgb8(),
-        4000,
-        3000,
-        image::imageops::FilterType::Triangle,
-    )
-    .save(dir.join("e_huge.png"))
-    .unwrap();
+    image::imageops::resize(&photo(1).to_rgb8(), 4000, 3000, image::imageops::FilterType::Triangle)
+        .save(dir.join("e_huge.png"))
+        .unwrap();
     vec![
         ("a_flat_grey", (320, 240)),
         ("b_one_pixel", (1, 1)),
@@ -259,10 +260,19 @@ fn bad_inputs_give_a_clear_result_not_a_crash() {
     let mut args = vec!["--snr", "20", "--set", &src];
     args.extend(ONE_SEGMENTER);
     let o = run_graph(&multisc(), &out, &args);
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    // A 1x1 frame cannot be cut into 2x2 tiles: `split` fails it, naming the grid and the
+    // size (issue 24); the run goes on and exits 2 (frames failed).
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
-    assert_eq!(summary["failed"].as_u64(), Some(0));
+    assert_eq!(summary["failed"].as_u64(), Some(1));
+    let errors = std::fs::read_to_string(out.join("errors.jsonl")).unwrap();
+    assert_eq!(errors.lines().count(), 1, "{errors}");
+    assert!(
+        errors.contains("split") && errors.contains("grid = [2, 2] is finer than the 1x1 image"),
+        "{errors}"
+    );
+    let inputs: Vec<_> = inputs.into_iter().filter(|(n, _)| *n != "b_one_pixel").collect();
     let rows = read_csv(&out.join("metrics.csv"));
     assert_eq!(rows.len(), inputs.len());
     for (name, size) in &inputs {
@@ -286,16 +296,11 @@ fn bad_inputs_give_a_clear_result_not_a_crash() {
         assert!(t.contains("gray"), "flat grey: {t}");
     }
     assert_eq!(num(flat, "slice_bits"), 0.0, "no object, no slice");
-    // A 1x1 frame: three of its four tiles are empty, and their captions say so.
-    let empty = texts(row("b_one_pixel"), "corrected")
-        .iter()
-        .filter(|t| t.contains("empty"))
-        .count();
-    assert_eq!(empty, 3, "{:?}", texts(row("b_one_pixel"), "corrected"));
     // Real photos in grayscale, with alpha, and at 12 Mpx are segmented as usual.
     for n in ["c_grayscale", "d_rgba", "e_huge"] {
         assert!(num(row(n), "slice_bits") > 0.0, "{n}: an object slice was sent");
-        assert!(row(n)["corrected"].contains("main object covers"), "{n}");
+        // "the main object covers …", or with `detect` "a person covers …".
+        assert!(row(n)["corrected"].contains(" covers "), "{n}");
     }
     assert!(
         !row("c_grayscale")["corrected"].contains("green"),
@@ -308,7 +313,7 @@ fn bad_inputs_give_a_clear_result_not_a_crash() {
 fn the_slice_is_lost_at_minus_5_db_unless_the_link_is_ideal() {
     let dir = tempfile::tempdir().unwrap();
     let imgs = dir.path().join("in");
-    copy_kodak(&imgs, &["kodim15", "kodim23"]);
+    make_photos(&imgs, 2);
     let src = format!("stage.source.path={}", imgs.display());
     for ideal in [false, true] {
         let out = dir.path().join(format!("out-{ideal}"));
@@ -349,7 +354,7 @@ fn the_slice_is_lost_at_minus_5_db_unless_the_link_is_ideal() {
 fn ldpc_coding_brings_the_slice_through_where_the_uncoded_link_loses_it() {
     let dir = tempfile::tempdir().unwrap();
     let imgs = dir.path().join("in");
-    copy_kodak(&imgs, &["kodim15", "kodim23"]);
+    make_photos(&imgs, 2);
     let src = format!("stage.source.path={}", imgs.display());
     for coding in ["none", "ldpc"] {
         let out = dir.path().join(format!("out-{coding}"));

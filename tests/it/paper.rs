@@ -6,7 +6,7 @@ use std::process::Command;
 
 use dataflow_models::channel::decode_text_lossy;
 
-use crate::support::{bin, copy_kodak, num, read_csv, root, run_graph, texts};
+use crate::support::{bin, make_photos, num, read_csv, root, run_graph, texts};
 
 fn multisc() -> std::path::PathBuf {
     root().join("graphs/multisc.toml")
@@ -31,12 +31,43 @@ fn paper_graph_validates() {
 }
 
 #[test]
+fn paper_graph_refuses_an_unknown_prompt_mode_and_a_global_weight_past_one() {
+    for (set, want) in [
+        ("stage.reconstruct.prompt_mode=tiles", "prompt_mode"),
+        ("stage.reconstruct.global_weight=1.5", "global_weight"),
+    ] {
+        let out = Command::new(bin())
+            .current_dir(root())
+            .arg("validate")
+            .arg(multisc())
+            .args(["--set", set])
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_ne!(out.status.code(), Some(0), "{set}: {text}");
+        assert!(text.contains("reconstruct") && text.contains(want), "{set}: {text}");
+    }
+    let ok = Command::new(bin())
+        .current_dir(root())
+        .arg("validate")
+        .arg(multisc())
+        .args(["--set", "stage.reconstruct.prompt_mode=regional"])
+        .output()
+        .unwrap();
+    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
+}
+
+#[test]
 fn paper_graph_without_exports_stops_naming_each_export_command() {
     let dir = tempfile::tempdir().unwrap();
     let assets = dir.path().join("assets");
     std::fs::create_dir_all(&assets).unwrap();
     let imgs = dir.path().join("in");
-    copy_kodak(&imgs, &["kodim03"]);
+    make_photos(&imgs, 1);
     let out_dir = dir.path().join("out");
     let o = Command::new(bin())
         .current_dir(root())
@@ -77,7 +108,7 @@ fn paper_graph_without_exports_stops_naming_each_export_command() {
 fn paper_graph_runs_end_to_end_on_the_tiny_fixtures() {
     let dir = tempfile::tempdir().unwrap();
     let imgs = dir.path().join("in");
-    copy_kodak(&imgs, &["kodim03", "kodim23"]);
+    make_photos(&imgs, 2);
     let out = dir.path().join("out");
     let fixtures = root().join("models/fixtures");
     let sets = [
@@ -93,6 +124,9 @@ fn paper_graph_runs_end_to_end_on_the_tiny_fixtures() {
         // The tiny UNet at its own size (64×64, latents 8×8), a few steps.
         "stage.reconstruct.steps=3".to_string(),
         "stage.reconstruct.generate_size=[64, 64]".to_string(),
+        // `--set` reaches the prompt mode (the graph's own is "concat"): each tile's caption
+        // draws its own region.
+        "stage.reconstruct.prompt_mode=regional".to_string(),
     ];
     let mut args: Vec<&str> = vec!["--snr", "30"];
     for s in &sets {
@@ -126,6 +160,11 @@ fn paper_graph_runs_end_to_end_on_the_tiny_fixtures() {
         let clip = num(r, "clip_cosine");
         assert!(clip > -1.0 && clip < 1.0, "clip_cosine = {clip}");
         assert!(num(r, "sd_seconds") > 0.0);
+        // Regional, 3 steps: per step the unconditional row, one row per tile caption and the
+        // global prompt (a caption the tiny models left empty has no row of its own).
+        let said = corrected.iter().filter(|t| !t.trim().is_empty()).count() as f64;
+        assert_eq!(num(r, "sd_unet_evals"), 3.0 * (said + 2.0), "{corrected:?}");
+        assert_eq!(num(r, "sd_tokens_dropped"), 0.0);
         for d in ["reconstructions", "sheets"] {
             let p = out.join(d).join(format!("{}.png", r["name"]));
             assert!(p.is_file(), "{}", p.display());

@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use crate::support::{bin, copy_kodak, num, read_csv, root, run_graph, texts};
+use crate::support::{bin, make_photos, num, read_csv, root, run_graph, texts};
 
 fn vlm_csc() -> std::path::PathBuf {
     root().join("graphs/vlm-csc.toml")
@@ -17,7 +17,7 @@ fn vlm_csc_graph_without_exports_stops_naming_each_export_command() {
     let assets = dir.path().join("assets");
     std::fs::create_dir_all(&assets).unwrap();
     let imgs = dir.path().join("in");
-    copy_kodak(&imgs, &["kodim03"]);
+    make_photos(&imgs, 1);
     let out_dir = dir.path().join("out");
     let o = Command::new(bin())
         .current_dir(root())
@@ -52,7 +52,7 @@ fn vlm_csc_graph_without_exports_stops_naming_each_export_command() {
 fn vlm_csc_graph_runs_end_to_end_on_the_tiny_fixtures_text_only() {
     let dir = tempfile::tempdir().unwrap();
     let imgs = dir.path().join("in");
-    copy_kodak(&imgs, &["kodim03", "kodim23"]);
+    make_photos(&imgs, 2);
     let out = dir.path().join("out");
     let fixtures = root().join("models/fixtures");
     let sets = [
@@ -80,6 +80,8 @@ fn vlm_csc_graph_runs_end_to_end_on_the_tiny_fixtures_text_only() {
         assert!(lpips > 0.0 && lpips.is_finite(), "lpips = {lpips}");
         let clip = num(r, "clip_cosine");
         assert!(clip > -1.0 && clip < 1.0, "clip_cosine = {clip}");
+        // One caption, `prompt_mode = "concat"`: one call of two rows (guidance) a step.
+        assert_eq!(num(r, "sd_unet_evals"), 2.0 * 2.0);
         let p = out.join("reconstructions").join(format!("{}.png", r["name"]));
         let img = image::open(&p).unwrap();
         // Generated at 64×64 and resized to the stage's `size` (no segmentation, so no

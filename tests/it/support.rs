@@ -284,17 +284,87 @@ pub fn run_graph(graph: &Path, out: &Path, args: &[&str]) -> std::process::Outpu
     o
 }
 
-/// The Kodak24 folder (768x512 PNGs).
-pub fn kodak_dir() -> PathBuf {
-    root().join("../shared/datasets/kodak24")
+/// The sample photos `scripts/setup-assets` fetches into the clone (5 real photos).
+pub fn samples_dir() -> PathBuf {
+    root().join("assets/samples")
 }
 
-/// Copies the named Kodak images (e.g. `kodim03`) into `dir` (created).
+/// The sample photos' paths, sorted by name.
+fn sample_paths() -> Vec<PathBuf> {
+    let dir = samples_dir();
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}; run scripts/setup-assets", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png" || e == "jpg"))
+        .collect();
+    v.sort();
+    assert_eq!(
+        v.len(),
+        5,
+        "scripts/setup-assets puts 5 sample photos in {}",
+        dir.display()
+    );
+    v
+}
+
+/// Writes `n` real test photos of Kodak's size (768x512) into `dir` (created) and
+/// returns their names (`photo00`, `photo01`, ...). Photo `i` is sample `i % 5`
+/// scaled to cover 768x512; the crop is centred for the first five, mirrored for the
+/// next five and anchored at the top-left corner after that, so every photo differs.
+/// Tests use these instead of Kodak24, which a clone does not have.
+pub fn make_photos(dir: &Path, n: usize) -> Vec<String> {
+    use image::imageops::{crop_imm, flip_horizontal, resize, FilterType};
+    std::fs::create_dir_all(dir).unwrap();
+    let samples = sample_paths();
+    (0..n)
+        .map(|i| {
+            let img = image::open(&samples[i % samples.len()]).unwrap().to_rgb8();
+            let (w, h) = img.dimensions();
+            let k = (768.0 / w as f64).max(512.0 / h as f64);
+            let (sw, sh) = ((w as f64 * k).ceil() as u32, (h as f64 * k).ceil() as u32);
+            let big = resize(&img, sw.max(768), sh.max(512), FilterType::Triangle);
+            let (x, y) = match i / 5 {
+                0 | 1 => ((big.width() - 768) / 2, (big.height() - 512) / 2),
+                _ => (0, 0),
+            };
+            let mut photo = crop_imm(&big, x, y, 768, 512).to_image();
+            if i / 5 == 1 {
+                photo = flip_horizontal(&photo);
+            }
+            let name = format!("photo{i:02}");
+            photo.save(dir.join(format!("{name}.png"))).unwrap();
+            name
+        })
+        .collect()
+}
+
+/// The Kodak24 folder named by `DATAFLOW_KODAK`, or `None` (the test is skipped: Kodak
+/// tests are `#[ignore]`d and named `kodak24_*`, so nextest lists them as skipped).
+pub fn kodak_dir() -> Option<PathBuf> {
+    std::env::var_os("DATAFLOW_KODAK")
+        .map(PathBuf::from)
+        .filter(|p| !p.as_os_str().is_empty())
+}
+
+/// The Kodak24 folder, or a panic that says how to name it.
+pub fn require_kodak() -> PathBuf {
+    let dir =
+        kodak_dir().unwrap_or_else(|| panic!("set DATAFLOW_KODAK=DIR (a folder with kodim01.png ... kodim24.png)"));
+    assert!(
+        dir.join("kodim01.png").is_file(),
+        "DATAFLOW_KODAK={}: no kodim01.png there",
+        dir.display()
+    );
+    dir
+}
+
+/// Copies the named Kodak images (e.g. `kodim03`) from `DATAFLOW_KODAK` into `dir`.
 pub fn copy_kodak(dir: &Path, names: &[&str]) {
+    let kodak = require_kodak();
     std::fs::create_dir_all(dir).unwrap();
     for n in names {
         let f = format!("{n}.png");
-        std::fs::copy(kodak_dir().join(&f), dir.join(&f)).unwrap_or_else(|e| panic!("copying {f}: {e}"));
+        std::fs::copy(kodak.join(&f), dir.join(&f)).unwrap_or_else(|e| panic!("copying {f}: {e}"));
     }
 }
 

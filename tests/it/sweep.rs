@@ -5,18 +5,15 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
-use crate::support::{bin, kodak_dir, num, read_csv, root};
+use crate::support::{bin, make_photos, num, read_csv, root};
 
-/// Three 192x128 crops of Kodak images (small, so the sweep stays quick in CI).
+/// Three 192x128 crops of test photos (small, so the sweep stays quick in CI).
 fn three_images(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    for (n, (x, y)) in [
-        ("kodim03", (300, 200)),
-        ("kodim14", (200, 100)),
-        ("kodim23", (350, 150)),
-    ] {
-        let img = image::open(kodak_dir().join(format!("{n}.png"))).unwrap().to_rgb8();
+    let full = dir.with_file_name("full-size");
+    for (n, (x, y)) in make_photos(&full, 3).iter().zip([(300, 200), (200, 100), (350, 150)]) {
+        let img = image::open(full.join(format!("{n}.png"))).unwrap().to_rgb8();
         let crop = image::imageops::crop_imm(&img, x, y, 192, 128).to_image();
+        std::fs::create_dir_all(dir).unwrap();
         crop.save(dir.join(format!("{n}.png"))).unwrap();
     }
 }

@@ -46,7 +46,7 @@ pub fn asset(test: &str, relative: &str) -> Option<PathBuf> {
 }
 
 fn skip(test: &str, why: &str) -> bool {
-    if std::env::var_os("DATAFLOW_REQUIRE_ASSETS").is_some_and(|v| v == "1") {
+    if dataflow_models::assets::assets_required() {
         panic!("{test}: {why} (DATAFLOW_REQUIRE_ASSETS=1)");
     }
     println!("skipped {test}: {why}");

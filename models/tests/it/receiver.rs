@@ -91,7 +91,7 @@ fn schedulers_give_the_timesteps_and_sigmas_of_diffusers() {
 mod sd {
     use dataflow_models::error::ModelError;
     use dataflow_models::schedulers::{NoiseSchedule, Scheduler, SchedulerKind};
-    use dataflow_models::sd::{GenerateOptions, SdIpAdapter};
+    use dataflow_models::sd::{GenerateOptions, PromptMode, SdIpAdapter};
     use rand::SeedableRng;
 
     use super::{assert_close, expected, floats, opts, png};
@@ -252,6 +252,152 @@ mod sd {
     }
 
     #[test]
+    fn concat_encodes_each_75_token_chunk_alone_and_equals_pytorch() -> Result<(), ModelError> {
+        if !have_runtime("sd concat") {
+            return Ok(());
+        }
+        let want = expected("sd15_ip");
+        let mut sd = load();
+        let long = want["long_prompt"].as_str().unwrap();
+        let chunks: Vec<Vec<i64>> = serde_json::from_value(want["concat_chunk_ids"].clone()).unwrap();
+        assert!(chunks.len() >= 2, "the reference prompt is past 77 tokens");
+        assert_eq!(sd.chunk_ids(long)?, chunks);
+        assert_eq!(
+            sd.chunk_ids("")?,
+            vec![sd.token_ids("")?],
+            "the empty prompt is one chunk"
+        );
+        let (g, lam) = (
+            want["guidance_scale"].as_f64().unwrap() as f32,
+            want["ip_scale"].as_f64().unwrap() as f32,
+        );
+        let o = GenerateOptions {
+            guidance_scale: g,
+            ip_scale: lam,
+            prompt_mode: PromptMode::Concat,
+            ..GenerateOptions::default()
+        };
+        let object = png("sd15_ip", "object.png");
+        let c = sd.condition_captions(&[Some(long.to_string())], (1, 1), Some(&object), &o)?;
+        assert_eq!(c.texts.len(), 1);
+        assert_eq!(
+            c.texts[0].len(),
+            chunks.len() * 77 * 32,
+            "the chunks' states, concatenated"
+        );
+        let lat0 = floats(&want["latents0"]);
+        let t = Scheduler::new(SchedulerKind::Ddim, &NoiseSchedule::default(), 4)?.timesteps()[0] as f32;
+        let eps = sd.guided_noise(&c, &lat0, t, HW)?;
+        assert_close(
+            &eps,
+            &floats(&want["concat_eps"]),
+            TOL,
+            "guided noise, concatenated chunks",
+        );
+        // Truncation keeps 75 of the prompt's tokens and says how many it dropped.
+        let cut = sd.condition(long, Some(&object), lam, g)?;
+        assert_eq!(cut.tokens_dropped, sd.prompt_tokens(long)?.len() - 75);
+        assert_eq!(cut.texts[0].len(), 77 * 32);
+        Ok(())
+    }
+
+    /// Four tile captions past 77 CLIP tokens together (as LLaVA's ~42-token captions are).
+    fn tile_captions(fourth: &str) -> Vec<Option<String>> {
+        [
+            "the picture shows a green field with trees and a small house under a clear blue sky",
+            "two boats float on the calm water of the harbour at sunset near the launch pad",
+            "a woman wearing a hat is smiling at the camera in front of a flag and a wall",
+            fourth,
+        ]
+        .iter()
+        .map(|c| Some(c.to_string()))
+        .collect()
+    }
+
+    /// Mean absolute pixel difference inside tile 3 (bottom right of a 2×2 grid) and outside.
+    fn diff_inside_outside(a: &image::RgbImage, b: &image::RgbImage) -> (f64, f64) {
+        let (w, h) = a.dimensions();
+        let (mut inside, mut outside, mut n_in, mut n_out) = (0.0, 0.0, 0.0, 0.0);
+        for (x, y, p) in a.enumerate_pixels() {
+            let q = b.get_pixel(x, y);
+            let d: f64 = (0..3).map(|c| f64::from(p[c].abs_diff(q[c]))).sum();
+            if x >= w / 2 && y >= h / 2 {
+                inside += d;
+                n_in += 1.0;
+            } else {
+                outside += d;
+                n_out += 1.0;
+            }
+        }
+        (inside / n_in, outside / n_out)
+    }
+
+    #[test]
+    fn only_the_fourth_caption_changed_moves_concat_and_regional_but_not_truncate() -> Result<(), ModelError> {
+        if !have_runtime("sd prompt modes") {
+            return Ok(());
+        }
+        let mut sd = load();
+        let (a, b) = (
+            tile_captions("a cat with orange fur is lying on a blanket near the window"),
+            tile_captions("a rocket stands on the launch pad and the dog barked at the postman"),
+        );
+        let first_three = a[..3].iter().flatten().cloned().collect::<Vec<_>>().join(" ");
+        assert!(
+            sd.prompt_tokens(&first_three)?.len() > 75,
+            "tiles 1–3 alone fill the 77 tokens"
+        );
+        let steps = 3;
+        let run = |sd: &mut SdIpAdapter, captions: &[Option<String>], mode| {
+            let o = GenerateOptions {
+                steps,
+                size: [64, 64],
+                seed: 5,
+                ip_scale: 0.0,
+                prompt_mode: mode,
+                ..GenerateOptions::default()
+            };
+            sd.generate_captions(captions, (2, 2), None, None, &o)
+        };
+        let (ta, tb) = (
+            run(&mut sd, &a, PromptMode::Truncate)?,
+            run(&mut sd, &b, PromptMode::Truncate)?,
+        );
+        assert!(ta.tokens_dropped > 0);
+        assert_eq!(ta.image, tb.image, "truncate: the 4th caption never reaches SD");
+        assert_eq!((ta.unet_calls, ta.unet_evals), (steps, 2 * steps));
+        let (ca, cb) = (
+            run(&mut sd, &a, PromptMode::Concat)?,
+            run(&mut sd, &b, PromptMode::Concat)?,
+        );
+        assert_eq!(ca.tokens_dropped, 0);
+        assert_ne!(ca.image, cb.image, "concat: the 4th caption shapes the image");
+        assert_eq!(
+            (ca.unet_calls, ca.unet_evals),
+            (steps, 2 * steps),
+            "one call of 2 rows a step"
+        );
+        let (ra, rb) = (
+            run(&mut sd, &a, PromptMode::Regional)?,
+            run(&mut sd, &b, PromptMode::Regional)?,
+        );
+        assert_ne!(ra.image, rb.image, "regional: the 4th caption shapes the image");
+        // Uncond + 4 tiles (one chunk each) in one call, the global prompt (4 chunks) in another.
+        assert_eq!((ra.unet_calls, ra.unet_evals), (2 * steps, 6 * steps));
+        let (inside, outside) = diff_inside_outside(&ra.image, &rb.image);
+        println!("regional, 4th caption changed: mean |Δ| {inside:.2} inside tile 4, {outside:.2} outside");
+        assert!(
+            inside > 1.5 * outside,
+            "regional: tile 4's caption changes its own region most ({inside:.2} inside vs {outside:.2} outside)"
+        );
+        // A lost caption: its tile follows the global prompt only.
+        let mut lost = a.clone();
+        lost[1] = None;
+        assert_eq!(run(&mut sd, &lost, PromptMode::Regional)?.unet_evals, 5 * steps);
+        Ok(())
+    }
+
+    #[test]
     fn generation_is_seeded_and_img2img_runs_the_last_steps() -> Result<(), ModelError> {
         if !have_runtime("sd generate") {
             return Ok(());
@@ -333,6 +479,22 @@ fn sd_fp16_export_keeps_f32_tensors_and_follows_the_fp32_export() -> Result<(), 
             f16m.guided_noise(&c, &lat0, t, (8, 8))?,
         );
         assert_close(&eb, &ea, 2e-2, &format!("fp16 against fp32 guided noise, λ = {lambda}"));
+    }
+    // A prompt of several 77-token chunks: an export whose UNet fixes the text at 77 tokens (as
+    // this fixture's, made before `prompt_mode`) is refused with the re-export command.
+    let o = dataflow_models::sd::GenerateOptions::default();
+    let long = want["long_prompt"].as_str().unwrap().to_string();
+    let c = f32m.condition_captions(&[Some(long)], (1, 1), None, &o)?;
+    let ea = f32m.guided_noise(&c, &lat0, t, (8, 8))?;
+    match f16m.guided_noise(&c, &lat0, t, (8, 8)) {
+        Ok(eb) => assert_close(&eb, &ea, 2e-2, "fp16 against fp32, concatenated chunks"),
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("python models/export/sd_ip_adapter.py") && msg.contains("\"truncate\""),
+                "{msg}"
+            );
+        }
     }
     Ok(())
 }
