@@ -595,7 +595,7 @@ fn multisc_split_into_transmitter_and_receiver_gives_the_single_process_outputs(
     for edge in [
         "text_channel.out->fuse",
         "image_channel.out->reconstruct",
-        "source.out->evaluate",
+        "detect.out->evaluate",
     ] {
         let n = counts(&rx_sum, edge).0;
         assert!(n >= 2, "{edge} carried {n} messages: {rx_sum}");
