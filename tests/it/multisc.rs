@@ -280,7 +280,10 @@ fn bad_inputs_give_a_clear_result_not_a_crash() {
     let tiny = rows.iter().find(|r| r["name"] == "b_one_pixel").unwrap();
     println!("b_one_pixel: {tiny:?}");
     for col in ["sent_texts", "corrected"] {
-        assert!(tiny.get(col).is_none_or(|t| t.is_empty() || t == "[]"), "{col}: {tiny:?}");
+        assert!(
+            tiny.get(col).is_none_or(|t| t.is_empty() || t == "[]"),
+            "{col}: {tiny:?}"
+        );
     }
     let rec = out.join("reconstructions/b_one_pixel.png");
     assert_eq!(image::image_dimensions(&rec).unwrap(), (1, 1));
