@@ -28,27 +28,49 @@ def num(s: str) -> float:
     return float(s.replace(",", "").split()[0])
 
 
+def dora_policy(text: str) -> str:
+    m = re.search(r"queue_policy (\w+)", text)
+    return m.group(1) if m else "?"
+
+
 def main() -> None:
     steps = Path(sys.argv[1])
     read = lambda name: (steps / f"{name}.txt").read_text() if (steps / f"{name}.txt").exists() else ""
     out: list[tuple[str, str, str, str, str]] = []  # benchmark, ours, peer, ratio, target
 
-    engine, gst = read("engine"), read("gstreamer-chain")
+    engine, gst, dora = read("engine"), read("gstreamer-chain"), read("dora-chain")
     e_rates = {}
     for case in ("1 KiB, saturated", "6 MiB, saturated"):
         r = table_row(engine, case)
         if r:
             e_rates[case] = num(r[1])
             out.append((f"engine, {case}", f"{num(r[1]):,.0f} msg/s", f"tokio channels {num(r[2]):,.0f}", f"{num(r[3]):.2f}", ">= 0.5"))
+        # bench/gstreamer-chain: | case | buffers | buffers/s (appsrc, one shared buffer,
+        # clock in the process) | hop µs | old buf/s (fakesrc, gst-launch wall clock) | ...
         g = table_row(gst, case)
         if r and g:
-            out.append((f"engine vs GStreamer, {case}", f"{num(r[1]):,.0f} msg/s", f"gst queue chain {num(g[2]):,.0f}", f"{num(r[1]) / num(g[2]):.2f}", "> 1"))
+            out.append((f"engine vs GStreamer appsrc (shared buffer, same clock), {case}", f"{num(r[1]):,.0f} msg/s",
+                        f"gst appsrc + 8 queues {num(g[2]):,.0f}", f"{num(r[1]) / num(g[2]):.2f}", "> 1"))
+            if len(g) > 4 and g[4]:
+                out.append((f"  old: vs gst-launch fakesrc (buffer per msg, wall clock), {case}", f"{num(r[1]):,.0f} msg/s",
+                            f"gst fakesrc + 8 queues {num(g[4]):,.0f}", f"{num(r[1]) / num(g[4]):.2f}", ""))
+        # bench/dora-chain: | case | msgs | msg/s | hop µs | received | per run |
+        d = table_row(dora, case)
+        if r and d:
+            out.append((f"engine vs dora (process per node, {dora_policy(dora)}), {case}", f"{num(r[1]):,.0f} msg/s",
+                        f"dora {num(d[2]):,.0f} ({d[4]} received)", f"{num(r[1]) / num(d[2]):.2f}", "> 1"))
     if len(e_rates) == 2:
         small, large = e_rates["1 KiB, saturated"], e_rates["6 MiB, saturated"]
         out.append(("engine, 6 MiB / 1 KiB rate", f"{large:,.0f} / {small:,.0f}", "", f"{large / small:.2f}", "~1 (flat)"))
     r = table_row(engine, "1 KiB, paced")
     if r:
-        out.append(("engine hop latency, paced, p50 / p99", f"{r[6]} µs", f"tokio {r[7]} µs", "", ""))
+        peers = [f"tokio {r[7]}"]
+        g, d = table_row(gst, "1 KiB, paced"), table_row(dora, "1 KiB, paced")
+        if g:
+            peers.append(f"gst {g[3]}")
+        if d:
+            peers.append(f"dora {d[3]}")
+        out.append(("hop latency, paced 1 KiB, p50 / p99 µs", f"{r[6]} µs", "; ".join(peers), "", ""))
 
     channel, channel_np = read("channel"), read("channel-numpy")
     for m in ("bpsk", "qpsk", "qam16", "qam64"):
@@ -56,6 +78,19 @@ def main() -> None:
         if r:
             peer, ratio = (f"numpy {num(p[5]):.1f}", f"{num(r[5]) / num(p[5]):.2f}") if p else ("", "")
             out.append((f"channel {m}: modulate + AWGN + demodulate, 1 core", f"{num(r[5]):.1f} Msym/s", peer, ratio, ""))
+
+    # cargo bench --bench ldpc: "<snr> dB  <decoder>  <Mbit/s> <mean iter> <BLER>" rows
+    ldpc = read("ldpc")
+    for snr in ("1", "-1"):
+        def mbps(name: str) -> float | None:
+            m = re.search(rf"^{re.escape(snr)} dB\s+{re.escape(name)}\s+([\d.]+)", ldpc, re.M)
+            return float(m.group(1)) if m else None
+        for ours, peer, rule in (("dataflow layered min-sum (0.75)", "ldpc-toolbox HL min-sum f32 (0.75)", "min-sum"),
+                                 ("dataflow layered sum-product", "ldpc-toolbox HLPhif32", "sum-product")):
+            a, b = mbps(ours), mbps(peer)
+            if a and b:
+                out.append((f"LDPC {rule}, BG1 Z=384, {snr} dB, same rule + f32, 1 core", f"{a:.2f} Mbit/s",
+                            f"ldpc-toolbox {b:.2f}", f"{a / b:.2f}", ""))
 
     bp = read("backpressure-memory")
     flat = re.search(r"second-half peak vs first-half peak: ([+-][\d.]+) % \((.*?),", bp)
