@@ -4,6 +4,8 @@
 
 CARGO ?= cargo
 GRAPH ?= graphs/multisc-lite.toml
+# The release binary, wherever cargo builds (CARGO_TARGET_DIR is honoured).
+BIN ?= $(or $(CARGO_TARGET_DIR),target)/release/dataflow
 
 .PHONY: run test setup setup-system build bench
 
@@ -20,7 +22,7 @@ build:
 	$(CARGO) build --release
 
 run: setup build
-	./target/release/dataflow run $(GRAPH)
+	$(BIN) run $(GRAPH)
 
 # The model tests skip when assets are missing unless this is set: after `setup` they must run.
 # Kodak24 tests run only when DATAFLOW_KODAK names the folder (scripts/test).
