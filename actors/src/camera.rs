@@ -244,15 +244,7 @@ impl StageKind for Camera {
     const DOC: &'static str = "Frames from a V4L2 camera (MJPG or YUYV), read directly.";
 
     fn validate(c: &Self::Config) -> Vec<dataflow_engine::KeyProblem> {
-        dataflow_engine::check_range_opt(
-            "duration_s",
-            c.duration_s,
-            0.0,
-            dataflow_engine::MAX_DURATION_S,
-            "seconds",
-        )
-        .into_iter()
-        .collect()
+        dataflow_engine::check_duration_s(c.duration_s).into_iter().collect()
     }
 
     fn ports(_: &Self::Config) -> Ports {

@@ -583,13 +583,7 @@ impl StageKind for Ffmpeg {
 
     fn validate(c: &Self::Config) -> Vec<dataflow_engine::KeyProblem> {
         [
-            dataflow_engine::check_range_opt(
-                "duration_s",
-                c.duration_s,
-                0.0,
-                dataflow_engine::MAX_DURATION_S,
-                "seconds",
-            ),
+            dataflow_engine::check_duration_s(c.duration_s),
             dataflow_engine::check_range_opt("rate", c.rate, 1e-3, 1e6, "frames per second"),
         ]
         .into_iter()

@@ -487,15 +487,7 @@ impl StageKind for ImageDir {
     const DOC: &'static str = "Images of a folder (PNG, JPEG, WebP) in name order; `watch = true` follows new files.";
 
     fn validate(c: &Self::Config) -> Vec<dataflow_engine::KeyProblem> {
-        dataflow_engine::check_range_opt(
-            "duration_s",
-            c.duration_s,
-            0.0,
-            dataflow_engine::MAX_DURATION_S,
-            "seconds",
-        )
-        .into_iter()
-        .collect()
+        dataflow_engine::check_duration_s(c.duration_s).into_iter().collect()
     }
 
     fn ports(_: &Self::Config) -> Ports {

@@ -30,6 +30,6 @@ pub use plan::{plan, MachineSpec, Plan, Restart, TlsSpec, WhenFull};
 pub use registry::Registry;
 pub use runtime::{run, RunOptions, RunSummary};
 pub use stage::{
-    check_range, check_range_opt, check_timeout_ms, BuildContext, Built, Input, Joined, KeyProblem, OutPort, Outputs,
-    Ports, Release, Role, Source, SourceItem, Stage, StageError, StageKind, StopFlag, MAX_DURATION_S,
+    check_duration_s, check_range, check_range_opt, check_timeout_ms, BuildContext, Built, Input, Joined, KeyProblem,
+    OutPort, Outputs, Ports, Release, Role, Source, SourceItem, Stage, StageError, StageKind, StopFlag, MAX_DURATION_S,
 };

@@ -397,6 +397,12 @@ pub fn check_range_opt(key: &'static str, value: Option<f64>, min: f64, max: f64
     value.and_then(|v| check_range(key, v, min, max, unit))
 }
 
+/// [`check_range_opt`] for an optional run length in seconds (`duration_s`): 0 to
+/// [`MAX_DURATION_S`].
+pub fn check_duration_s(value: Option<f64>) -> Option<KeyProblem> {
+    check_range_opt("duration_s", value, 0.0, MAX_DURATION_S, "seconds")
+}
+
 /// [`check_range`] for a join timeout in milliseconds: 1 ms to [`MAX_DURATION_S`].
 pub fn check_timeout_ms(key: &'static str, value: u64) -> Option<KeyProblem> {
     check_range(key, value as f64, 1.0, MAX_DURATION_S * 1000.0, "milliseconds")
