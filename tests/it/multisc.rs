@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use crate::support::{make_photos, num, read_csv, root, run_graph, run_text, run_text_fixed, texts};
+use crate::support::{make_photos, num, read_csv, root, run_graph, run_text, run_text_fixed, text_only_graph, texts};
 
 fn multisc() -> std::path::PathBuf {
     root().join("graphs/multisc-lite.toml")
@@ -50,53 +50,6 @@ fn at_20_db_every_caption_arrives_and_survives_correction() {
     }
 }
 
-/// Multi-SC without segmentation (captions from colours only): the text path alone,
-/// cheap enough for many frames. `correct` is the real SymSpell stage.
-fn text_only_graph(images: &Path, snr_db: f64, seed: u64, limit: usize) -> String {
-    format!(
-        r#"
-[graph]
-name = "text-only"
-seed = {seed}
-[channel]
-snr_db = {snr_db}
-modulation = "bpsk"
-[stage.source]
-kind = "image_dir"
-path = "{images}"
-limit = {limit}
-[stage.split]
-kind = "split"
-inputs = ["source"]
-grid = [2, 2]
-[stage.caption]
-kind = "caption"
-inputs = ["split.tile0", "split.tile1", "split.tile2", "split.tile3"]
-[stage.text_channel]
-kind = "text_channel"
-inputs = ["caption"]
-[stage.fuse]
-kind = "fuse"
-inputs = ["text_channel"]
-[stage.correct]
-kind = "correct"
-inputs = ["fuse"]
-model = "symspell"
-[stage.reconstruct]
-kind = "reconstruct"
-inputs = ["correct"]
-[stage.evaluate]
-kind = "evaluate"
-inputs = ["source", "reconstruct"]
-[stage.metrics]
-kind = "csv_sink"
-inputs = ["evaluate"]
-path = "metrics.csv"
-"#,
-        images = images.display()
-    )
-}
-
 fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len() as f64
 }
@@ -106,7 +59,7 @@ fn at_0_db_symspell_raises_bleu_over_the_received_text() {
     let dir = tempfile::tempdir().unwrap();
     let imgs = dir.path().join("in");
     make_photos(&imgs, 12);
-    let s = run_text(&text_only_graph(&imgs, 0.0, 7, 12), dir.path());
+    let s = run_text(&text_only_graph(&imgs, 0.0, 7, "symspell"), dir.path());
     assert_eq!(s.failed, 0);
     let rows = read_csv(&dir.path().join("metrics.csv"));
     assert_eq!(rows.len(), 12);
@@ -143,7 +96,7 @@ fn the_same_seed_gives_the_same_metrics_bit_for_bit() {
     make_photos(&imgs, 6);
     let csv = |name: &str, seed: u64| {
         let out = dir.path().join(name);
-        let s = run_text(&text_only_graph(&imgs, 3.0, seed, 6), &out);
+        let s = run_text(&text_only_graph(&imgs, 3.0, seed, "symspell"), &out);
         assert_eq!(s.failed, 0);
         std::fs::read(out.join("metrics.csv")).unwrap()
     };

@@ -2,54 +2,7 @@
 //! (issue 17, items 4 and 5). The corrector's accuracy against SymSpell over hundreds of
 //! captions is measured in `models/tests/noisy_channel.rs`.
 
-use std::path::Path;
-
-use crate::support::{make_photos, num, read_csv, run_text};
-
-/// The text path of Multi-SC (captions from colours, no segmentation) with `model`.
-fn text_graph(images: &Path, snr_db: f64, seed: u64, model: &str) -> String {
-    format!(
-        r#"
-[graph]
-name = "text-noisy-channel"
-seed = {seed}
-[channel]
-snr_db = {snr_db}
-modulation = "bpsk"
-[stage.source]
-kind = "image_dir"
-path = "{images}"
-[stage.split]
-kind = "split"
-inputs = ["source"]
-grid = [2, 2]
-[stage.caption]
-kind = "caption"
-inputs = ["split.tile0", "split.tile1", "split.tile2", "split.tile3"]
-[stage.text_channel]
-kind = "text_channel"
-inputs = ["caption"]
-[stage.fuse]
-kind = "fuse"
-inputs = ["text_channel"]
-[stage.correct]
-kind = "correct"
-inputs = ["fuse"]
-model = "{model}"
-[stage.reconstruct]
-kind = "reconstruct"
-inputs = ["correct"]
-[stage.evaluate]
-kind = "evaluate"
-inputs = ["source", "reconstruct"]
-[stage.metrics]
-kind = "csv_sink"
-inputs = ["evaluate"]
-path = "metrics.csv"
-"#,
-        images = images.display()
-    )
-}
+use crate::support::{make_photos, num, read_csv, run_text, text_only_graph};
 
 fn mean(rows: &[std::collections::HashMap<String, String>], col: &str) -> f64 {
     rows.iter().map(|r| num(r, col)).sum::<f64>() / rows.len() as f64
@@ -62,7 +15,7 @@ fn noisy_channel_metrics_are_reproducible_and_beat_the_received_text() {
     make_photos(&imgs, 4);
     let run = |name: &str, seed: u64| {
         let out = dir.path().join(name);
-        let s = run_text(&text_graph(&imgs, 2.0, seed, "noisy_channel"), &out);
+        let s = run_text(&text_only_graph(&imgs, 2.0, seed, "noisy_channel"), &out);
         assert_eq!(s.failed, 0);
         std::fs::read(out.join("metrics.csv")).unwrap()
     };
@@ -97,7 +50,7 @@ fn an_ideal_link_leaves_the_captions_as_sent() {
     let dir = tempfile::tempdir().unwrap();
     let imgs = dir.path().join("in");
     make_photos(&imgs, 2);
-    let s = run_text(&text_graph(&imgs, 30.0, 7, "noisy_channel"), dir.path());
+    let s = run_text(&text_only_graph(&imgs, 30.0, 7, "noisy_channel"), dir.path());
     assert_eq!(s.failed, 0);
     let rows = read_csv(&dir.path().join("metrics.csv"));
     for r in &rows {

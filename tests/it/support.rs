@@ -459,3 +459,49 @@ impl StageKind for Fresh {
         Ok(Built::Stage(Box::new(FreshRun(ages(&c.probe)))))
     }
 }
+
+/// The text path of Multi-SC (captions from colours, no segmentation) over BPSK at
+/// `snr_db`, corrected by `model`, on every image of `images`.
+pub fn text_only_graph(images: &Path, snr_db: f64, seed: u64, model: &str) -> String {
+    format!(
+        r#"
+[graph]
+name = "text-only"
+seed = {seed}
+[channel]
+snr_db = {snr_db}
+modulation = "bpsk"
+[stage.source]
+kind = "image_dir"
+path = "{images}"
+[stage.split]
+kind = "split"
+inputs = ["source"]
+grid = [2, 2]
+[stage.caption]
+kind = "caption"
+inputs = ["split.tile0", "split.tile1", "split.tile2", "split.tile3"]
+[stage.text_channel]
+kind = "text_channel"
+inputs = ["caption"]
+[stage.fuse]
+kind = "fuse"
+inputs = ["text_channel"]
+[stage.correct]
+kind = "correct"
+inputs = ["fuse"]
+model = "{model}"
+[stage.reconstruct]
+kind = "reconstruct"
+inputs = ["correct"]
+[stage.evaluate]
+kind = "evaluate"
+inputs = ["source", "reconstruct"]
+[stage.metrics]
+kind = "csv_sink"
+inputs = ["evaluate"]
+path = "metrics.csv"
+"#,
+        images = images.display()
+    )
+}
