@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use dataflow_engine::{
-    BuildContext, Built, GraphSource, Input, Outputs, Ports, RunOptions, RunSummary, Stage, StageError, StageKind,
+    BuildContext, Built, GraphSource, Input, Outputs, Ports, RunSummary, Stage, StageError, StageKind,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -488,14 +488,7 @@ const HANG: Duration = Duration::from_secs(60);
 
 /// Runs the case in this process; Ctrl-C is the stop flag set from a timer.
 fn run_in_process(case: &Case, plan: &dataflow_engine::Plan, out: &Path) -> Result<serde_json::Value, String> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let mut opts = RunOptions::new(out.to_path_buf());
-    opts.progress = false;
-    opts.handle_signals = false;
+    let (rt, mut opts) = crate::support::in_process(out);
     opts.drain_timeout = Duration::from_secs(10);
     let stop = opts.stop.clone();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
@@ -864,14 +857,7 @@ fn random_graphs_long() {
 pub fn run_text_within(text: &str, out: &Path, limit: Duration) -> RunSummary {
     let src = GraphSource::from_text(Path::new("test.toml"), text.to_string(), &[]).unwrap();
     let plan = dataflow_engine::plan(&src, &registry()).unwrap_or_else(|d| panic!("{d}"));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut opts = RunOptions::new(out.to_path_buf());
-    opts.progress = false;
-    opts.handle_signals = false;
+    let (rt, opts) = crate::support::in_process(out);
     let stop = opts.stop.clone();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let watchdog = std::thread::spawn(move || {

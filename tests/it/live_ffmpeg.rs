@@ -10,8 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use dataflow_engine::{
-    BuildContext, Built, GraphSource, Input, Outputs, Ports, Registry, Role, RunOptions, RunSummary, Stage, StageError,
-    StageKind,
+    BuildContext, Built, GraphSource, Input, Outputs, Ports, Registry, Role, RunSummary, Stage, StageError, StageKind,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -127,14 +126,7 @@ fn run_stopped_after(text: &str, out: &Path, stop_after: Option<Duration>) -> Re
     require_ffmpeg();
     let src = GraphSource::from_text(Path::new("test.toml"), text.to_string(), &[]).unwrap();
     let plan = dataflow_engine::plan(&src, &reg()).unwrap_or_else(|d| panic!("{d}"));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut opts = RunOptions::new(out.to_path_buf());
-    opts.progress = false;
-    opts.handle_signals = false;
+    let (rt, opts) = crate::support::in_process(out);
     if let Some(after) = stop_after {
         let stop = opts.stop.clone();
         std::thread::spawn(move || {

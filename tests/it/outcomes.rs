@@ -491,14 +491,7 @@ fn csv_sink_widens_its_header_when_a_later_row_brings_a_new_column() {
     reg.register::<LateField>();
     let src = dataflow_engine::GraphSource::from_text(Path::new("test.toml"), text.to_string(), &[]).unwrap();
     let plan = dataflow_engine::plan(&src, &reg).unwrap_or_else(|d| panic!("{d}"));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut opts = dataflow_engine::RunOptions::new(dir.path().to_path_buf());
-    opts.progress = false;
-    opts.handle_signals = false;
+    let (rt, opts) = crate::support::in_process(dir.path());
     let s = rt.block_on(dataflow_engine::run(&plan, opts)).unwrap();
     assert_eq!((s.frames_out, s.exit_code()), (4, 0));
     assert_eq!(

@@ -161,18 +161,25 @@ pub fn registry() -> Registry {
     r
 }
 
-/// Validates and runs graph text in-process; panics with the diagnostics if it is invalid.
-pub fn run_text(text: &str, out: &Path) -> RunSummary {
-    let src = GraphSource::from_text(Path::new("test.toml"), text.to_string(), &[]).unwrap();
-    let plan = dataflow_engine::plan(&src, &registry()).unwrap_or_else(|d| panic!("{d}"));
+/// A two-worker runtime and the options of an in-process test run writing to `out`: no
+/// progress bar, no signal handling (the test process keeps its own Ctrl-C).
+pub fn in_process(out: impl AsRef<Path>) -> (tokio::runtime::Runtime, RunOptions) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let mut opts = RunOptions::new(out.to_path_buf());
+    let mut opts = RunOptions::new(out.as_ref().to_path_buf());
     opts.progress = false;
     opts.handle_signals = false;
+    (rt, opts)
+}
+
+/// Validates and runs graph text in-process; panics with the diagnostics if it is invalid.
+pub fn run_text(text: &str, out: &Path) -> RunSummary {
+    let src = GraphSource::from_text(Path::new("test.toml"), text.to_string(), &[]).unwrap();
+    let plan = dataflow_engine::plan(&src, &registry()).unwrap_or_else(|d| panic!("{d}"));
+    let (rt, opts) = in_process(out);
     rt.block_on(dataflow_engine::run(&plan, opts)).unwrap()
 }
 
@@ -248,14 +255,7 @@ pub fn run_text_fixed(text: &str, out: &Path) -> RunSummary {
     reg.register::<FixedText>();
     let src = GraphSource::from_text(Path::new("test.toml"), text.to_string(), &[]).unwrap();
     let plan = dataflow_engine::plan(&src, &reg).unwrap_or_else(|d| panic!("{d}"));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut opts = RunOptions::new(out.to_path_buf());
-    opts.progress = false;
-    opts.handle_signals = false;
+    let (rt, opts) = in_process(out);
     rt.block_on(dataflow_engine::run(&plan, opts)).unwrap()
 }
 
