@@ -8,7 +8,7 @@ use dataflow_engine::GraphSource;
 use crate::support::{bin, copy_kodak, num, read_csv, registry, root, run_graph};
 
 /// Every `graphs/*.toml`, sorted.
-fn shipped() -> Vec<PathBuf> {
+pub fn shipped() -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(root().join("graphs"))
         .unwrap()
         .map(|e| e.unwrap().path())
