@@ -12,10 +12,13 @@ loop over the images of IMAGE_DIR (sorted by name, as `image_dir` reads them), e
 image going through every step before the next one starts, with ONNX Runtime's Python
 API for the model and numpy for the rest:
 
-    load -> ISNet segmentation (isnet-medium.onnx, 1024x1024, (x - 128) / 256)
+    load -> COCO detection (CenterNet, centernet.onnx, 512x512 RGB 0-255, score >= 0.4,
+            same-class boxes at IoU > 0.5 dropped, at most 10)
+         -> ISNet segmentation (isnet-medium.onnx, 1024x1024, (x - 128) / 256)
          -> object slice (bbox of mask > 127, RGBA with the mask as alpha)
          -> 2x2 tiles of the frame and of the mask
-         -> attributes caption per tile
+         -> attributes caption per tile, naming the detection that matches the mask's
+            box and the other objects in the tile
          -> text channel per caption (UTF-8 bytes -> bits -> Gray-mapped BPSK, AWGN at
             the SNR, hard decisions -> bytes -> lossy UTF-8)
          -> fuse (tile order) -> SymSpell compound correction (symspellpy 6.10.1, max
@@ -40,10 +43,13 @@ way.
 Settings are the Rust stages' defaults with the graph's keys (`multisc-lite.toml`):
 graph seed 7, `[channel] snr_db = 10`, `modulation = "bpsk"`, `segment model = "isnet"`
 (variant medium), `split grid = [2, 2]`, `caption model = "attributes"`,
-`image_channel quality = 75, coding = "none"`, `correct model = "symspell"`,
-`reconstruct model = "composite"`. `--snr` is the graph's `--snr`.
+`image_channel quality = 75, coding = "none"`, `reconstruct model = "composite"`,
+`detect` with its defaults; `correct model = "symspell"`, where the graph now uses the
+channel-aware `noisy_channel` (not ported here): compare with the graph run with
+`--set stage.correct.model=symspell`, as `bench/python/parity` and
+`bench/multisc-kodak` do. `--snr` is the graph's `--snr`.
 
-The numerical steps are ports of the Rust code (models/src/isnet.rs, attributes.rs,
+The numerical steps are ports of the Rust code (models/src/detect.rs, isnet.rs, attributes.rs,
 colors.rs, composite.rs, channel.rs, quality.rs; actors/src/segment.rs, split.rs,
 caption.rs, text_channel.rs, fuse.rs, correct.rs, image_channel.rs, reconstruct.rs,
 evaluate.rs), float32 where the Rust code is f32 and in the same order of operations,
@@ -223,6 +229,126 @@ def segment(session: ort.InferenceSession, image: np.ndarray):
     box = (x0, y0, x1 - x0 + 1, y1 - y0 + 1)
     rgba = np.dstack([image[y0:y1 + 1, x0:x1 + 1], mask[y0:y1 + 1, x0:x1 + 1]])
     return mask, rgba, box
+
+
+# --- detect (models/src/detect.rs) and the objects a caption names (attributes.rs) ---
+
+CENTERNET_MODEL = "models/detect/centernet.onnx"
+DETECT_SIDE = 512
+DETECT_INPUT, DETECT_OUTPUT = "tower_0/images:0", "tower_0/detections"
+SCORE_THRESHOLD = 0.4  # detect score_threshold default
+MAX_OBJECTS = 10
+NMS_IOU = 0.5
+MAIN_MIN_IOU, MAIN_MIN_INSIDE = 0.3, 0.8
+MAX_NAMED, MIN_OBJECT_SHARE = 3, 0.3
+COCO_NAMES = [
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat",
+    "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack",
+    "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball",
+    "kite", "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket",
+    "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair",
+    "couch", "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse",
+    "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
+    "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier",
+    "toothbrush",
+]
+
+
+def box_area(b) -> int:
+    return b[2] * b[3]
+
+
+def box_iou(a, b) -> float:
+    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
+    x1, y1 = min(a[0] + a[2], b[0] + b[2]), min(a[1] + a[3], b[1] + b[3])
+    if x1 <= x0 or y1 <= y0:
+        return 0.0
+    inter = (x1 - x0) * (y1 - y0)
+    return inter / (box_area(a) + box_area(b) - inter)
+
+
+def frame_box(row, sx: float, sy: float, w: int, h: int):
+    """x1, y1, x2, y2 in model pixels -> (x, y, w, h) in the frame, clipped, or None."""
+    if not all(math.isfinite(float(v)) for v in row):
+        return None
+
+    def clip(v, s, limit):
+        return int(min(max(float(round_half_away(np.float64(float(v) * s))), 0.0), float(limit)))
+    x0, y0, x1, y1 = clip(row[0], sx, w), clip(row[1], sy, h), clip(row[2], sx, w), clip(row[3], sy, h)
+    return (x0, y0, x1 - x0, y1 - y0) if x1 > x0 and y1 > y0 else None
+
+
+def detect(session: ort.InferenceSession, image: np.ndarray):
+    """The frame's objects: [(class, score, (x, y, w, h))], best first (detect.rs)."""
+    h, w = image.shape[:2]
+    if w == 0 or h == 0:
+        return []
+    x = resize_triangle(image, DETECT_SIDE, DETECT_SIDE).astype(F32)[None]
+    (raw,) = session.run([DETECT_OUTPUT], {DETECT_INPUT: x})
+    sx, sy = w / DETECT_SIDE, h / DETECT_SIDE
+    found = []
+    for r in raw.reshape(-1, 6):
+        score, cls = float(r[4]), float(r[5])
+        if not math.isfinite(score) or score < np.float32(SCORE_THRESHOLD):
+            continue
+        if not (math.isfinite(cls) and cls >= 0 and cls.is_integer() and int(cls) < len(COCO_NAMES)):
+            continue
+        box = frame_box(r[:4], sx, sy, w, h)
+        if box is not None:
+            found.append((COCO_NAMES[int(cls)], score, box))
+    found.sort(key=lambda d: -d[1])
+    kept = []
+    for d in found:
+        if not any(k[0] == d[0] and box_iou(k[2], d[2]) > NMS_IOU for k in kept):
+            kept.append(d)
+        if len(kept) == MAX_OBJECTS:
+            break
+    return kept
+
+
+def main_object(objects, mask_box):
+    """detect::main_object: the best-scoring detection inside the mask's box, else the
+    best overlap."""
+    def inside(b):
+        iw = max(min(b[0] + b[2], mask_box[0] + mask_box[2]) - max(b[0], mask_box[0]), 0)
+        ih = max(min(b[1] + b[3], mask_box[1] + mask_box[3]) - max(b[1], mask_box[1]), 0)
+        return iw * ih
+    best = None
+    for i, d in enumerate(objects):
+        if box_iou(d[2], mask_box) >= MAIN_MIN_IOU and inside(d[2]) >= MAIN_MIN_INSIDE * max(box_area(d[2]), 1):
+            if best is None or d[1] >= objects[best][1]:
+                best = i
+    if best is not None:
+        return best
+    overlaps = [(box_iou(d[2], mask_box), i) for i, d in enumerate(objects)]
+    overlaps = [o for o in overlaps if o[0] > 0.0]
+    if not overlaps:
+        return None
+    top = max(o[0] for o in overlaps)
+    return [o for o in overlaps if o[0] == top][-1][1]
+
+
+def named_in_tile(objects, mask_box, tile):
+    """attributes::named_in_tile: (main class or None, [(class, fx, fy)])."""
+    main = main_object(objects, mask_box) if mask_box is not None else None
+    others = []
+    for i, (cls, _, b) in enumerate(objects):
+        if i == main or any(o[0] == cls for o in others):
+            continue
+        x0, y0 = max(b[0], tile[0]), max(b[1], tile[1])
+        x1, y1 = min(b[0] + b[2], tile[0] + tile[2]), min(b[1] + b[3], tile[1] + tile[3])
+        if x1 <= x0 or y1 <= y0 or tile[2] == 0 or tile[3] == 0:
+            continue
+        share = (x1 - x0) * (y1 - y0) / max(box_area(b), 1)
+        if share >= MIN_OBJECT_SHARE and len(others) < MAX_NAMED:
+            others.append((cls, ((x0 + x1) / 2 - tile[0]) / tile[2], ((y0 + y1) / 2 - tile[1]) / tile[3]))
+    return (objects[main][0] if main is not None else None), others
+
+
+def with_article(cls: str) -> str:
+    return ("an " if cls[0] in "aeiou" else "a ") + cls
 
 
 # --- split (models/src/composite.rs tile_rect) ---------------------------------------
@@ -411,8 +537,10 @@ def background_sentence(bg: Region) -> str:
             f"{COLOR_WORDS[second[0]]}.")
 
 
-def describe_tile(tile: np.ndarray, mask: np.ndarray | None, index: int, rows: int, cols: int) -> str:
-    """The caption of one tile (uint8 [h, w, 3]) with its part of the mask (or None)."""
+def describe_tile(tile: np.ndarray, mask: np.ndarray | None, index: int, rows: int, cols: int,
+                  named=(None, ())) -> str:
+    """The caption of one tile (uint8 [h, w, 3]) with its part of the mask (or None),
+    naming the objects of `named` (named_in_tile: main class, other objects)."""
     text = position_words(index, rows, cols) + ": "
     h, w = tile.shape[:2]
     if w == 0 or h == 0:
@@ -429,19 +557,26 @@ def describe_tile(tile: np.ndarray, mask: np.ndarray | None, index: int, rows: i
         else np.zeros(len(rgb), dtype=bool)
     obj = Region(rgb[is_obj], fx[is_obj], fy[is_obj])
     bg = Region(rgb[~is_obj], fx[~is_obj], fy[~is_obj])
+    main, others = named
+    clauses = []
     if mask is not None:
         coverage = obj.samples / total
         if coverage > MIN_OBJECT_COVERAGE:
             n = max(obj.samples, 1)
             amount = amount_words(coverage)
             colors = " and ".join(COLOR_WORDS[c[0]] for c in obj.dominant())
+            subject = with_article(main) if main else "the main object"
             if coverage >= 0.9:
-                text += f"the main object covers {amount} of this part; it is {colors}. "
+                clauses.append(f"{subject} covers {amount} of this part; it is {colors}")
             else:
                 place = place_words(seq_sum(fx[is_obj]) / n, seq_sum(fy[is_obj]) / n)
-                text += f"the main object covers {amount} of this part, {place}; it is {colors}. "
+                clauses.append(f"{subject} covers {amount} of this part, {place}; it is {colors}")
         else:
-            text += "there is no main object here. "
+            clauses.append("there is no main object here")
+    for cls, ox, oy in others:
+        clauses.append(f"{with_article(cls)} is {place_words(ox, oy)}")
+    if clauses:
+        text += "; ".join(clauses) + ". "
     if bg.samples / total < 0.03:
         return text + "the background is hidden."
     return text + background_sentence(bg)
@@ -849,18 +984,21 @@ def number(x: float) -> str:
     return np.format_float_positional(x, unique=True, trim="-")
 
 
-def process(path: Path, seq: int, session, sym, args) -> dict:
+def process(path: Path, seq: int, sessions, sym, args) -> dict:
     """Every step of one frame; returns its metrics.csv row."""
+    session, detector = sessions
     with Image.open(path) as img:
         image = np.asarray(img.convert("RGB"))
     h, w = image.shape[:2]
+    objects = detect(detector, image)
     mask, rgba, box = segment(session, image)
     rows, cols = GRID
     sent, received, corrected = [], [], []
     bits = bit_errors = 0
     for k in range(rows * cols):
         x, y, tw, th = tile_rect(k, GRID, (w, h))
-        caption = describe_tile(image[y:y + th, x:x + tw], mask[y:y + th, x:x + tw], k, rows, cols)
+        named = named_in_tile(objects, box, (x, y, tw, th))
+        caption = describe_tile(image[y:y + th, x:x + tw], mask[y:y + th, x:x + tw], k, rows, cols, named)
         rx, n_bits, errors = transmit_bytes(caption.encode("utf-8"), args.modulation, args.snr,
                                             channel_rng(args.seed, TEXT_CHANNEL_STREAM, seq, k))
         text = decode_text_lossy(rx)
@@ -939,6 +1077,12 @@ def main() -> None:
         options.intra_op_num_threads = args.intra_threads
     session = ort.InferenceSession(str(model), sess_options=options,
                                    providers=["CPUExecutionProvider"])
+    detector_model = args.assets / CENTERNET_MODEL
+    if not detector_model.is_file():
+        sys.exit(f"multisc_sequential.py: detector model {detector_model} is missing; run "
+                 f"`scripts/setup-assets` in {REPO} (or pass --assets DIR)")
+    detector = ort.InferenceSession(str(detector_model), sess_options=options,
+                                    providers=["CPUExecutionProvider"])
     sym = load_symspell(args.assets)
     started = time.perf_counter()
     load_seconds = started - load_start
@@ -948,7 +1092,7 @@ def main() -> None:
     for seq, path in enumerate(images):
         t0 = time.perf_counter()
         try:
-            rows.append(process(path, seq, session, sym, args))
+            rows.append(process(path, seq, (session, detector), sym, args))
         except (OSError, ValueError) as e:  # an unreadable image: reported, the run goes on
             print(f"{path}: cannot read or decode: {e}; remove it from the folder", file=sys.stderr)
             failed += 1
