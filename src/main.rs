@@ -9,8 +9,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use dataflow_engine::{GraphSource, Override, Registry, RunOptions};
 use dataflow_monitoring::LogFormat;
 
+mod bandwidth;
 mod doctor;
 mod report;
+mod stats;
 mod sweep;
 
 #[derive(Parser)]
@@ -99,6 +101,10 @@ enum Command {
     /// List the stage kinds.
     Kinds,
     /// Run graphs at every SNR and seed on the same images; write CSVs, plots and index.html.
+    ///
+    /// Output: results.csv (a row per system, SNR, seed and image), summary.csv (mean,
+    /// clipped 95 % CI, n and seeds per point), paired.csv (each system minus the
+    /// reference), plots/ and index.html. Run the same command again to resume.
     Sweep {
         /// Graph files (each needs a `csv_sink` after `evaluate`).
         #[arg(required = true)]
@@ -106,7 +112,8 @@ enum Command {
         /// SNR points: START:STOP:STEP (0:20:3), a list (0,5,10) or one value.
         #[arg(long, default_value = "0:20:3", allow_hyphen_values = true)]
         snr: String,
-        /// Seeds per SNR (1..=N, set as the graph seed).
+        /// Seeds per SNR (1..=N, set as the graph seed); with --until-ci or --min-errors,
+        /// the least number of seeds per point.
         #[arg(long, default_value_t = 3)]
         seeds: u32,
         /// Images to use instead of each graph's `image_dir` folder.
@@ -118,6 +125,31 @@ enum Command {
         /// Extra overrides for every run, e.g. `stage.link.codec=jpeg`.
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
+        /// Make a system of each value of a key, e.g. `stage.reconstruct.ip_scale=0.2,0.5,0.8`
+        /// or `stage.correct.model=symspell,noisy_channel` (any `--set` key; repeat the flag
+        /// for a grid). A `stage.<id>.` key varies the graphs that have that stage; the
+        /// systems are named `graph[id.key=value]` in the CSVs, tables and plots.
+        #[arg(long, value_name = "KEY=V1,V2,...")]
+        vary: Vec<String>,
+        /// Add seeds at each point until the 95 % Student-t CI half-width of METRIC over
+        /// images × seeds is below HALFWIDTH (e.g. `wer=0.02`), up to --max-seeds.
+        #[arg(long, value_name = "METRIC=HALFWIDTH")]
+        until_ci: Option<String>,
+        /// Add seeds at each point until N bit errors (`ber` × `bits_sent`; `N` or
+        /// `bits=N`) or N failed LDPC code blocks (`blocks=N`) were seen, up to --max-seeds.
+        #[arg(long, value_name = "N|bits=N|blocks=N")]
+        min_errors: Option<String>,
+        /// The most seeds a point takes with --until-ci or --min-errors.
+        #[arg(long, default_value_t = 20)]
+        max_seeds: u32,
+        /// Size every codec baseline's byte budget (`codec_channel` `bpp`) so its channel
+        /// uses per image are within 5 % of this system's (its name, e.g. `multisc-lite`),
+        /// measured by its run at the first SNR with seed 1.
+        #[arg(long, value_name = "SYSTEM")]
+        match_bandwidth: Option<String>,
+        /// The system paired differences are taken against (default: the first).
+        #[arg(long, value_name = "SYSTEM")]
+        reference: Option<String>,
     },
     /// Check the set-up: ONNX Runtime, GPU, assets, and per tier and graph what is missing with the
     /// command that brings it. Exit 0 when the main job (`make run`) can run, 1 when not.
@@ -310,19 +342,42 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             images,
             out,
             set,
+            vary,
+            until_ci,
+            min_errors,
+            max_seeds,
+            match_bandwidth,
+            reference,
         } => {
             for g in &graphs {
                 let src = load(g, &OverrideArgs::default(), &registry).map_err(|e| anyhow::anyhow!(e))?;
                 dataflow_engine::plan(&src, &registry).map_err(|d| anyhow::anyhow!("{d}"))?;
             }
-            let snrs = sweep::parse_snrs(&snr).map_err(|e| anyhow::anyhow!(e))?;
+            let msg = anyhow::Error::msg;
+            let (min_bit_errors, min_block_errors) = match min_errors {
+                Some(m) => sweep::parse_min_errors(&m).map_err(msg)?,
+                None => (None, None),
+            };
             sweep::sweep(&sweep::SweepArgs {
                 graphs,
-                snrs,
+                snrs: sweep::parse_snrs(&snr).map_err(msg)?,
                 seeds,
                 images,
                 out,
                 set,
+                vary: vary
+                    .iter()
+                    .map(|v| sweep::parse_vary(v))
+                    .collect::<Result<_, _>>()
+                    .map_err(msg)?,
+                stop: sweep::StopRule {
+                    until_ci: until_ci.map(|u| sweep::parse_until_ci(&u)).transpose().map_err(msg)?,
+                    min_bit_errors,
+                    min_block_errors,
+                    max_seeds,
+                },
+                match_bandwidth,
+                reference,
             })
         }
         Command::Kinds => {

@@ -1,23 +1,38 @@
 //! `dataflow sweep`: every graph at every SNR and seed on the same images, then one
-//! CSV, a summary with 95 % confidence intervals, plots and an HTML report.
+//! CSV, a summary with 95 % confidence intervals, paired differences, plots and an
+//! HTML report.
 //!
 //! # Layout of the output folder
 //!
 //! ```text
-//! OUT/runs/<graph>/snr<dB>/seed<s>/   one `dataflow run` each (its sinks, log.txt, done.json)
-//! OUT/results.csv                     a row per (graph, snr, seed, image), every metric
-//! OUT/summary.csv                     mean, std and 95 % CI per (graph, snr, metric)
-//! OUT/plots/<metric>.png              metric against SNR, a line per graph, CI bands
-//! OUT/index.html                      plots, settings, per-SNR grids with the texts
+//! OUT/runs/<system>/snr<dB>/seed<s>/  one `dataflow run` each (its sinks, log.txt, done.json)
+//! OUT/calibrate/<system>/bpp<b>/      --match-bandwidth: runs that sized a codec's budget
+//! OUT/results.csv                     a row per (system, snr, seed, image), every metric
+//! OUT/summary.csv                     mean, std, 95 % CI and seeds per (system, snr, metric)
+//! OUT/paired.csv                      system − reference per (system, snr, metric), 95 % CI
+//! OUT/bandwidth.json                  --match-bandwidth: target and the budgets chosen
+//! OUT/plots/<metric>.png              metric against SNR, a line per system, CI bands
+//! OUT/plots/<metric>-bandwidth.png    metric against channel uses per pixel
+//! OUT/plots/<metric>-paired.png       system − reference against SNR
+//! OUT/index.html                      plots, settings, tables, per-SNR grids with the texts
 //! OUT/sweep.json                      the settings; a resumed sweep must match them
 //! ```
+//!
+//! A *system* is a graph with one value of each `--vary` key that applies to it
+//! (`--vary stage.correct.model=symspell,noisy_channel` makes two systems of every graph
+//! with a `correct` stage, named `text-only[correct.model=symspell]` and so on).
 //!
 //! Each run is a child `dataflow run` process (a crash in one run cannot take the sweep
 //! down, and each run gets a clean metrics registry). A run is done when its
 //! `done.json` exists, so an interrupted sweep picks up at the first unfinished run;
-//! a half-written run folder is cleared and run again. Every graph runs on the same
+//! a half-written run folder is cleared and run again. Every system runs on the same
 //! images with the same seeds, so the comparison is paired. Channel noise is seeded by
 //! the graph seed, so two sweeps with the same settings write identical CSVs.
+//!
+//! Seeds: `--seeds N` runs seeds 1..=N at every point. With `--until-ci METRIC=H` or
+//! `--min-errors`, N is the least number of seeds, and seeds are added one at a time at
+//! each point until the stopping rule holds or `--max-seeds` is reached; the decision
+//! depends only on the rows, so a resumed sweep takes the same seeds.
 //!
 //! The sweep exits 0 when every run went through, 2 (after writing the CSVs and the
 //! report) when some runs had failed frames — their `errors.jsonl` are listed — and 1
@@ -25,7 +40,6 @@
 //! killed run is read without that line.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
@@ -33,11 +47,14 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::report::{ReportCell, ReportGraph};
+use crate::stats::{mean_ci, snr_key, Row};
+
 /// Columns of a run's metrics CSV that are bookkeeping or not comparable across runs.
 const NOT_METRICS: &[&str] = &["frame", "part", "name", "lost_inputs"];
 
 /// Metrics plotted when present (others are in the CSVs).
-const PLOTTED: &[(&str, &str)] = &[
+pub const PLOTTED: &[(&str, &str)] = &[
     ("psnr_db", "PSNR (dB)"),
     ("ssim", "SSIM"),
     ("lpips", "LPIPS (lower is better)"),
@@ -49,9 +66,130 @@ const PLOTTED: &[(&str, &str)] = &[
     ("wer_received", "Word error rate (received text)"),
     ("cer", "Character error rate (corrected text)"),
     ("object_recall", "COCO object names kept (corrected text)"),
+    ("detection_f1", "Detection F1 (reconstruction against original)"),
     ("ber", "Bit error rate (before decoding)"),
     ("image_lost", "Fraction of images lost"),
 ];
+
+/// When to stop adding seeds at a point.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StopRule {
+    /// `--until-ci METRIC=HALFWIDTH`: the 95 % CI half-width of METRIC over images × seeds.
+    pub until_ci: Option<(String, f64)>,
+    /// `--min-errors N`: bit errors (`ber` × `bits_sent`) seen at the point.
+    pub min_bit_errors: Option<u64>,
+    /// `--min-errors blocks=N`: failed code blocks (`blocks_failed`) seen at the point.
+    pub min_block_errors: Option<u64>,
+    /// `--max-seeds`: the most seeds a point takes.
+    pub max_seeds: u32,
+}
+
+impl StopRule {
+    /// Whether seeds are added until a rule holds (else every point takes `--seeds`).
+    pub fn adaptive(&self) -> bool {
+        self.until_ci.is_some() || self.min_bit_errors.is_some() || self.min_block_errors.is_some()
+    }
+
+    /// Whether the rows of one point (one system at one SNR) answer the question. A
+    /// rule whose columns the system does not write (no `wer` in an image-only graph,
+    /// no `blocks_failed` without a codec link) does not hold it back.
+    fn holds(&self, rows: &[Row]) -> bool {
+        let col = |c: &'static str| rows.iter().filter_map(move |r| r.metrics.get(c).copied());
+        if let Some((metric, target)) = &self.until_ci {
+            let v: Vec<f64> = rows
+                .iter()
+                .filter_map(|r| r.metrics.get(metric).copied())
+                .filter(|x| x.is_finite())
+                .collect();
+            if !v.is_empty() {
+                let (_, _, ci) = mean_ci(&v);
+                // NaN (one sample) is not known yet.
+                if ci.is_nan() || ci >= *target {
+                    return false;
+                }
+            }
+        }
+        if let Some(n) = self.min_bit_errors {
+            if col("bits_sent").any(|b| b > 0.0) {
+                let errors: f64 = rows
+                    .iter()
+                    .map(|r| r.metrics.get("ber").unwrap_or(&0.0) * r.metrics.get("bits_sent").unwrap_or(&0.0))
+                    .sum();
+                if errors.round() < n as f64 {
+                    return false;
+                }
+            }
+        }
+        if let Some(n) = self.min_block_errors {
+            if col("blocks_failed").next().is_some() && col("blocks_failed").sum::<f64>() < n as f64 {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Parses `--until-ci wer=0.02`.
+pub fn parse_until_ci(spec: &str) -> Result<(String, f64), String> {
+    let bad = || {
+        format!(
+            "`--until-ci {spec}`: expected METRIC=HALFWIDTH with a positive half-width, e.g. wer=0.02 or psnr_db=0.5"
+        )
+    };
+    let (m, h) = spec.split_once('=').ok_or_else(bad)?;
+    let h: f64 = h.trim().parse().map_err(|_| bad())?;
+    if m.trim().is_empty() || !(h > 0.0 && h.is_finite()) {
+        return Err(bad());
+    }
+    Ok((m.trim().to_string(), h))
+}
+
+/// Parses `--min-errors 100` (bit errors) or `--min-errors blocks=20` (failed code blocks).
+pub fn parse_min_errors(spec: &str) -> Result<(Option<u64>, Option<u64>), String> {
+    let bad = || format!("`--min-errors {spec}`: expected N (bit errors), bits=N or blocks=N with N ≥ 1");
+    let (kind, n) = spec.split_once('=').unwrap_or(("bits", spec));
+    let n: u64 = n.trim().parse().map_err(|_| bad())?;
+    if n == 0 {
+        return Err(bad());
+    }
+    match kind.trim() {
+        "bits" => Ok((Some(n), None)),
+        "blocks" => Ok((None, Some(n))),
+        _ => Err(bad()),
+    }
+}
+
+/// One `--vary KEY=V1,V2,...`: each value makes its own system.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Vary {
+    /// The `--set` key, e.g. `stage.reconstruct.ip_scale`.
+    pub key: String,
+    /// Its values, as `--set` would take them.
+    pub values: Vec<String>,
+}
+
+/// Parses `--vary stage.reconstruct.ip_scale=0.2,0.5,0.8`.
+pub fn parse_vary(spec: &str) -> Result<Vary, String> {
+    let bad = || {
+        format!(
+            "`--vary {spec}`: expected KEY=V1,V2,... with a dotted key, e.g. stage.reconstruct.ip_scale=0.2,0.5,0.8"
+        )
+    };
+    let (key, vals) = spec.split_once('=').ok_or_else(bad)?;
+    let key = key.trim();
+    let values: Vec<String> = vals.split(',').map(|v| v.trim().to_string()).collect();
+    if key.split('.').count() < 2 || key.split('.').any(str::is_empty) || values.iter().any(String::is_empty) {
+        return Err(bad());
+    }
+    let distinct: BTreeSet<&String> = values.iter().collect();
+    if distinct.len() != values.len() {
+        return Err(format!("`--vary {spec}`: a value is given twice"));
+    }
+    Ok(Vary {
+        key: key.to_string(),
+        values,
+    })
+}
 
 /// What the user asked for.
 #[derive(Debug, Clone)]
@@ -60,7 +198,7 @@ pub struct SweepArgs {
     pub graphs: Vec<PathBuf>,
     /// SNR points in dB.
     pub snrs: Vec<f64>,
-    /// Seeds 1..=n.
+    /// Seeds 1..=n (the least per point with an adaptive stop rule).
     pub seeds: u32,
     /// Images to use instead of each graph's source folder.
     pub images: Option<PathBuf>,
@@ -68,6 +206,14 @@ pub struct SweepArgs {
     pub out: PathBuf,
     /// Extra `--set` overrides for every run.
     pub set: Vec<String>,
+    /// Keys whose values make systems of their own.
+    pub vary: Vec<Vary>,
+    /// When to stop adding seeds.
+    pub stop: StopRule,
+    /// A system whose measured channel uses per image the codec baselines are sized to.
+    pub match_bandwidth: Option<String>,
+    /// The system paired differences are taken against (default the first).
+    pub reference: Option<String>,
 }
 
 /// Parses `0:20:3` (start:stop:step, stop included when on the grid), `0,5,10` or `7`.
@@ -95,29 +241,71 @@ pub fn parse_snrs(spec: &str) -> Result<Vec<f64>, String> {
 
 /// The settings that make a sweep; a resumed sweep must have the same.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-struct Settings {
+pub struct Settings {
     graphs: Vec<String>,
     snrs: Vec<f64>,
     seeds: u32,
     images: Option<String>,
     set: Vec<String>,
+    #[serde(default)]
+    vary: Vec<Vary>,
+    #[serde(default)]
+    stop: StopRule,
+    #[serde(default)]
+    match_bandwidth: Option<String>,
+    #[serde(default)]
+    reference: Option<String>,
 }
 
 /// What the sweep needs to know of a graph file.
 #[derive(Debug, Clone)]
-struct GraphInfo {
-    path: PathBuf,
+pub struct GraphInfo {
+    /// The graph file.
+    pub path: PathBuf,
     name: String,
     /// `image_dir` stages (their `path` is replaced by `--images`).
     sources: Vec<String>,
     /// The metrics CSV of the first `csv_sink`, relative to the run folder.
-    csv: PathBuf,
+    pub csv: PathBuf,
     /// Folder of the first `image_sink` writing `image` (the reconstructions).
     recon_dir: Option<PathBuf>,
     /// The images of the source, when no `--images` is given.
     source_dir: Option<PathBuf>,
     /// What stands in for what (codecs of `codec_channel`, models), for the report.
     notes: Vec<String>,
+    /// Every stage id.
+    stage_ids: BTreeSet<String>,
+    /// `codec_channel` stages and their `bpp` (the byte budget `--match-bandwidth` sets).
+    pub codecs: Vec<(String, f64)>,
+}
+
+/// `codec_channel`'s default `bpp`.
+const DEFAULT_BPP: f64 = 0.1;
+
+/// What stands in for what in a graph's stages (codecs, models), for the report.
+fn notes(stages: &toml::Table) -> Vec<String> {
+    let kind = |t: &toml::Value| t.get("kind").and_then(|k| k.as_str()).unwrap_or("").to_string();
+    let mut notes = Vec::new();
+    for (id, t) in stages {
+        let key = |k: &str| t.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        match kind(t).as_str() {
+            "codec_channel" => {
+                let codec: dataflow_models::codec::Codec = key("codec")
+                    .and_then(|c| serde_json::from_value(serde_json::Value::String(c)).ok())
+                    .unwrap_or(dataflow_models::codec::Codec::Heif);
+                notes.push(format!("{id}: {} + 5G NR LDPC", codec.describe()));
+            }
+            "segment" | "caption" | "correct" | "reconstruct" | "jscc" => {
+                if let Some(m) = key("model") {
+                    notes.push(format!("{id}: {m}"));
+                } else if kind(t) == "jscc" {
+                    notes.push(format!("{id}: deep JSCC ({})", key("model_dir").unwrap_or_default()));
+                }
+            }
+            _ => {}
+        }
+    }
+    notes
 }
 
 fn graph_info(path: &Path) -> Result<GraphInfo> {
@@ -171,26 +359,16 @@ fn graph_info(path: &Path) -> Result<GraphInfo> {
                 path.parent().unwrap_or(Path::new(".")).join(p)
             }
         });
-    let mut notes = Vec::new();
-    for (id, t) in &stages {
-        let key = |k: &str| t.get(k).and_then(|v| v.as_str()).map(str::to_string);
-        match kind(t).as_str() {
-            "codec_channel" => {
-                let codec: dataflow_models::codec::Codec = key("codec")
-                    .and_then(|c| serde_json::from_value(serde_json::Value::String(c)).ok())
-                    .unwrap_or(dataflow_models::codec::Codec::Heif);
-                notes.push(format!("{id}: {} + 5G NR LDPC", codec.describe()));
-            }
-            "segment" | "caption" | "correct" | "reconstruct" | "jscc" => {
-                if let Some(m) = key("model") {
-                    notes.push(format!("{id}: {m}"));
-                } else if kind(t) == "jscc" {
-                    notes.push(format!("{id}: deep JSCC ({})", key("model_dir").unwrap_or_default()));
-                }
-            }
-            _ => {}
-        }
-    }
+    let codecs = stages
+        .iter()
+        .filter(|(_, t)| kind(t) == "codec_channel")
+        .map(|(id, t)| {
+            let bpp = t
+                .get("bpp")
+                .and_then(|v| v.as_float().or(v.as_integer().map(|i| i as f64)));
+            (id.clone(), bpp.unwrap_or(DEFAULT_BPP))
+        })
+        .collect();
     Ok(GraphInfo {
         path: path.to_path_buf(),
         name,
@@ -198,34 +376,281 @@ fn graph_info(path: &Path) -> Result<GraphInfo> {
         csv,
         recon_dir,
         source_dir,
-        notes,
+        notes: notes(&stages),
+        stage_ids: stages.keys().cloned().collect(),
+        codecs,
     })
 }
 
 /// `snr_label(3.0)` = "3", `snr_label(-2.5)` = "-2.5": folder names and CSV cells.
-fn snr_label(s: f64) -> String {
+pub fn snr_label(s: f64) -> String {
     let r = (s * 1000.0).round() / 1000.0;
     format!("{r}")
 }
 
-/// One row of results: the key and every metric.
+/// One graph with one value of each `--vary` key that applies to it.
 #[derive(Debug, Clone)]
-struct Row {
-    graph: String,
-    snr: f64,
-    seed: u32,
-    image: String,
-    metrics: BTreeMap<String, f64>,
-    texts: BTreeMap<String, String>,
+pub struct System {
+    /// The graph.
+    pub info: GraphInfo,
+    /// `graph` or `graph[key=value,...]`: the `graph` column of the CSVs.
+    pub name: String,
+    /// Its folder under `runs/` (the name with characters a path cannot hold replaced).
+    pub folder: String,
+    /// The `--set` overrides that make it (its `--vary` values; `--match-bandwidth` adds budgets).
+    pub sets: Vec<String>,
+}
+
+/// A `--vary` key applies to a graph when it names one of its stages (`stage.<id>.…`)
+/// or is not a stage key (`channel.…`, `graph.…`).
+fn applies(v: &Vary, info: &GraphInfo) -> bool {
+    match v.key.strip_prefix("stage.").and_then(|k| k.split('.').next()) {
+        Some(id) => info.stage_ids.contains(id),
+        None => true,
+    }
+}
+
+/// Every graph times the values of the `--vary` keys that apply to it.
+fn systems(infos: &[GraphInfo], vary: &[Vary]) -> Result<Vec<System>> {
+    for v in vary {
+        if !infos.iter().any(|i| applies(v, i)) {
+            bail!(
+                "`--vary {}`: no swept graph has that stage; the key is `stage.<id>.<key>` with the id of a stage in the graph files",
+                v.key
+            );
+        }
+    }
+    let mut out = Vec::new();
+    for info in infos {
+        let mut combos: Vec<Vec<(String, String)>> = vec![Vec::new()];
+        for v in vary.iter().filter(|v| applies(v, info)) {
+            let short = v.key.strip_prefix("stage.").unwrap_or(&v.key).to_string();
+            combos = combos
+                .into_iter()
+                .flat_map(|c| {
+                    let short = short.clone();
+                    v.values.iter().map(move |val| {
+                        let mut c = c.clone();
+                        c.push((short.clone(), format!("{}={val}", v.key)));
+                        c
+                    })
+                })
+                .collect();
+        }
+        for c in combos {
+            let name = if c.is_empty() {
+                info.name.clone()
+            } else {
+                let label: Vec<String> = c
+                    .iter()
+                    .map(|(short, set)| format!("{short}={}", set.split_once('=').map_or("", |x| x.1)))
+                    .collect();
+                format!("{}[{}]", info.name, label.join(","))
+            };
+            let folder = name
+                .chars()
+                .map(|ch| {
+                    if ch.is_ascii_alphanumeric() || "-_.=,".contains(ch) {
+                        ch
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            out.push(System {
+                info: info.clone(),
+                name,
+                folder,
+                sets: c.into_iter().map(|(_, set)| set).collect(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Checks that every system's graph, with its overrides, would run (a `--vary` value a
+/// stage does not take is reported before any run starts).
+fn check_systems(systems: &[System], set: &[String]) -> Result<()> {
+    let registry = dataflow_actors::registry();
+    for s in systems {
+        let overrides = set
+            .iter()
+            .chain(&s.sets)
+            .map(|o| dataflow_engine::Override::parse(o).map_err(anyhow::Error::msg))
+            .collect::<Result<Vec<_>>>()?;
+        let src = dataflow_engine::GraphSource::load(&s.info.path, &overrides)
+            .map_err(|d| anyhow::anyhow!("system `{}`: {d}", s.name))?;
+        dataflow_engine::plan(&src, &registry).map_err(|d| anyhow::anyhow!("system `{}`: {d}", s.name))?;
+    }
+    Ok(())
+}
+
+/// Starts runs and remembers how they went.
+pub struct Runner<'a> {
+    exe: PathBuf,
+    args: &'a SweepArgs,
+    /// Runs started or found done.
+    pub count: usize,
+    /// Runs found done (a resumed sweep).
+    pub skipped: usize,
+    /// Runs whose frames partly failed (exit 2): the sweep's data lacks their rows.
+    pub failed: Vec<PathBuf>,
+    /// Run folders already counted.
+    seen: BTreeSet<PathBuf>,
+}
+
+impl<'a> Runner<'a> {
+    fn new(args: &'a SweepArgs) -> Result<Self> {
+        Ok(Runner {
+            exe: std::env::current_exe().context("finding the dataflow executable")?,
+            args,
+            count: 0,
+            skipped: 0,
+            failed: Vec::new(),
+            seen: BTreeSet::new(),
+        })
+    }
+
+    /// The sweep's output folder.
+    pub fn out(&self) -> &Path {
+        &self.args.out
+    }
+
+    /// The first SNR of the sweep (where `--match-bandwidth` measures).
+    pub fn first_snr(&self) -> f64 {
+        self.args.snrs[0]
+    }
+
+    /// Runs `sys` at `snr` with `seed` into `dir` unless a finished run is there, with
+    /// `extra` overrides after the system's; returns its rows.
+    pub fn ensure(&mut self, sys: &System, snr: f64, seed: u32, dir: &Path, extra: &[String]) -> Result<Vec<Row>> {
+        if !self.seen.insert(dir.to_path_buf()) {
+            return read_run(sys, snr, seed, dir);
+        }
+        self.count += 1;
+        if dir.join("done.json").is_file() {
+            self.skipped += 1;
+            if done_code(dir) == Some(2) {
+                self.failed.push(dir.to_path_buf());
+            }
+            return read_run(sys, snr, seed, dir);
+        }
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).with_context(|| format!("clearing the unfinished run {}", dir.display()))?;
+        }
+        std::fs::create_dir_all(dir)?;
+        let t = Instant::now();
+        let what = if extra.is_empty() { "" } else { " (sizing its budget)" };
+        eprint!(
+            "[{}] {}{what} snr={} seed={seed} ... ",
+            self.count,
+            sys.name,
+            snr_label(snr)
+        );
+        let code = run_one(&self.exe, sys, snr, seed, self.args, dir, extra)?;
+        let secs = t.elapsed().as_secs_f64();
+        eprintln!(
+            "{secs:.1} s{}",
+            if code == 2 {
+                " (some frames failed; see its errors.jsonl)"
+            } else {
+                ""
+            }
+        );
+        let done = serde_json::json!({"exit_code": code, "seconds": secs});
+        std::fs::write(dir.join("done.json"), serde_json::to_vec_pretty(&done)?)?;
+        if code == 2 {
+            self.failed.push(dir.to_path_buf());
+        }
+        read_run(sys, snr, seed, dir)
+    }
 }
 
 /// Runs the sweep; returns the process exit code.
 pub fn sweep(args: &SweepArgs) -> Result<ExitCode> {
+    let (settings, mut systems) = prepare(args)?;
+    let started = Instant::now();
+    let mut runner = Runner::new(args)?;
+    let bandwidth = match &args.match_bandwidth {
+        Some(target) => Some(crate::bandwidth::match_bandwidth(&mut runner, &mut systems, target)?),
+        None => None,
+    };
+    let mut rows = Vec::new();
+    let mut seeds: BTreeMap<(String, i64), u32> = BTreeMap::new();
+    for sys in &systems {
+        for &snr in &args.snrs {
+            let mut point = Vec::new();
+            let mut seed = 0;
+            loop {
+                seed += 1;
+                let dir = run_dir(&args.out, &sys.folder, snr, seed);
+                point.extend(runner.ensure(sys, snr, seed, &dir, &[])?);
+                let enough = seed >= args.seeds
+                    && (!args.stop.adaptive() || seed >= args.stop.max_seeds || args.stop.holds(&point));
+                if enough {
+                    break;
+                }
+            }
+            if args.stop.adaptive() {
+                eprintln!("{} at {} dB: {seed} seeds", sys.name, snr_label(snr));
+            }
+            seeds.insert((sys.name.clone(), snr_key(snr)), seed);
+            rows.extend(point);
+        }
+    }
+    if runner.skipped > 0 {
+        eprintln!("resumed: {} of {} runs were already done", runner.skipped, runner.count);
+    }
+    if rows.is_empty() {
+        bail!(
+            "the runs wrote no rows; check {}/runs/*/*/*/log.txt",
+            args.out.display()
+        );
+    }
+    rows.sort_by(|a, b| {
+        a.graph
+            .cmp(&b.graph)
+            .then(a.snr.total_cmp(&b.snr))
+            .then(a.seed.cmp(&b.seed))
+            .then(a.image.cmp(&b.image))
+    });
+    write_outputs(args, &settings, &systems, &rows, &seeds, bandwidth.as_ref())?;
+    eprintln!(
+        "sweep: {} rows, {} runs in {:.0} s; {}",
+        rows.len(),
+        runner.count,
+        started.elapsed().as_secs_f64(),
+        args.out.join("index.html").display()
+    );
+    if runner.failed.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!(
+        "error: {} of {} runs had failed frames, so their rows are missing from the results:",
+        runner.failed.len(),
+        runner.count
+    );
+    for d in &runner.failed {
+        eprintln!("  {}", d.join("errors.jsonl").display());
+    }
+    eprintln!("  fix what they report, delete those run folders and run the same sweep again (finished runs are kept)");
+    Ok(ExitCode::from(2))
+}
+
+/// Checks the arguments, reads the graphs, makes the systems and writes (or checks) `sweep.json`.
+fn prepare(args: &SweepArgs) -> Result<(Settings, Vec<System>)> {
     if args.graphs.is_empty() {
         bail!("give at least one graph file");
     }
     if args.seeds == 0 {
         bail!("`--seeds` must be at least 1");
+    }
+    if args.stop.adaptive() && args.stop.max_seeds < args.seeds {
+        bail!(
+            "`--max-seeds {}` is below `--seeds {}` (the least seeds a point takes)",
+            args.stop.max_seeds,
+            args.seeds
+        );
     }
     let infos: Vec<GraphInfo> = args.graphs.iter().map(|g| graph_info(g)).collect::<Result<_>>()?;
     let mut names = BTreeSet::new();
@@ -248,13 +673,17 @@ pub fn sweep(args: &SweepArgs) -> Result<ExitCode> {
             bail!("`--images {}`: not a folder", dir.display());
         }
     }
-    let settings = Settings {
-        graphs: infos.iter().map(|i| i.path.display().to_string()).collect(),
-        snrs: args.snrs.clone(),
-        seeds: args.seeds,
-        images: args.images.as_ref().map(|p| p.display().to_string()),
-        set: args.set.clone(),
-    };
+    let systems = systems(&infos, &args.vary)?;
+    if !args.vary.is_empty() {
+        check_systems(&systems, &args.set)?;
+    }
+    if let Some(r) = &args.reference {
+        if !systems.iter().any(|s| &s.name == r) {
+            let all: Vec<&str> = systems.iter().map(|s| s.name.as_str()).collect();
+            bail!("`--reference {r}`: no such system; the systems are {}", all.join(", "));
+        }
+    }
+    let settings = settings(&infos, args);
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
     let settings_file = args.out.join("sweep.json");
     if let Ok(old) = std::fs::read(&settings_file) {
@@ -270,92 +699,57 @@ pub fn sweep(args: &SweepArgs) -> Result<ExitCode> {
     } else {
         std::fs::write(&settings_file, serde_json::to_vec_pretty(&settings)?)?;
     }
+    Ok((settings, systems))
+}
 
-    let exe = std::env::current_exe().context("finding the dataflow executable")?;
-    let total = infos.len() * args.snrs.len() * args.seeds as usize;
-    let mut n = 0;
-    let mut skipped = 0;
-    // Runs whose frames partly failed (exit 2): the sweep's data lacks their rows.
-    let mut failed_runs: Vec<PathBuf> = Vec::new();
-    let started = Instant::now();
-    for info in &infos {
-        for &snr in &args.snrs {
-            for seed in 1..=args.seeds {
-                n += 1;
-                let dir = run_dir(&args.out, &info.name, snr, seed);
-                if dir.join("done.json").is_file() {
-                    skipped += 1;
-                    if done_code(&dir) == Some(2) {
-                        failed_runs.push(dir);
-                    }
-                    continue;
-                }
-                if dir.exists() {
-                    std::fs::remove_dir_all(&dir)
-                        .with_context(|| format!("clearing the unfinished run {}", dir.display()))?;
-                }
-                std::fs::create_dir_all(&dir)?;
-                let t = Instant::now();
-                eprint!("[{n}/{total}] {} snr={} seed={seed} ... ", info.name, snr_label(snr));
-                let code = run_one(&exe, info, snr, seed, args, &dir)?;
-                let secs = t.elapsed().as_secs_f64();
-                eprintln!(
-                    "{secs:.1} s{}",
-                    if code == 2 {
-                        " (some frames failed; see its errors.jsonl)"
-                    } else {
-                        ""
-                    }
-                );
-                let done = serde_json::json!({"exit_code": code, "seconds": secs});
-                std::fs::write(dir.join("done.json"), serde_json::to_vec_pretty(&done)?)?;
-                if code == 2 {
-                    failed_runs.push(dir);
-                }
-            }
-        }
+fn settings(infos: &[GraphInfo], args: &SweepArgs) -> Settings {
+    Settings {
+        graphs: infos.iter().map(|i| i.path.display().to_string()).collect(),
+        snrs: args.snrs.clone(),
+        seeds: args.seeds,
+        images: args.images.as_ref().map(|p| p.display().to_string()),
+        set: args.set.clone(),
+        vary: args.vary.clone(),
+        stop: if args.stop.adaptive() {
+            args.stop.clone()
+        } else {
+            StopRule::default()
+        },
+        match_bandwidth: args.match_bandwidth.clone(),
+        reference: args.reference.clone(),
     }
-    if skipped > 0 {
-        eprintln!("resumed: {skipped} of {total} runs were already done");
-    }
-    let rows = collect(&infos, args)?;
-    if rows.is_empty() {
-        bail!(
-            "the runs wrote no rows; check {}/runs/*/*/*/log.txt",
-            args.out.display()
-        );
-    }
-    let metrics = write_results(&args.out.join("results.csv"), &rows)?;
-    let summary = summarise(&rows, &metrics);
+}
+
+/// results.csv, summary.csv, paired.csv, the plots and index.html.
+fn write_outputs(
+    args: &SweepArgs,
+    settings: &Settings,
+    systems: &[System],
+    rows: &[Row],
+    seeds: &BTreeMap<(String, i64), u32>,
+    bandwidth: Option<&crate::bandwidth::Matched>,
+) -> Result<()> {
+    let metrics = write_results(&args.out.join("results.csv"), rows)?;
+    let summary = crate::stats::summarise(rows, &metrics, seeds);
     write_summary(&args.out.join("summary.csv"), &summary)?;
-    let plots = crate::report::plots(&args.out.join("plots"), &summary, PLOTTED)?;
-    crate::report::html(
-        &args.out,
-        &settings,
-        &infos_for_report(&infos, args),
-        &rows_for_report(&rows),
-        &plots,
-        &summary,
-    )?;
-    eprintln!(
-        "sweep: {} rows, {} runs in {:.0} s; {}",
-        rows.len(),
-        total,
-        started.elapsed().as_secs_f64(),
-        args.out.join("index.html").display()
-    );
-    if failed_runs.is_empty() {
-        return Ok(ExitCode::SUCCESS);
-    }
-    eprintln!(
-        "error: {} of {total} runs had failed frames, so their rows are missing from the results:",
-        failed_runs.len()
-    );
-    for d in &failed_runs {
-        eprintln!("  {}", d.join("errors.jsonl").display());
-    }
-    eprintln!("  fix what they report, delete those run folders and run the same sweep again (finished runs are kept)");
-    Ok(ExitCode::from(2))
+    let reference = args
+        .reference
+        .clone()
+        .unwrap_or_else(|| systems.first().map(|s| s.name.clone()).unwrap_or_default());
+    let paired = crate::stats::paired(rows, &metrics, &reference);
+    write_paired(&args.out.join("paired.csv"), &paired)?;
+    let plots = crate::report::plots(&args.out.join("plots"), &summary, &paired, PLOTTED)?;
+    crate::report::html(&crate::report::Report {
+        out: &args.out,
+        settings,
+        graphs: &report_graphs(systems, args),
+        cells: &report_cells(rows),
+        plots: &plots,
+        summary: &summary,
+        paired: &paired,
+        reference: &reference,
+        bandwidth,
+    })
 }
 
 /// The exit code a finished run recorded in its `done.json`.
@@ -377,14 +771,23 @@ pub fn complete_lines(path: &Path) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-fn run_dir(out: &Path, graph: &str, snr: f64, seed: u32) -> PathBuf {
+fn run_dir(out: &Path, folder: &str, snr: f64, seed: u32) -> PathBuf {
     out.join("runs")
-        .join(graph)
+        .join(folder)
         .join(format!("snr{}", snr_label(snr)))
         .join(format!("seed{seed}"))
 }
 
-fn run_one(exe: &Path, info: &GraphInfo, snr: f64, seed: u32, args: &SweepArgs, dir: &Path) -> Result<i32> {
+fn run_one(
+    exe: &Path,
+    sys: &System,
+    snr: f64,
+    seed: u32,
+    args: &SweepArgs,
+    dir: &Path,
+    extra: &[String],
+) -> Result<i32> {
+    let info = &sys.info;
     let mut cmd = Command::new(exe);
     cmd.arg("run").arg(&info.path).arg("--snr").arg(snr_label(snr));
     cmd.arg("--set").arg(format!("graph.seed={seed}"));
@@ -394,7 +797,7 @@ fn run_one(exe: &Path, info: &GraphInfo, snr: f64, seed: u32, args: &SweepArgs, 
             cmd.arg("--set").arg(format!("stage.{s}.path={}", abs.display()));
         }
     }
-    for s in &args.set {
+    for s in args.set.iter().chain(&sys.sets).chain(extra) {
         cmd.arg("--set").arg(s);
     }
     cmd.arg("--out")
@@ -408,7 +811,8 @@ fn run_one(exe: &Path, info: &GraphInfo, snr: f64, seed: u32, args: &SweepArgs, 
     match status.code() {
         Some(c @ (0 | 2)) => Ok(c),
         other => bail!(
-            "the run of {} at {} dB, seed {seed} failed (exit {}); its log is {}. Fix it and run the same sweep again: finished runs are kept",
+            "the run of system `{}` ({}) at {} dB, seed {seed} failed (exit {}); its log is {}. Fix it and run the same sweep again: finished runs are kept",
+            sys.name,
             info.path.display(),
             snr_label(snr),
             other.map(|c| c.to_string()).unwrap_or_else(|| "by signal".into()),
@@ -417,62 +821,49 @@ fn run_one(exe: &Path, info: &GraphInfo, snr: f64, seed: u32, args: &SweepArgs, 
     }
 }
 
-fn collect(infos: &[GraphInfo], args: &SweepArgs) -> Result<Vec<Row>> {
+/// The rows of one finished run's metrics CSV.
+fn read_run(sys: &System, snr: f64, seed: u32, dir: &Path) -> Result<Vec<Row>> {
+    let file = dir.join(&sys.info.csv);
+    let mut rdr = match complete_lines(&file) {
+        Ok(bytes) => csv::Reader::from_reader(std::io::Cursor::new(bytes)),
+        Err(e) => bail!(
+            "{}: {e} (the run wrote no metrics; see {})",
+            file.display(),
+            dir.join("log.txt").display()
+        ),
+    };
+    let headers = rdr.headers()?.clone();
     let mut rows = Vec::new();
-    for info in infos {
-        for &snr in &args.snrs {
-            for seed in 1..=args.seeds {
-                let dir = run_dir(&args.out, &info.name, snr, seed);
-                let file = dir.join(&info.csv);
-                let mut rdr = match complete_lines(&file) {
-                    Ok(bytes) => csv::Reader::from_reader(std::io::Cursor::new(bytes)),
-                    Err(e) => bail!(
-                        "{}: {e} (the run wrote no metrics; see {})",
-                        file.display(),
-                        dir.join("log.txt").display()
-                    ),
-                };
-                let headers = rdr.headers()?.clone();
-                for rec in rdr.records() {
-                    let rec = rec.with_context(|| format!("reading {}", file.display()))?;
-                    let mut metrics = BTreeMap::new();
-                    let mut texts = BTreeMap::new();
-                    let mut image = String::new();
-                    for (h, v) in headers.iter().zip(rec.iter()) {
-                        if h == "name" || (h == "frame" && image.is_empty()) {
-                            image = v.to_string();
-                        }
-                        if NOT_METRICS.contains(&h) || v.is_empty() {
-                            continue;
-                        }
-                        match v.parse::<f64>() {
-                            Ok(x) => {
-                                metrics.insert(h.to_string(), x);
-                            }
-                            Err(_) => {
-                                texts.insert(h.to_string(), v.to_string());
-                            }
-                        }
-                    }
-                    rows.push(Row {
-                        graph: info.name.clone(),
-                        snr,
-                        seed,
-                        image,
-                        metrics,
-                        texts,
-                    });
+    for rec in rdr.records() {
+        let rec = rec.with_context(|| format!("reading {}", file.display()))?;
+        let mut metrics = BTreeMap::new();
+        let mut texts = BTreeMap::new();
+        let mut image = String::new();
+        for (h, v) in headers.iter().zip(rec.iter()) {
+            if h == "name" || (h == "frame" && image.is_empty()) {
+                image = v.to_string();
+            }
+            if NOT_METRICS.contains(&h) || v.is_empty() {
+                continue;
+            }
+            match v.parse::<f64>() {
+                Ok(x) => {
+                    metrics.insert(h.to_string(), x);
+                }
+                Err(_) => {
+                    texts.insert(h.to_string(), v.to_string());
                 }
             }
         }
+        rows.push(Row {
+            graph: sys.name.clone(),
+            snr,
+            seed,
+            image,
+            metrics,
+            texts,
+        });
     }
-    rows.sort_by(|a, b| {
-        a.graph
-            .cmp(&b.graph)
-            .then(a.snr.total_cmp(&b.snr))
-            .then(a.seed.cmp(&b.seed))
-            .then(a.image.cmp(&b.image))
-    });
     Ok(rows)
 }
 
@@ -501,151 +892,100 @@ fn write_results(path: &Path, rows: &[Row]) -> Result<Vec<String>> {
     Ok(metrics)
 }
 
-/// Mean and 95 % confidence interval of one metric for one graph at one SNR.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Summary {
-    /// Graph name.
-    pub graph: String,
-    /// SNR in dB.
-    pub snr: f64,
-    /// Metric column.
-    pub metric: String,
-    /// Samples (images × seeds).
-    pub n: usize,
-    /// Mean.
-    pub mean: f64,
-    /// Sample standard deviation.
-    pub std: f64,
-    /// Half-width of the 95 % confidence interval of the mean (Student t).
-    pub ci95: f64,
-}
-
-/// Two-sided 97.5 % quantile of Student's t with `df` degrees of freedom.
-fn t975(df: usize) -> f64 {
-    const T: [f64; 30] = [
-        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
-    ];
-    match df {
-        0 => f64::NAN,
-        1..=30 => T[df - 1],
-        31..=60 => 2.000,
-        61..=120 => 1.980,
-        _ => 1.960,
+/// A number for a CSV cell: empty when NaN (no interval with one sample).
+fn cell(v: f64) -> String {
+    if v.is_nan() {
+        String::new()
+    } else {
+        format!("{v:.6}")
     }
 }
 
-fn summarise(rows: &[Row], metrics: &[String]) -> Vec<Summary> {
-    let mut groups: BTreeMap<(String, i64, String), Vec<f64>> = BTreeMap::new();
-    for r in rows {
-        for m in metrics {
-            if let Some(&v) = r.metrics.get(m) {
-                if v.is_finite() {
-                    groups
-                        .entry((r.graph.clone(), (r.snr * 1000.0).round() as i64, m.clone()))
-                        .or_default()
-                        .push(v);
-                }
-            }
-        }
-    }
-    groups
-        .into_iter()
-        .map(|((graph, snr, metric), v)| {
-            let n = v.len();
-            let mean = v.iter().sum::<f64>() / n as f64;
-            let std = if n > 1 {
-                (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
-            } else {
-                0.0
-            };
-            let ci95 = if n > 1 {
-                t975(n - 1) * std / (n as f64).sqrt()
-            } else {
-                0.0
-            };
-            Summary {
-                graph,
-                snr: snr as f64 / 1000.0,
-                metric,
-                n,
-                mean,
-                std,
-                ci95,
-            }
-        })
-        .collect()
-}
-
-fn write_summary(path: &Path, summary: &[Summary]) -> Result<()> {
+fn write_summary(path: &Path, summary: &[crate::stats::Summary]) -> Result<()> {
     let mut w = csv::Writer::from_path(path).with_context(|| format!("writing {}", path.display()))?;
-    w.write_record(["graph", "snr_db", "metric", "n", "mean", "std", "ci95_low", "ci95_high"])?;
+    w.write_record([
+        "graph",
+        "snr_db",
+        "metric",
+        "n",
+        "seeds",
+        "mean",
+        "std",
+        "ci95_low",
+        "ci95_high",
+    ])?;
     for s in summary {
         w.write_record([
             s.graph.clone(),
             snr_label(s.snr),
             s.metric.clone(),
             s.n.to_string(),
-            format!("{:.6}", s.mean),
-            format!("{:.6}", s.std),
-            format!("{:.6}", s.mean - s.ci95),
-            format!("{:.6}", s.mean + s.ci95),
+            s.seeds.to_string(),
+            cell(s.mean),
+            cell(s.std),
+            cell(s.low),
+            cell(s.high),
         ])?;
     }
     w.flush()?;
     Ok(())
 }
 
-/// What the HTML report needs of each graph.
-pub struct ReportGraph {
-    /// Graph name.
-    pub name: String,
-    /// Graph file.
-    pub path: String,
-    /// Folder of the originals.
-    pub originals: Option<PathBuf>,
-    /// `runs/<graph>/snr<s>/seed1/<recon dir>` relative to the sweep folder, per SNR label.
-    pub recon: BTreeMap<String, PathBuf>,
-    /// What stands in for what.
-    pub notes: Vec<String>,
+fn write_paired(path: &Path, paired: &[crate::stats::Paired]) -> Result<()> {
+    let mut w = csv::Writer::from_path(path).with_context(|| format!("writing {}", path.display()))?;
+    w.write_record([
+        "graph",
+        "reference",
+        "snr_db",
+        "metric",
+        "n",
+        "mean_diff",
+        "ci95_low",
+        "ci95_high",
+    ])?;
+    for p in paired {
+        w.write_record([
+            p.graph.clone(),
+            p.reference.clone(),
+            snr_label(p.snr),
+            p.metric.clone(),
+            p.n.to_string(),
+            cell(p.mean),
+            cell(p.low),
+            cell(p.high),
+        ])?;
+    }
+    w.flush()?;
+    Ok(())
 }
 
-fn infos_for_report(infos: &[GraphInfo], args: &SweepArgs) -> Vec<ReportGraph> {
-    infos
+fn report_graphs(systems: &[System], args: &SweepArgs) -> Vec<ReportGraph> {
+    systems
         .iter()
-        .map(|i| ReportGraph {
-            name: i.name.clone(),
-            path: i.path.display().to_string(),
-            originals: args.images.clone().or_else(|| i.source_dir.clone()),
-            notes: i.notes.clone(),
-            recon: args
-                .snrs
-                .iter()
-                .filter_map(|&s| {
-                    i.recon_dir
-                        .as_ref()
-                        .map(|d| (snr_label(s), run_dir(&args.out, &i.name, s, 1).join(d)))
-                })
-                .collect(),
+        .map(|s| {
+            let i = &s.info;
+            let mut notes = i.notes.clone();
+            notes.extend(s.sets.iter().map(|x| format!("--set {x}")));
+            ReportGraph {
+                name: s.name.clone(),
+                path: i.path.display().to_string(),
+                originals: args.images.clone().or_else(|| i.source_dir.clone()),
+                notes,
+                recon: args
+                    .snrs
+                    .iter()
+                    .filter_map(|&snr| {
+                        i.recon_dir
+                            .as_ref()
+                            .map(|d| (snr_label(snr), run_dir(&args.out, &s.folder, snr, 1).join(d)))
+                    })
+                    .collect(),
+            }
         })
         .collect()
 }
 
-/// One image of one graph at one SNR (seed 1) for the report grid.
-pub struct ReportCell {
-    /// Graph name.
-    pub graph: String,
-    /// SNR label.
-    pub snr: String,
-    /// Image name.
-    pub image: String,
-    /// Text columns of the row (sent, received, corrected texts).
-    pub texts: BTreeMap<String, String>,
-    /// PSNR, when measured.
-    pub psnr: Option<f64>,
-}
-
-fn rows_for_report(rows: &[Row]) -> Vec<ReportCell> {
+fn report_cells(rows: &[Row]) -> Vec<ReportCell> {
     rows.iter()
         .filter(|r| r.seed == 1)
         .map(|r| ReportCell {
@@ -656,38 +996,6 @@ fn rows_for_report(rows: &[Row]) -> Vec<ReportCell> {
             psnr: r.metrics.get("psnr_db").copied(),
         })
         .collect()
-}
-
-/// Escapes text for HTML.
-pub fn esc(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '<' => o.push_str("&lt;"),
-            '>' => o.push_str("&gt;"),
-            '&' => o.push_str("&amp;"),
-            '"' => o.push_str("&quot;"),
-            c => o.push(c),
-        }
-    }
-    o
-}
-
-/// `settings` as HTML rows (for the report).
-pub fn settings_rows(s: &impl Serialize) -> String {
-    let v = serde_json::to_value(s).unwrap_or_default();
-    let mut out = String::new();
-    if let Some(m) = v.as_object() {
-        for (k, v) in m {
-            let _ = write!(
-                out,
-                "<tr><th>{}</th><td><code>{}</code></td></tr>",
-                esc(k),
-                esc(&v.to_string())
-            );
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -710,22 +1018,53 @@ mod tests {
     }
 
     #[test]
-    fn confidence_intervals_use_student_t() {
-        let rows: Vec<Row> = [1.0, 2.0, 3.0]
-            .iter()
-            .map(|&v| Row {
-                graph: "g".into(),
-                snr: 3.0,
-                seed: 1,
-                image: "a".into(),
-                metrics: BTreeMap::from([("psnr_db".to_string(), v)]),
-                texts: BTreeMap::new(),
-            })
-            .collect();
-        let s = summarise(&rows, &["psnr_db".into()]);
-        assert_eq!(s.len(), 1);
-        assert!((s[0].mean - 2.0).abs() < 1e-12);
-        assert!((s[0].std - 1.0).abs() < 1e-12);
-        assert!((s[0].ci95 - 4.303 / 3f64.sqrt()).abs() < 1e-9);
+    fn stop_rule_flags_parse() {
+        assert_eq!(parse_until_ci("wer=0.02").unwrap(), ("wer".to_string(), 0.02));
+        assert!(parse_until_ci("wer").is_err());
+        assert!(parse_until_ci("wer=0").is_err());
+        assert!(parse_until_ci("=0.1").is_err());
+        assert_eq!(parse_min_errors("100").unwrap(), (Some(100), None));
+        assert_eq!(parse_min_errors("blocks=20").unwrap(), (None, Some(20)));
+        assert!(parse_min_errors("0").is_err());
+        assert!(parse_min_errors("frames=3").is_err());
+        let v = parse_vary("stage.reconstruct.ip_scale=0.2, 0.5,0.8").unwrap();
+        assert_eq!(v.key, "stage.reconstruct.ip_scale");
+        assert_eq!(v.values, ["0.2", "0.5", "0.8"]);
+        assert!(parse_vary("ip_scale=0.2").is_err());
+        assert!(parse_vary("stage.r.ip_scale=0.2,,0.5").is_err());
+        assert!(parse_vary("stage.r.ip_scale=0.2,0.2").is_err());
+    }
+
+    fn row(metrics: &[(&str, f64)]) -> Row {
+        Row {
+            graph: "g".into(),
+            snr: 0.0,
+            seed: 1,
+            image: "a".into(),
+            metrics: metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            texts: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_point_stops_when_its_rule_holds() {
+        let rule = StopRule {
+            until_ci: Some(("wer".into(), 0.05)),
+            max_seeds: 20,
+            ..StopRule::default()
+        };
+        assert!(!rule.holds(&[row(&[("wer", 0.1)]), row(&[("wer", 0.5)])]));
+        assert!(rule.holds(&[row(&[("wer", 0.0)]), row(&[("wer", 0.0)])]));
+        // One sample has no interval: not known yet.
+        assert!(!rule.holds(&[row(&[("wer", 0.0)])]));
+        // A system without the metric is not held back by it.
+        assert!(rule.holds(&[row(&[("psnr_db", 20.0)])]));
+        let bits = StopRule {
+            min_bit_errors: Some(10),
+            max_seeds: 20,
+            ..StopRule::default()
+        };
+        assert!(!bits.holds(&[row(&[("ber", 0.01), ("bits_sent", 500.0)])]));
+        assert!(bits.holds(&[row(&[("ber", 0.01), ("bits_sent", 1000.0)])]));
     }
 }

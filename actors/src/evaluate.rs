@@ -6,7 +6,13 @@
 //! corrected texts against the sent texts and `bleu1_received`/`bleu4_received`
 //! of the uncorrected received texts (BLEU with smoothing method 1 of Chen &
 //! Cherry 2014, see `dataflow_models::quality`), `ber` over every bit sent for
-//! the frame (texts and slice) and `bits_sent`; the reference is kept as `original`.
+//! the frame (texts and slice; none when no bits were sent, as by deep JSCC) and
+//! `bits_sent`; the reference is kept as `original`.
+//! Bandwidth: `channel_uses`, the complex channel symbols the frame cost (the sum the
+//! channel stages put on the received message: `fuse` adds up its parts' `channel_uses`,
+//! `image_channel` adds `slice_channel_uses`, `codec_channel` and `jscc` set it), and
+//! `channel_uses_per_pixel` over the original's pixels. A frame whose path reports no
+//! `channel_uses` gets empty cells, not a made-up 0.
 //! Text metrics (`dataflow_models::text_metrics`): `wer` and `cer` of the corrected texts
 //! against the sent ones, `wer_received` and `cer_received` of the received texts, and
 //! `object_recall`, the share of COCO class names in the sent texts still in the
@@ -182,7 +188,21 @@ impl Stage for Run {
         let bits = f.number("bits").unwrap_or(0.0) + f.number("slice_bits").unwrap_or(0.0);
         let errors = f.number("bit_errors").unwrap_or(0.0) + f.number("slice_bit_errors").unwrap_or(0.0);
         fields.insert("bits_sent", Value::Number(bits));
-        fields.insert("ber", Value::Number(if bits > 0.0 { errors / bits } else { 0.0 }));
+        if bits > 0.0 {
+            // A path that sends no bits (deep JSCC's analog symbols) has no bit error rate.
+            fields.insert("ber", Value::Number(errors / bits));
+        }
+        // The slice crosses its own channel (`image_channel`'s `slice_channel_uses`, named
+        // apart so that it does not overwrite the texts' `channel_uses` at the join).
+        let uses = match (f.number("channel_uses"), f.number("slice_channel_uses")) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0.0) + b.unwrap_or(0.0)),
+        };
+        if let Some(uses) = uses {
+            let pixels = f64::from(orig.width) * f64::from(orig.height);
+            fields.insert("channel_uses", Value::Number(uses));
+            fields.insert("channel_uses_per_pixel", Value::Number(uses / pixels.max(1.0)));
+        }
         fields.insert("original", Value::Image(orig.clone()));
         out.emit(received.derive_part(Part::WHOLE, fields));
         Ok(())
@@ -267,7 +287,16 @@ impl StageKind for Evaluate {
 
 /// The fields `evaluate` adds with this configuration.
 fn added(c: &EvaluateConfig) -> Vec<&'static str> {
-    let mut f = vec!["psnr_db", "ssim", "cosine", "bits_sent", "ber", "original"];
+    let mut f = vec![
+        "psnr_db",
+        "ssim",
+        "cosine",
+        "bits_sent",
+        "ber",
+        "channel_uses",
+        "channel_uses_per_pixel",
+        "original",
+    ];
     if c.lpips {
         f.push("lpips");
     }

@@ -18,3 +18,5 @@ mod paper;
 mod receiver;
 mod support;
 mod sweep;
+mod sweep_bandwidth;
+mod sweep_seeds;
