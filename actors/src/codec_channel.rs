@@ -1,21 +1,23 @@
 //! `codec_channel`: the digital baseline of the paper (BPG + LDPC), as one stage.
 //!
 //! image → codec at the highest quality that fits `bpp` → 5G NR LDPC (TS 38.212:
-//! CRC, segmentation, base graph 1 or 2, rate matching to `rate`) → Gray QAM → AWGN at
-//! `snr_db` → max-log LLRs → layered BP decoding (`decoder`, `iterations`) → codec
+//! CRC, segmentation, base graph 1 or 2, rate matching to `rate`) → Gray QAM → fading
+//! (`model`, `coherence`, `csi`; none by default) and AWGN at average Es/N0 `snr_db` →
+//! equalisation → max-log LLRs scaled by |ĥ|² → layered BP decoding (`decoder`, `iterations`) → codec
 //! decode. When any code block fails (no convergence or a CRC error) the image is lost,
 //! as a digital link loses it: the frame goes on with the fallback image — a flat image
 //! of `fallback_rgb`, the Kodak24 mean colour by default, as the literature scores a lost
 //! image — and `image_lost = 1`, and the loss is counted and logged. Noise is seeded by
 //! graph, stage and frame. The codec result for an image is cached on disk (it does not
-//! depend on the SNR), so a sweep encodes each image once.
+//! depend on the SNR), so a sweep encodes each image once. `bits` counts the coded bits
+//! sent and `channel_uses` the complex symbols, pilots included.
 
 use dataflow_engine::{
-    BuildContext, Built, Image, Input, OutPort, Outputs, Ports, Role, Stage, StageError, StageKind, Value,
+    BuildContext, Built, Image, Input, KeyProblem, OutPort, Outputs, Ports, Role, Stage, StageError, StageKind, Value,
 };
-use dataflow_models::channel::{channel_rng, Modulation};
+use dataflow_models::channel::{channel_rng, Coherence, Csi, Fading, FadingModel, Modulation, SnrUnit};
 use dataflow_models::codec::{BudgetCache, Codec};
-use dataflow_models::ldpc::{transmit_coded, BaseGraph, CheckRule, CodedLink};
+use dataflow_models::ldpc::{transmit_coded_over, BaseGraph, CheckRule, CodedLink};
 use dataflow_monitoring::names;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -33,6 +35,25 @@ pub struct CodecChannelConfig {
     /// An error-free link.
     #[serde(default)]
     pub ideal: bool,
+    /// Fading: `awgn` (none), `rayleigh` or `rician`. `snr_db` stays the average Es/N0
+    /// (E|h|² = 1); the receiver equalises by the (estimated) gain.
+    #[serde(default)]
+    pub model: FadingModel,
+    /// Rician K factor in dB (line-of-sight over scattered power); only with `model = "rician"`.
+    #[serde(default)]
+    pub k_factor: Option<f64>,
+    /// How long one fading gain lasts: `"symbol"` (fast fading), N channel uses including
+    /// pilots (block fading) or `"message"` (quasi-static, one gain per message; the default).
+    #[serde(default)]
+    pub coherence: Coherence,
+    /// What the receiver knows of the gain: `"perfect"` (default) or `{ pilots = N }`, N pilot
+    /// symbols per coherence block and a least-squares estimate; pilots count as channel uses.
+    #[serde(default)]
+    pub csi: Csi,
+    /// Unit of `snr_db`: `esn0` (Es/N0, the default) or `ebn0` (Eb/N0, converted with the
+    /// modulation's bits per symbol and the code rate).
+    #[serde(default)]
+    pub snr_unit: SnrUnit,
     /// Image codec: `heif` (HEVC intra, the stand-in for BPG), `avif` or `jpeg`.
     #[serde(default = "default_codec")]
     pub codec: Codec,
@@ -95,6 +116,7 @@ struct Run {
     stage: String,
     seed: u64,
     snr_db: f64,
+    fading: Fading,
     modulation: Modulation,
     ideal: bool,
     codec: Codec,
@@ -137,7 +159,7 @@ impl Stage for Run {
             iterations: self.iterations,
         };
         let mut rng = channel_rng(self.seed, &self.stage, msg.id.seq, msg.part.index);
-        let decoded = transmit_coded(&enc.bytes, &link, &mut rng)
+        let decoded = transmit_coded_over(&enc.bytes, &link, &self.fading, &mut rng)
             .map_err(|e| StageError::input(format!("stage `{}`: {e}", self.stage)))?;
         self.bits.increment(decoded.coded_bits);
         self.bit_errors.increment(decoded.bit_errors);
@@ -176,7 +198,7 @@ impl StageKind for CodecChannel {
     const NAME: &'static str = "codec_channel";
     const ROLE: Role = Role::Transform;
     const DOC: &'static str =
-        "BPG-LDPC family baseline: image codec to a byte budget, 5G NR LDPC, QAM, AWGN, BP decoding; a failed block loses the image.";
+        "BPG-LDPC family baseline: image codec to a byte budget, 5G NR LDPC, QAM, fading and AWGN, BP decoding; a failed block loses the image.";
     const CHANNEL: bool = true;
 
     fn ports(_: &Self::Config) -> Ports {
@@ -203,6 +225,10 @@ impl StageKind for CodecChannel {
         }
     }
 
+    fn validate(c: &Self::Config) -> Vec<KeyProblem> {
+        fading(c).err().into_iter().collect()
+    }
+
     fn check(c: &Self::Config, _ctx: &BuildContext) -> Vec<String> {
         match c.codec.check_available() {
             Ok(()) => vec![],
@@ -224,6 +250,8 @@ impl StageKind for CodecChannel {
             )));
         }
         crate::util::check_ldpc_settings(c.rate, c.iterations)?;
+        let fading = fading(c).map_err(|p| StageError::input(p.message))?;
+        let snr_db = c.snr_unit.es_n0_db(c.snr_db, c.modulation.bits_per_symbol(), c.rate);
         let force = match c.base_graph {
             0 => None,
             1 => Some(BaseGraph::Bg1),
@@ -242,11 +270,12 @@ impl StageKind for CodecChannel {
             (names::LABEL_STAGE, ctx.stage.clone()),
             (names::LABEL_MODULATION, c.modulation.to_string()),
         ];
-        metrics::gauge!(names::CHANNEL_SNR_DB, names::LABEL_STAGE => ctx.stage.clone()).set(c.snr_db);
+        metrics::gauge!(names::CHANNEL_SNR_DB, names::LABEL_STAGE => ctx.stage.clone()).set(snr_db);
         Ok(Built::Stage(Box::new(Run {
             stage: ctx.stage.clone(),
             seed: ctx.seed,
-            snr_db: c.snr_db,
+            snr_db,
+            fading,
             modulation: c.modulation,
             ideal: c.ideal,
             codec: c.codec,
@@ -265,4 +294,12 @@ impl StageKind for CodecChannel {
             bit_errors: metrics::counter!(names::CHANNEL_BIT_ERRORS, &labels),
         })))
     }
+}
+
+/// The fading of the config's channel keys, or the key to blame.
+fn fading(c: &CodecChannelConfig) -> Result<Fading, KeyProblem> {
+    Fading::from_keys(c.model, c.k_factor, c.coherence, c.csi).map_err(|p| KeyProblem {
+        key: p.key,
+        message: p.message,
+    })
 }

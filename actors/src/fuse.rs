@@ -3,7 +3,8 @@
 //! A joining stage: the engine hands it every part of a frame from its input(s),
 //! or what arrived when `timeout_ms` passed. It emits one message per frame with
 //! `texts` (received, in part order; a lost part is `None`), `sent_texts`,
-//! `lost_parts`, and the summed `bits` and `bit_errors` of the parts; the parts'
+//! `lost_parts`, and the summed `bits`, `bit_errors` and `channel_uses` (complex channel
+//! symbols, pilots included; absent when no part reported it) of the parts; the parts'
 //! `ber_expected` (the text channel's theoretical bit error rate) is passed on.
 
 use std::sync::Arc;
@@ -40,6 +41,7 @@ impl Stage for Run {
         let mut received = Vec::new();
         let mut sent = Vec::new();
         let (mut bits, mut errors) = (0.0, 0.0);
+        let mut channel_uses: Option<f64> = None;
         let mut fields = Fields::new();
         for parts in &j.parts {
             for p in parts {
@@ -49,6 +51,9 @@ impl Stage for Run {
                         sent.push(m.fields.text("sent").or(m.fields.text("text")).map(str::to_string));
                         bits += m.fields.number("bits").unwrap_or(0.0);
                         errors += m.fields.number("bit_errors").unwrap_or(0.0);
+                        if let Some(uses) = m.fields.number("channel_uses") {
+                            *channel_uses.get_or_insert(0.0) += uses;
+                        }
                         for key in ["name", "frame_size", "grid_rows", "grid_cols", "ber_expected"] {
                             if let Some(v) = m.fields.get(key) {
                                 fields.insert(key, v.clone());
@@ -71,6 +76,9 @@ impl Stage for Run {
         fields.insert("lost_parts", Value::Number(lost as f64));
         fields.insert("bits", Value::Number(bits));
         fields.insert("bit_errors", Value::Number(errors));
+        if let Some(uses) = channel_uses {
+            fields.insert("channel_uses", Value::Number(uses));
+        }
         out.emit(first.derive_part(Part::WHOLE, fields));
         Ok(())
     }
@@ -98,6 +106,7 @@ impl StageKind for Fuse {
                     "lost_parts",
                     "bits",
                     "bit_errors",
+                    "channel_uses",
                     "ber_expected",
                 ],
             )],

@@ -1,19 +1,22 @@
 //! `image_channel`: the object slice over a noisy digital link.
 //!
 //! The slice's colour is JPEG-encoded at `quality` and its alpha (the object
-//! mask) as a grayscale JPEG; both byte streams cross the same modulation and
+//! mask) as a grayscale JPEG; both byte streams cross the same modulation, fading and
 //! AWGN as the captions (`coding = "none"`, uncoded; or `coding = "ldpc"`, 5G NR LDPC
 //! at `rate` with layered decoding, where a failed block loses the slice), with noise seeded by graph,
 //! stage and frame. A slice whose bytes no longer decode is reported and dropped:
 //! the frame goes on without it (`slice_lost = 1`) and the receiver rebuilds
-//! from text alone — the cliff effect of a digital link.
+//! from text alone — the cliff effect of a digital link. `slice_bits` counts the bits
+//! sent (coded bits with LDPC) and `slice_channel_uses` the complex symbols (pilots
+//! included); they carry the `slice_` prefix because the slice joins the texts' message
+//! at `reconstruct`, whose own `bits` and `channel_uses` they must not overwrite.
 
 use std::io::Cursor;
 
 use dataflow_engine::{
-    BuildContext, Built, Image, Input, OutPort, Outputs, Ports, Role, Stage, StageError, StageKind, Value,
+    BuildContext, Built, Image, Input, KeyProblem, OutPort, Outputs, Ports, Role, Stage, StageError, StageKind, Value,
 };
-use dataflow_models::channel::Modulation;
+use dataflow_models::channel::{Coherence, Csi, Fading, FadingModel, Modulation, SnrUnit};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -42,6 +45,25 @@ pub struct ImageChannelConfig {
     /// An error-free link (bits are still counted).
     #[serde(default)]
     pub ideal: bool,
+    /// Fading: `awgn` (none), `rayleigh` or `rician`. `snr_db` stays the average Es/N0
+    /// (E|h|² = 1); the receiver equalises by the (estimated) gain.
+    #[serde(default)]
+    pub model: FadingModel,
+    /// Rician K factor in dB (line-of-sight over scattered power); only with `model = "rician"`.
+    #[serde(default)]
+    pub k_factor: Option<f64>,
+    /// How long one fading gain lasts: `"symbol"` (fast fading), N channel uses including
+    /// pilots (block fading) or `"message"` (quasi-static, one gain per message; the default).
+    #[serde(default)]
+    pub coherence: Coherence,
+    /// What the receiver knows of the gain: `"perfect"` (default) or `{ pilots = N }`, N pilot
+    /// symbols per coherence block and a least-squares estimate; pilots count as channel uses.
+    #[serde(default)]
+    pub csi: Csi,
+    /// Unit of `snr_db`: `esn0` (Es/N0, the default) or `ebn0` (Eb/N0, converted with the
+    /// modulation's bits per symbol and the code rate).
+    #[serde(default)]
+    pub snr_unit: SnrUnit,
     /// JPEG quality, 1..=100.
     #[serde(default = "default_quality")]
     pub quality: u8,
@@ -88,11 +110,13 @@ struct Run {
     iterations: usize,
 }
 
-/// What one byte stream's crossing gave: the bytes received, bits sent, bit errors.
+/// What one byte stream's crossing gave: the bytes received, bits sent, bit errors,
+/// channel uses.
 struct Crossed {
     received: Vec<u8>,
     bits: u64,
     bit_errors: u64,
+    channel_uses: u64,
 }
 
 impl Run {
@@ -104,6 +128,7 @@ impl Run {
                     received: t.received,
                     bits: t.bits,
                     bit_errors: t.bit_errors,
+                    channel_uses: t.symbols,
                 }
             }
             Coding::Ldpc => {
@@ -113,6 +138,7 @@ impl Run {
                     received: if t.ok { t.received } else { Vec::new() },
                     bits: t.coded_bits,
                     bit_errors: t.bit_errors,
+                    channel_uses: t.symbols,
                 }
             }
         })
@@ -137,6 +163,7 @@ impl Stage for Run {
             // No object in this frame: nothing to send.
             fields.insert("slice_bits", Value::Number(0.0));
             fields.insert("slice_bit_errors", Value::Number(0.0));
+            fields.insert("slice_channel_uses", Value::Number(0.0));
             fields.insert("slice_lost", Value::Number(0.0));
             out.emit(msg.derive(fields));
             return Ok(());
@@ -155,6 +182,7 @@ impl Stage for Run {
         let ta = self.send(&alpha_bytes, msg.id.seq, 1)?;
         let bits = tc.bits + ta.bits;
         let bit_errors = tc.bit_errors + ta.bit_errors;
+        let channel_uses = tc.channel_uses + ta.channel_uses;
         let decoded = std::panic::catch_unwind(|| {
             let c = image::load_from_memory_with_format(&tc.received, image::ImageFormat::Jpeg)
                 .ok()?
@@ -189,6 +217,7 @@ impl Stage for Run {
         );
         fields.insert("slice_bits", Value::Number(bits as f64));
         fields.insert("slice_bit_errors", Value::Number(bit_errors as f64));
+        fields.insert("slice_channel_uses", Value::Number(channel_uses as f64));
         out.emit(msg.derive(fields));
         Ok(())
     }
@@ -199,14 +228,14 @@ impl StageKind for ImageChannel {
     const NAME: &'static str = "image_channel";
     const ROLE: Role = Role::Transform;
     const DOC: &'static str =
-        "Sends the object slice as JPEG over QAM and AWGN; an undecodable slice is dropped and reported.";
+        "Sends the object slice as JPEG over QAM, fading and AWGN; an undecodable slice is dropped and reported.";
     const CHANNEL: bool = true;
 
     fn ports(_: &Self::Config) -> Ports {
         Ports {
             outputs: vec![OutPort::passing(
                 "out",
-                &["slice_bits", "slice_bit_errors", "slice_lost"],
+                &["slice_bits", "slice_bit_errors", "slice_channel_uses", "slice_lost"],
             )],
             requires: vec!["frame_size".into()],
             heavy: true,
@@ -214,8 +243,18 @@ impl StageKind for ImageChannel {
         }
     }
 
+    fn validate(c: &Self::Config) -> Vec<KeyProblem> {
+        fading(c).err().into_iter().collect()
+    }
+
     fn build(c: &Self::Config, ctx: &BuildContext) -> Result<Built, StageError> {
         crate::util::check_ldpc_settings(c.rate, c.iterations)?;
+        let fading = fading(c).map_err(|p| StageError::input(p.message))?;
+        let rate = match c.coding {
+            Coding::None => 1.0,
+            Coding::Ldpc => c.rate,
+        };
+        let es_n0 = c.snr_unit.es_n0_db(c.snr_db, c.modulation.bits_per_symbol(), rate);
         if !(1..=100).contains(&c.quality) {
             return Err(StageError::input(format!(
                 "`quality` must be 1..=100, got {}",
@@ -223,7 +262,7 @@ impl StageKind for ImageChannel {
             )));
         }
         Ok(Built::Stage(Box::new(Run {
-            link: Link::new(c.snr_db, c.modulation, c.ideal, ctx)?,
+            link: Link::new(es_n0, fading, c.modulation, c.ideal, ctx)?,
             quality: c.quality,
             stage: ctx.stage.clone(),
             coding: c.coding,
@@ -231,4 +270,12 @@ impl StageKind for ImageChannel {
             iterations: c.iterations,
         })))
     }
+}
+
+/// The fading of the config's channel keys, or the key to blame.
+fn fading(c: &ImageChannelConfig) -> Result<Fading, KeyProblem> {
+    Fading::from_keys(c.model, c.k_factor, c.coherence, c.csi).map_err(|p| KeyProblem {
+        key: p.key,
+        message: p.message,
+    })
 }

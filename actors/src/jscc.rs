@@ -1,5 +1,8 @@
 //! `jscc`: the deep JSCC baseline (Bourtsoulatze et al. 2019) as one stage —
-//! encoder → power-normalised complex symbols → AWGN at `snr_db` → decoder.
+//! encoder → power-normalised complex symbols → fading (`model`, `coherence`, `csi`;
+//! none by default) and AWGN at average Es/N0 `snr_db` → equalisation by the
+//! (estimated) gain → decoder. `channel_uses` counts the complex symbols, pilots
+//! included; `bits` is 0 (the symbols are analog).
 //!
 //! The channel sits inside the stage between the two ONNX sessions, with the noise
 //! seeded by graph, stage and frame like every channel stage, so `--snr` and sweeps
@@ -10,9 +13,9 @@
 use std::path::PathBuf;
 
 use dataflow_engine::{
-    BuildContext, Built, Image, Input, OutPort, Outputs, Ports, Role, Stage, StageError, StageKind, Value,
+    BuildContext, Built, Image, Input, KeyProblem, OutPort, Outputs, Ports, Role, Stage, StageError, StageKind, Value,
 };
-use dataflow_models::channel::{channel_rng, Awgn};
+use dataflow_models::channel::{channel_rng, Channel, Coherence, Csi, Fading, FadingModel, SnrUnit};
 use dataflow_models::jscc::DeepJscc;
 use dataflow_models::provider::SessionOptions;
 use dataflow_monitoring::names;
@@ -21,7 +24,7 @@ use serde::Deserialize;
 
 use crate::util::image_field;
 
-/// Keys of `jscc` (`snr_db` inherited from `[channel]`).
+/// Keys of `jscc` (channel keys inherited from `[channel]`).
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct JsccConfig {
     /// Signal-to-noise ratio Es/N0 in dB.
@@ -30,6 +33,25 @@ pub struct JsccConfig {
     /// A noiseless channel.
     #[serde(default)]
     pub ideal: bool,
+    /// Fading: `awgn` (none), `rayleigh` or `rician`. `snr_db` stays the average Es/N0
+    /// (E|h|² = 1); the receiver equalises by the (estimated) gain.
+    #[serde(default)]
+    pub model: FadingModel,
+    /// Rician K factor in dB (line-of-sight over scattered power); only with `model = "rician"`.
+    #[serde(default)]
+    pub k_factor: Option<f64>,
+    /// How long one fading gain lasts: `"symbol"` (fast fading), N channel uses including
+    /// pilots (block fading) or `"message"` (quasi-static, one gain per message; the default).
+    #[serde(default)]
+    pub coherence: Coherence,
+    /// What the receiver knows of the gain: `"perfect"` (default) or `{ pilots = N }`, N pilot
+    /// symbols per coherence block and a least-squares estimate; pilots count as channel uses.
+    #[serde(default)]
+    pub csi: Csi,
+    /// Unit of `snr_db`: `esn0` (Es/N0) only; `ebn0` is refused, as the analog symbols carry
+    /// no bits.
+    #[serde(default)]
+    pub snr_unit: SnrUnit,
     /// Folder holding `encoder.onnx` and `decoder.onnx` (from `models/export/deep_jscc.py`).
     #[serde(default = "default_dir")]
     pub model_dir: PathBuf,
@@ -50,7 +72,7 @@ pub struct Jscc;
 
 struct Run {
     model: DeepJscc,
-    awgn: Awgn,
+    channel: Channel,
     seed: u64,
     stage: String,
     inference: metrics::Histogram,
@@ -66,12 +88,13 @@ impl Stage for Run {
         let started = std::time::Instant::now();
         let sent = self
             .model
-            .transmit(&img, &self.awgn, &mut rng)
+            .transmit(&img, &self.channel, &mut rng)
             .map_err(|e| StageError::new("model", format!("deep JSCC on frame {} failed: {e}", msg.id)))?;
         self.inference.record(started.elapsed().as_secs_f64());
         let mut fields = msg.fields.clone();
         fields.insert("image", Value::Image(Image::from_rgb(sent.image)));
         fields.insert("channel_uses", Value::Number(sent.channel_uses as f64));
+        fields.insert("bits", Value::Number(0.0));
         fields.insert(
             "channel_uses_per_pixel",
             Value::Number(sent.channel_uses as f64 / (f64::from(img.width()) * f64::from(img.height()))),
@@ -99,14 +122,15 @@ impl StageKind for Jscc {
     type Config = JsccConfig;
     const NAME: &'static str = "jscc";
     const ROLE: Role = Role::Transform;
-    const DOC: &'static str = "Deep JSCC baseline: CNN encoder, power-normalised symbols over AWGN, CNN decoder.";
+    const DOC: &'static str =
+        "Deep JSCC baseline: CNN encoder, power-normalised symbols over fading and AWGN, equalisation, CNN decoder.";
     const CHANNEL: bool = true;
 
     fn ports(_: &Self::Config) -> Ports {
         Ports {
             outputs: vec![OutPort::passing(
                 "out",
-                &["image", "channel_uses", "channel_uses_per_pixel"],
+                &["image", "channel_uses", "channel_uses_per_pixel", "bits"],
             )],
             requires: vec!["image".into()],
             heavy: true,
@@ -114,17 +138,18 @@ impl StageKind for Jscc {
         }
     }
 
+    fn validate(c: &Self::Config) -> Vec<KeyProblem> {
+        fading(c).err().into_iter().collect()
+    }
+
     fn check(c: &Self::Config, ctx: &BuildContext) -> Vec<String> {
         model_dir(c, ctx).err().into_iter().collect()
     }
 
     fn build(c: &Self::Config, ctx: &BuildContext) -> Result<Built, StageError> {
-        let awgn = if c.ideal {
-            Awgn::new(f64::INFINITY)
-        } else {
-            Awgn::new(c.snr_db)
-        }
-        .map_err(|e| StageError::input(e.to_string()))?;
+        let fading = fading(c).map_err(|p| StageError::input(p.message))?;
+        let channel = Channel::new(if c.ideal { f64::INFINITY } else { c.snr_db }, fading)
+            .map_err(|e| StageError::input(e.to_string()))?;
         if !c.snr_db.is_finite() {
             return Err(StageError::input(format!(
                 "`snr_db` must be a finite number, got {}",
@@ -138,10 +163,25 @@ impl StageKind for Jscc {
             names::LABEL_MODEL => "deep_jscc", names::LABEL_PROVIDER => model.provider().as_str());
         Ok(Built::Stage(Box::new(Run {
             model,
-            awgn,
+            channel,
             seed: ctx.seed,
             stage: ctx.stage.clone(),
             inference,
         })))
     }
+}
+
+/// The fading of the config's channel keys, or the key to blame; `snr_unit = "ebn0"` has
+/// no meaning for analog symbols.
+fn fading(c: &JsccConfig) -> Result<Fading, KeyProblem> {
+    if c.snr_unit == SnrUnit::Ebn0 {
+        return Err(KeyProblem {
+            key: "snr_unit",
+            message: "`snr_unit = \"ebn0\"` needs bits, but deep JSCC sends analog symbols; use `snr_unit = \"esn0\"` (set it on this stage to override [channel])".into(),
+        });
+    }
+    Fading::from_keys(c.model, c.k_factor, c.coherence, c.csi).map_err(|p| KeyProblem {
+        key: p.key,
+        message: p.message,
+    })
 }

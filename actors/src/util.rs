@@ -132,10 +132,11 @@ pub fn check_ldpc_settings(rate: f64, iterations: usize) -> Result<(), StageErro
     Ok(())
 }
 
-/// One digital link of a channel stage: modulation and AWGN at an SNR, seeded per
-/// graph, stage, frame and stream, with the bit counters of DESIGN §8.
+/// One digital link of a channel stage: modulation, fading and AWGN at an SNR, seeded
+/// per graph, stage, frame and stream, with the bit counters of DESIGN §8.
 pub struct Link {
     snr_db: f64,
+    channel: dataflow_models::channel::Channel,
     modulation: dataflow_models::channel::Modulation,
     ideal: bool,
     seed: u64,
@@ -145,9 +146,11 @@ pub struct Link {
 }
 
 impl Link {
-    /// A link for stage `ctx.stage`; checks the SNR and registers the channel metrics.
+    /// A link for stage `ctx.stage` at average Es/N0 `snr_db` with `fading`; checks the
+    /// SNR and registers the channel metrics.
     pub fn new(
         snr_db: f64,
+        fading: dataflow_models::channel::Fading,
         modulation: dataflow_models::channel::Modulation,
         ideal: bool,
         ctx: &dataflow_engine::BuildContext,
@@ -163,8 +166,11 @@ impl Link {
             (names::LABEL_MODULATION, modulation.to_string()),
         ];
         metrics::gauge!(names::CHANNEL_SNR_DB, names::LABEL_STAGE => ctx.stage.clone()).set(snr_db);
+        let channel = dataflow_models::channel::Channel::new(snr_db, fading)
+            .map_err(|e| StageError::input(format!("channel: {e}")))?;
         Ok(Link {
             snr_db,
+            channel,
             modulation,
             ideal,
             seed: ctx.seed,
@@ -181,12 +187,14 @@ impl Link {
         seq: u64,
         stream: u32,
     ) -> Result<dataflow_models::channel::Transmission, StageError> {
-        use dataflow_models::channel::{channel_rng, ideal, transmit_bytes};
+        use dataflow_models::channel::{channel_rng, ideal, transmit_bytes_over};
         let tx = if self.ideal {
-            ideal(bytes, self.modulation)
+            let mut tx = ideal(bytes, self.modulation);
+            tx.symbols += self.channel.fading().pilot_uses(tx.symbols as usize);
+            tx
         } else {
             let mut rng = channel_rng(self.seed, &self.stage, seq, stream);
-            transmit_bytes(bytes, self.modulation, self.snr_db, &mut rng)
+            transmit_bytes_over(bytes, self.modulation, &self.channel, &mut rng)
                 .map_err(|e| StageError::input(format!("channel: {e}")))?
         };
         self.bits.increment(tx.bits);
@@ -205,7 +213,7 @@ impl Link {
         iterations: usize,
     ) -> Result<dataflow_models::ldpc::CodedTransmission, StageError> {
         use dataflow_models::channel::channel_rng;
-        use dataflow_models::ldpc::{transmit_coded, CheckRule, CodedLink};
+        use dataflow_models::ldpc::{transmit_coded_over, CheckRule, CodedLink};
         let mut rng = channel_rng(self.seed, &self.stage, seq, stream);
         let link = CodedLink {
             modulation: self.modulation,
@@ -215,7 +223,8 @@ impl Link {
             rule: CheckRule::MinSum { alpha: 0.75 },
             iterations,
         };
-        let tx = transmit_coded(bytes, &link, &mut rng).map_err(|e| StageError::input(format!("coded link: {e}")))?;
+        let tx = transmit_coded_over(bytes, &link, self.channel.fading(), &mut rng)
+            .map_err(|e| StageError::input(format!("coded link: {e}")))?;
         self.bits.increment(tx.coded_bits);
         self.errors.increment(tx.bit_errors);
         Ok(tx)

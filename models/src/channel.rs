@@ -13,6 +13,9 @@
 //!   noise → hard decisions → bytes, counting bit errors and channel uses.
 //! - [`decode_text_lossy`]: received bytes → text the spelling corrector can work on.
 //! - [`channel_rng`]: one reproducible noise stream per (graph seed, stage, frame, part).
+//! - [`Channel`] / [`Fading`]: Rayleigh and Rician fading over symbol, block or message
+//!   coherence, perfect or pilot-estimated CSI, equalisation and |ĥ|²-scaled LLRs
+//!   ([`transmit_bytes_over`], [`transmit_bits_soft_over`]); module `fading` says how.
 //!
 //! Square QAM with Gray mapping is separable: the first half of a symbol's bits picks
 //! the in-phase level and the second half the quadrature level, each through a Gray
@@ -26,6 +29,13 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
+
+mod fading;
+
+pub use fading::{
+    demodulate_llr_scaled, soft_decisions, transmit_bits_soft_over, transmit_bytes_over, Channel, Coherence, Csi,
+    Faded, Fading, FadingModel, FadingProblem, SnrUnit,
+};
 
 /// Errors from the channel helpers.
 #[derive(Debug, thiserror::Error, PartialEq)]

@@ -10,7 +10,10 @@
 //!
 //! The channel sits between the two sessions: consecutive latent values along the
 //! channel axis pair up as the real and imaginary part of one complex symbol, which
-//! crosses the same AWGN as every other channel stage ([`crate::channel::Awgn`]).
+//! crosses the same channel as every other channel stage ([`crate::channel::Channel`]:
+//! AWGN, or Rayleigh/Rician fading with the receiver equalising by the (estimated) gain
+//! before the decoder sees the symbols; pilots, when the receiver estimates the gain,
+//! count as channel uses).
 //! H and W are padded by edge replication to multiples of 4 and cropped back.
 
 use std::path::Path;
@@ -18,7 +21,7 @@ use std::path::Path;
 use image::RgbImage;
 use rand::Rng;
 
-use crate::channel::{Awgn, Complex};
+use crate::channel::{Channel, Complex};
 use crate::error::ModelError;
 use crate::provider::{ActiveProvider, SessionOptions};
 use crate::session::{load_session, IoSpec, LoadedSession, TensorSpec};
@@ -35,7 +38,7 @@ pub struct DeepJscc {
 pub struct JsccOutput {
     /// The reconstruction, the size of the input.
     pub image: RgbImage,
-    /// Complex channel uses (latent values / 2).
+    /// Complex channel uses: latent values / 2, plus the pilot symbols of the channel.
     pub channel_uses: usize,
     /// Mean energy per complex symbol as sent (1 by construction).
     pub symbol_energy: f64,
@@ -69,11 +72,12 @@ impl DeepJscc {
         self.encoder.provider()
     }
 
-    /// Encodes `image`, sends the latent through `awgn` drawing from `rng`, decodes.
+    /// Encodes `image`, sends the latent through `channel` drawing from `rng` (the
+    /// decoder gets the equalised symbols), decodes.
     pub fn transmit<R: Rng + ?Sized>(
         &mut self,
         image: &RgbImage,
-        awgn: &Awgn,
+        channel: &Channel,
         rng: &mut R,
     ) -> Result<JsccOutput, ModelError> {
         let (w, h) = image.dimensions();
@@ -108,7 +112,7 @@ impl DeepJscc {
             .map(|p| Complex::new(f64::from(p[0]), f64::from(p[1])))
             .collect();
         let symbol_energy = symbols.iter().map(|s| s.norm_sqr()).sum::<f64>() / symbols.len() as f64;
-        awgn.apply(&mut symbols, rng);
+        let faded = channel.apply(&mut symbols, rng);
         for (pair, s) in latent.data.chunks_exact_mut(2).zip(&symbols) {
             pair[0] = s.re as f32;
             pair[1] = s.im as f32;
@@ -132,7 +136,7 @@ impl DeepJscc {
         });
         Ok(JsccOutput {
             image: img,
-            channel_uses: symbols.len(),
+            channel_uses: symbols.len() + faded.pilots as usize,
             symbol_energy,
         })
     }

@@ -801,7 +801,21 @@ pub fn transmit_coded<R: rand::Rng + ?Sized>(
     link: &CodedLink,
     rng: &mut R,
 ) -> Result<CodedTransmission, LdpcError> {
-    use crate::channel::{demodulate_llr, modulate, Awgn};
+    transmit_coded_over(bytes, link, &crate::channel::Fading::default(), rng)
+}
+
+/// [`transmit_coded`] over a fading channel: the coded symbols cross `fading` at the
+/// link's average Es/N0, are equalised by the (estimated) gain, and each bit's LLR is
+/// scaled by its symbol's |ĥ|² (unless `fading.scale_llrs` is false), so the decoder
+/// trusts bits from deep fades less. `symbols` counts pilot symbols too. With
+/// [`crate::channel::FadingModel::Awgn`] this is exactly [`transmit_coded`].
+pub fn transmit_coded_over<R: rand::Rng + ?Sized>(
+    bytes: &[u8],
+    link: &CodedLink,
+    fading: &crate::channel::Fading,
+    rng: &mut R,
+) -> Result<CodedTransmission, LdpcError> {
+    use crate::channel::{modulate, soft_decisions, Channel};
     let CodedLink {
         modulation,
         snr_db,
@@ -813,11 +827,11 @@ pub fn transmit_coded<R: rand::Rng + ?Sized>(
     let plan = TbPlan::new(bytes.len(), rate, modulation.bits_per_symbol(), base_graph)?;
     let coded = plan.encode(bytes);
     let mut symbols = modulate(&coded, modulation).map_err(|e| LdpcError::Channel(e.to_string()))?;
-    let awgn = Awgn::new(snr_db).map_err(|e| LdpcError::Channel(e.to_string()))?;
-    awgn.apply(&mut symbols, rng);
+    let channel = Channel::new(snr_db, *fading).map_err(|e| LdpcError::Channel(e.to_string()))?;
+    let faded = channel.apply(&mut symbols, rng);
     // A noiseless link still needs finite LLRs.
-    let n0 = awgn.n0().max(1e-3);
-    let llrs: Vec<f32> = demodulate_llr(&symbols, modulation, n0, coded.len())
+    let n0 = channel.n0().max(1e-3);
+    let llrs: Vec<f32> = soft_decisions(&symbols, &faded, modulation, &channel, n0, coded.len())
         .iter()
         .map(|&l| l as f32)
         .collect();
@@ -833,7 +847,7 @@ pub fn transmit_coded<R: rand::Rng + ?Sized>(
         ok: out.ok,
         coded_bits: coded.len() as u64,
         bit_errors: bit_errors as u64,
-        symbols: symbols.len() as u64,
+        symbols: symbols.len() as u64 + faded.pilots,
         blocks: plan.blocks,
         blocks_failed: out.blocks_failed,
         iterations: out.iterations,

@@ -5,6 +5,7 @@ mod cli;
 mod detect;
 mod distributed;
 mod engine;
+mod fading;
 mod graphs;
 mod invariants;
 mod live;
