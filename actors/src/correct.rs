@@ -12,8 +12,11 @@
 //!
 //! `model = "bart"` (paper tier): a BART seq2seq spelling corrector exported by
 //! `models/export/bart.py` (default checkpoint `oliverguhr/spelling-correction-english-base`),
-//! the encoder once per text and the decoder with its KV cache; greedy by default,
-//! `beams = N` for beam search.
+//! the encoder once per text and the decoder with its KV cache. Decoding uses the checkpoint's
+//! generation settings recorded in the export's `export.json` (bart-base fine-tunes: 4 beams,
+//! `no_repeat_ngram_size` 3, early stopping, forced BOS/EOS) and a token limit sized from the
+//! input (`n + n/2 + 10` new tokens for `n` input tokens, capped by the checkpoint's `max_length`);
+//! the keys `beams`, `no_repeat_ngram_size` and `max_new_tokens` override them.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -52,12 +55,16 @@ pub struct CorrectConfig {
     /// BART: the export folder (default `assets/models/bart`).
     #[serde(default)]
     pub model_dir: Option<PathBuf>,
-    /// BART: beam width (1 = greedy).
-    #[serde(default = "default_beams")]
-    pub beams: usize,
-    /// BART: most new tokens per text.
-    #[serde(default = "default_max_new_tokens")]
-    pub max_new_tokens: usize,
+    /// BART: beam width (1 = greedy); default: the checkpoint's `num_beams` (export.json).
+    #[serde(default)]
+    pub beams: Option<usize>,
+    /// BART: no n-gram of this many tokens repeats (0 = no rule); default: the checkpoint's.
+    #[serde(default)]
+    pub no_repeat_ngram_size: Option<usize>,
+    /// BART: most new tokens per text, a fixed limit; default: sized from each text's length
+    /// (`n + n/2 + 10` for `n` input tokens, capped by the checkpoint's `max_length`).
+    #[serde(default)]
+    pub max_new_tokens: Option<usize>,
     /// noisy_channel: folder holding the wordsegment `unigrams.txt` and `bigrams.txt`
     /// (default: the set-up's `assets/ngram`).
     #[serde(default)]
@@ -80,13 +87,6 @@ fn default_domain_weight() -> f64 {
 
 /// Bit error rate assumed by `noisy_channel` when neither `ber` nor `ber_expected` says.
 const FALLBACK_BER: f64 = 0.01;
-
-fn default_beams() -> usize {
-    1
-}
-fn default_max_new_tokens() -> usize {
-    64
-}
 
 fn default_model() -> CorrectModel {
     CorrectModel::Symspell
@@ -208,6 +208,29 @@ fn build_noisy_channel(c: &CorrectConfig, ctx: &BuildContext) -> Result<Fixer, S
     Ok(Fixer::NoisyChannel(Box::new(model)))
 }
 
+fn build_bart(c: &CorrectConfig, ctx: &BuildContext) -> Result<Fixer, StageError> {
+    if c.beams == Some(0) || c.max_new_tokens == Some(0) {
+        return Err(StageError::input(
+            "correct: `beams` and `max_new_tokens` must be at least 1 (or left out for the export's settings)",
+        ));
+    }
+    let dir = bart_dir(c, ctx)?;
+    let model = Bart::load(&dir, &c.session).map_err(|e| StageError::new("model", e.to_string()))?;
+    let mut options = model.default_options();
+    if let Some(b) = c.beams {
+        options.beams = b;
+    }
+    if let Some(n) = c.no_repeat_ngram_size {
+        options.no_repeat_ngram_size = n;
+    }
+    if let Some(m) = c.max_new_tokens {
+        options.max_new_tokens = m;
+        options.size_from_input = false;
+    }
+    tracing::info!(stage = %ctx.stage, model = %dir.display(), provider = %model.provider(), beams = options.beams, no_repeat_ngram_size = options.no_repeat_ngram_size, early_stopping = ?options.early_stopping, forced_eos = options.forced_eos, "BART corrector loaded");
+    Ok(Fixer::Bart(Box::new(model), options))
+}
+
 impl StageKind for Correct {
     type Config = CorrectConfig;
     const NAME: &'static str = "correct";
@@ -237,20 +260,7 @@ impl StageKind for Correct {
         let corrector = match c.model {
             CorrectModel::None => Fixer::None,
             CorrectModel::NoisyChannel => build_noisy_channel(c, ctx)?,
-            CorrectModel::Bart => {
-                if c.beams == 0 || c.max_new_tokens == 0 {
-                    return Err(StageError::input("`beams` and `max_new_tokens` must be at least 1"));
-                }
-                let dir = bart_dir(c, ctx)?;
-                let model = Bart::load(&dir, &c.session).map_err(|e| StageError::new("model", e.to_string()))?;
-                tracing::info!(stage = %ctx.stage, model = %dir.display(), provider = %model.provider(), beams = c.beams, "BART corrector loaded");
-                let options = CorrectOptions {
-                    max_new_tokens: c.max_new_tokens,
-                    beams: c.beams,
-                    ..CorrectOptions::default()
-                };
-                Fixer::Bart(Box::new(model), options)
-            }
+            CorrectModel::Bart => build_bart(c, ctx)?,
             CorrectModel::Symspell => {
                 let dir = dictionary_dir(c, ctx)?;
                 let t0 = std::time::Instant::now();

@@ -22,12 +22,23 @@ Layout written to `--out`:
                                     past_key_values.{i}.encoder.key/value f32[b, heads, S, hd]
                                     -> logits f32[b, 1, vocab], present.{i}.decoder.key/value (past + 1)
     tokenizer.json, config.json, generation_config.json
-    export.json                     start/forced/stop tokens, cache shapes, versions, command
+    export.json                     start/forced/stop tokens, cache shapes, versions, command, and
+                                    `generation`: the checkpoint's generation settings (num_beams,
+                                    no_repeat_ngram_size, early_stopping, length_penalty, forced BOS/EOS,
+                                    max_length, min_length, decoder_start_token_id; null = not set)
     expected.json                   (tiny mode) ids of `generate` for fixed texts: greedy and beam search
+    generation.json                 (tiny mode) ids of `generate` with the exported generation settings
+                                    (and variants of them) and the token limit sized from the input
+
+The Rust decoder (`models/src/bart.rs`) takes its defaults from `generation`. A `max_length` the
+checkpoint does not set is left null: transformers' own fallback of 20 tokens would cut a 40-token
+caption, so the limit is sized from the input instead (`token_limit` below, the same rule as Rust).
 
 `--tiny-random`: the same BartForConditionalGeneration class from a shrunken BartConfig with random
 weights, and a byte-level BPE tokenizer (RoBERTa post-processor, `<s> <pad> </s> <unk>` … `<mask>`)
-trained locally.
+trained locally. Its generation settings are bart-base's (4 beams, no_repeat_ngram_size 3, early
+stopping, forced BOS/EOS) plus `max_length 40` and `min_length 4`, and `</s>` gets a logit bias of
+5 so that some hypotheses end early and the early-stopping and min-length rules are exercised.
 """
 
 from __future__ import annotations
@@ -49,6 +60,45 @@ TEXTS = [
     "a red motorbke is parked on the stret",
     "A person in a white space suit.",
 ]
+# Extra texts of generation.json: a short one and one past the limit's cap.
+GENERATION_TEXTS = TEXTS + [
+    "teh cat",
+    "there are two dogs playing wiht a red bal in teh park near a big tree and a smal house",
+]
+# The generation settings `export.json` carries (transformers' GenerationConfig names).
+GENERATION_KEYS = [
+    "num_beams",
+    "no_repeat_ngram_size",
+    "early_stopping",
+    "length_penalty",
+    "forced_bos_token_id",
+    "forced_eos_token_id",
+    "max_length",
+    "min_length",
+    "decoder_start_token_id",
+]
+# New-token limit sized from the input (models/src/bart.rs `Bart::token_limit` uses the same rule):
+# a spelling fix is about as long as its input in tokens (misspellings split into more BPE pieces
+# than the fixed words), so 1.5 x the input tokens + 10 leaves room, capped by the checkpoint's
+# max_length (when it sets one) and the decoder's learned positions.
+LIMIT_MARGIN = 10
+
+
+def token_limit(n_input: int, generation: dict, max_positions: int) -> int:
+    limit = min(n_input + n_input // 2 + LIMIT_MARGIN, max_positions - 1)
+    if generation.get("max_length") is not None:
+        limit = min(limit, generation["max_length"] - 1)
+    return max(limit, 1)
+
+
+def generation_settings(model) -> dict:
+    """The checkpoint's generation settings (None where it sets none; transformers then uses its defaults)."""
+    gc = model.generation_config
+    out = {k: getattr(gc, k, None) for k in GENERATION_KEYS}
+    for k in ("forced_bos_token_id", "forced_eos_token_id", "decoder_start_token_id"):
+        if isinstance(out[k], list):
+            out[k] = out[k][0]
+    return out
 
 
 def attention(q, k, v, bias, heads):
@@ -160,11 +210,16 @@ def build(tiny: bool, seed: int, name: str):
         init_std=1.0,
     )
     model = BartForConditionalGeneration(config).eval()
-    model.generation_config.forced_bos_token_id = 0
+    gc = model.generation_config
+    # bart-base's generation settings, and lengths that the fixture's texts reach.
+    gc.forced_bos_token_id, gc.forced_eos_token_id = 0, 2
+    gc.num_beams, gc.no_repeat_ngram_size, gc.early_stopping, gc.length_penalty = 4, 3, True, 1.0
+    gc.max_length, gc.min_length = 40, 4
     with torch.no_grad():
         for n, p in model.named_parameters():
             if n.endswith("bias"):
                 p.normal_(0.0, 0.1)
+        model.final_logits_bias[0, config.eos_token_id] = 5.0
     return model, tok
 
 
@@ -291,11 +346,13 @@ def main() -> None:
         "eos_token_id": gc.eos_token_id if isinstance(gc.eos_token_id, int) else gc.eos_token_id[0],
         "pad_token_id": gc.pad_token_id,
         "max_position_embeddings": model.config.max_position_embeddings,
+        "generation": generation_settings(model),
         **geometry,
     }
     common.write_json(out / "export.json", meta)
     if not args.tiny_random:
         return
+    write_generation_reference(model, tok, meta, out / "generation.json")
 
     expected = []
     for text in TEXTS:
@@ -308,6 +365,7 @@ def main() -> None:
             do_sample=False,
             forced_eos_token_id=None,
             no_repeat_ngram_size=0,
+            min_length=0,
         )
         with torch.no_grad():
             greedy = model.generate(num_beams=1, **common_args)[0].tolist()
@@ -327,11 +385,54 @@ def main() -> None:
         out / "expected.json",
         {
             "reference": "BartForConditionalGeneration.generate(do_sample=False, forced_eos_token_id=None, "
-            "no_repeat_ngram_size=0); beam: num_beams=B, length_penalty=1, early_stopping=True. Ids after "
+            "no_repeat_ngram_size=0, min_length=0); beam: num_beams=B, length_penalty=1, early_stopping=True. Ids after "
             "decoder_start, eos excluded. The greedy ids are also checked against the ONNX loop in bart.py.",
             "max_new_tokens": args.max_new_tokens,
             "beams": args.beams,
             "cases": expected,
+        },
+    )
+
+
+# Variants of the exported settings in generation.json: each overrides some of them; `max_new_tokens`
+# replaces the limit sized from the input (as the `correct` stage's key does).
+VARIANTS = [
+    {},
+    {"num_beams": 1},
+    {"num_beams": 3, "no_repeat_ngram_size": 2, "early_stopping": False, "length_penalty": 2.0},
+    {"num_beams": 4, "early_stopping": "never", "length_penalty": 0.5, "min_length": 0},
+    {"num_beams": 2, "no_repeat_ngram_size": 0, "forced_eos_token_id": None, "max_new_tokens": 7},
+]
+
+
+def write_generation_reference(model, tok, meta: dict, path: Path) -> None:
+    """`generate` with the exported settings (and VARIANTS) on GENERATION_TEXTS: the ids Rust must give."""
+    gen = meta["generation"]
+    cases = []
+    for text in GENERATION_TEXTS:
+        ids = tok.encode(text).ids
+        x = torch.tensor([ids])
+        for variant in VARIANTS:
+            settings = {k: gen[k] for k in GENERATION_KEYS if k != "max_length"}
+            settings.update({k: v for k, v in variant.items() if k != "max_new_tokens"})
+            sized = "max_new_tokens" not in variant
+            limit = token_limit(len(ids), gen, meta["max_position_embeddings"]) if sized else variant["max_new_tokens"]
+            with torch.no_grad():
+                seq = model.generate(input_ids=x, attention_mask=torch.ones_like(x), do_sample=False,
+                                     max_new_tokens=limit, **settings)[0].tolist()
+            seq = seq[1:]  # decoder_start
+            eos = meta["eos_token_id"]
+            seq = seq[: seq.index(eos)] if eos in seq else seq
+            cases.append({"text": text, "input_ids": ids, "settings": settings, "sized_from_input": sized,
+                          "max_new_tokens": limit, "ids": seq})
+    common.write_json(
+        path,
+        {
+            "reference": "BartForConditionalGeneration.generate(do_sample=False, max_new_tokens=limit, **settings) "
+            "on the PyTorch model the ONNX files were exported from. Ids after decoder_start, eos excluded. "
+            "limit = min(n + n // 2 + 10, max_position_embeddings - 1, max_length - 1) for n input tokens "
+            "when sized_from_input, else the variant's max_new_tokens.",
+            "cases": cases,
         },
     )
 

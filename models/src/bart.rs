@@ -14,9 +14,21 @@
 //!   `past_key_values.{i}.{decoder,encoder}.{key,value}` → `logits`, `present.{i}.decoder.*`.
 //!
 //! The encoder runs once; the decoder starts from `decoder_start_token_id`, forces
-//! `forced_bos_token_id` first when the export says so, and stops at `eos_token_id`. Greedy by
-//! default; beam search of a configurable width (length penalty, early stopping as in
-//! `transformers`' `generate(num_beams=B, early_stopping=True)`).
+//! `forced_bos_token_id` first when the export says so, and stops at `eos_token_id`.
+//!
+//! Decoding follows `transformers`' `generate` (5.x) with the checkpoint's generation settings,
+//! which `export.json` carries under `generation` ([`CorrectOptions::from_export`]): greedy or
+//! beam search (`num_beams`), `no_repeat_ngram_size` (an n-gram of the decoder's tokens, start
+//! token included, never repeats), `min_length` (no `</s>` before it), forced BOS at the first
+//! step and forced EOS at the last, length penalty and the three `early_stopping` rules. The
+//! fixture's `generation.json` holds PyTorch's ids for these settings; `models/tests/bart_generate.rs`
+//! checks them.
+//!
+//! Token limit: the checkpoint's `max_length` when it sets one, else sized from the input
+//! ([`Bart::token_limit`]): `n + n/2 + 10` new tokens for `n` input tokens. A spelling fix is
+//! about as long as its input in BPE tokens, so this never cuts a correction the way a fixed
+//! 64 (or transformers' fallback `max_length = 20`) cuts a 40-token caption, and a degenerate
+//! loop on a short text still ends soon. Always capped by the decoder's learned positions.
 
 use std::path::{Path, PathBuf};
 
@@ -64,27 +76,128 @@ pub struct BartExport {
     pub d_model: usize,
     /// Vocabulary size.
     pub vocab_size: usize,
+    /// The checkpoint's generation settings (absent in exports made before they were recorded).
+    #[serde(default)]
+    pub generation: GenerationSettings,
 }
+
+/// The generation settings of the checkpoint (`transformers`' `GenerationConfig` names); `None`
+/// where the checkpoint sets none (then `transformers`' defaults hold: greedy, no n-gram rule,
+/// length penalty 1, heuristic early stopping, no minimum).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct GenerationSettings {
+    /// Beam width.
+    pub num_beams: Option<usize>,
+    /// No n-gram of this size occurs twice in the output.
+    pub no_repeat_ngram_size: Option<usize>,
+    /// When beam search stops.
+    pub early_stopping: Option<EarlyStopping>,
+    /// Exponent of the length normalisation of finished beams.
+    pub length_penalty: Option<f32>,
+    /// Token forced at the first step.
+    pub forced_bos_token_id: Option<u32>,
+    /// Token forced at the last step (when the limit is reached).
+    pub forced_eos_token_id: Option<u32>,
+    /// Most decoder tokens, start token included.
+    pub max_length: Option<usize>,
+    /// Fewest decoder tokens before `</s>`, start token included.
+    pub min_length: Option<usize>,
+    /// First decoder token.
+    pub decoder_start_token_id: Option<u32>,
+}
+
+/// `transformers`' `early_stopping` of beam search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EarlyStopping {
+    /// `false`: stop when the best running beam, scored at its current length, cannot beat the
+    /// worst of `beams` finished hypotheses.
+    #[default]
+    Heuristic,
+    /// `true`: stop as soon as `beams` hypotheses are finished.
+    Done,
+    /// `"never"`: as `Heuristic`, but with a positive length penalty the running beam is scored
+    /// at the longest possible length (canonical beam search).
+    Never,
+}
+
+impl<'de> Deserialize<'de> for EarlyStopping {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Flag(bool),
+            Word(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Flag(true) => Ok(EarlyStopping::Done),
+            Raw::Flag(false) => Ok(EarlyStopping::Heuristic),
+            Raw::Word(w) if w == "never" => Ok(EarlyStopping::Never),
+            Raw::Word(w) => Err(serde::de::Error::custom(format!(
+                "early_stopping must be true, false or \"never\", got {w:?}"
+            ))),
+        }
+    }
+}
+
+/// Margin of the input-sized token limit ([`Bart::token_limit`]).
+pub const LIMIT_MARGIN: usize = 10;
 
 /// Correction settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CorrectOptions {
-    /// Most new tokens (the input's length plus a margin is a good bound).
+    /// Most new tokens (`</s>` included); always capped by the decoder's learned positions.
     pub max_new_tokens: usize,
+    /// Also cap the new tokens at `n + n/2 + LIMIT_MARGIN` for `n` input tokens.
+    pub size_from_input: bool,
     /// Beam width; 1 is greedy.
     pub beams: usize,
     /// Exponent of the length normalisation of finished beams.
     pub length_penalty: f32,
+    /// No n-gram of this many tokens occurs twice (0: no rule).
+    pub no_repeat_ngram_size: usize,
+    /// When beam search stops.
+    pub early_stopping: EarlyStopping,
+    /// Force `</s>` (the export's `forced_eos_token_id`) as the last token when the limit is reached.
+    pub forced_eos: bool,
+    /// Fewest decoder tokens (start token included) before `</s>` may come.
+    pub min_length: usize,
     /// Feed the decoder's KV cache back (normal); `false` re-runs the whole prefix each step.
     pub use_cache: bool,
 }
 
 impl Default for CorrectOptions {
+    /// Plain decoding: greedy, 64 new tokens, no n-gram rule, no forced EOS, no minimum (beam
+    /// search, when asked for, stops when `beams` hypotheses are done). The `correct` stage uses
+    /// [`CorrectOptions::from_export`] instead.
     fn default() -> Self {
         CorrectOptions {
             max_new_tokens: 64,
+            size_from_input: false,
             beams: 1,
             length_penalty: 1.0,
+            no_repeat_ngram_size: 0,
+            early_stopping: EarlyStopping::Done,
+            forced_eos: false,
+            min_length: 0,
+            use_cache: true,
+        }
+    }
+}
+
+impl CorrectOptions {
+    /// The checkpoint's own settings (`export.json`'s `generation`), with `transformers`'
+    /// defaults where it sets none, and the token limit sized from the input.
+    pub fn from_export(e: &BartExport) -> Self {
+        let g = &e.generation;
+        CorrectOptions {
+            max_new_tokens: g.max_length.map_or(usize::MAX, |m| m.saturating_sub(1).max(1)),
+            size_from_input: true,
+            beams: g.num_beams.unwrap_or(1).max(1),
+            length_penalty: g.length_penalty.unwrap_or(1.0),
+            no_repeat_ngram_size: g.no_repeat_ngram_size.unwrap_or(0),
+            early_stopping: g.early_stopping.unwrap_or_default(),
+            forced_eos: g.forced_eos_token_id.is_some(),
+            min_length: g.min_length.unwrap_or(0),
             use_cache: true,
         }
     }
@@ -189,6 +302,24 @@ impl Bart {
         self.tokenizer.encode(text, true)
     }
 
+    /// The default settings of this export ([`CorrectOptions::from_export`]).
+    pub fn default_options(&self) -> CorrectOptions {
+        CorrectOptions::from_export(&self.export)
+    }
+
+    /// Most new tokens (`</s>` included) for an input of `input_len` tokens: `max_new_tokens`,
+    /// with `size_from_input` also `input_len + input_len / 2 + LIMIT_MARGIN`, and never more
+    /// than the decoder's learned positions allow (the start token and every fed token take one).
+    pub fn token_limit(&self, input_len: usize, options: &CorrectOptions) -> usize {
+        let mut limit = options
+            .max_new_tokens
+            .min(self.export.max_position_embeddings.saturating_sub(1));
+        if options.size_from_input {
+            limit = limit.min(input_len + input_len / 2 + LIMIT_MARGIN);
+        }
+        limit
+    }
+
     /// The generated ids for `input_ids` (after the start token, eos left out).
     pub fn generate_ids(&mut self, input_ids: &[u32], options: &CorrectOptions) -> Result<Vec<u32>, ModelError> {
         if input_ids.is_empty() {
@@ -197,13 +328,10 @@ impl Bart {
         if options.beams == 0 {
             return Err(ModelError::Invalid("beams must be at least 1".into()));
         }
-        // The decoder's learned positions bound the output: the start token and every fed
-        // token take one.
-        let mut options = *options;
-        options.max_new_tokens = options
-            .max_new_tokens
-            .min(self.export.max_position_embeddings.saturating_sub(1));
-        let options = &options;
+        let limit = self.token_limit(input_ids.len(), options);
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let s = input_ids.len();
         let ids: Vec<i64> = input_ids.iter().map(|&t| i64::from(t)).collect();
         let out = self.encoder.run(vec![
@@ -216,133 +344,203 @@ impl Bart {
         }
         let hidden = hidden.to_vec();
         if options.beams == 1 {
-            self.greedy(&hidden, s, options)
+            self.greedy(&hidden, s, limit, options)
         } else {
-            self.beam_search(&hidden, s, options)
+            self.beam_search(&hidden, s, limit, options)
         }
     }
 
-    fn greedy(&mut self, hidden: &[f32], s: usize, options: &CorrectOptions) -> Result<Vec<u32>, ModelError> {
-        let e = self.export.clone();
-        let mut prefix = vec![e.decoder_start_token_id];
-        let mut res = self.run_first(&prefix, hidden, s, 1)?;
-        let mut cross = Cache::new();
-        let mut out = Vec::new();
-        for k in 0..options.max_new_tokens {
-            let next = match (k, e.forced_bos_token_id) {
-                (0, Some(bos)) => bos,
-                _ => {
-                    let (shape, logits) = res.f32("logits")?;
-                    let t = shape[1];
-                    argmax(&logits[(t - 1) * e.vocab_size..t * e.vocab_size]) as u32
+    /// Log-probabilities of the token after `seq` (the decoder's tokens so far, start token
+    /// included) from its `logits`, through `transformers`' logits processors: min length,
+    /// no-repeat n-grams, forced BOS at the first step and forced EOS at step `limit`.
+    fn next_log_probs(&self, logits: &[f32], seq: &[u32], limit: usize, o: &CorrectOptions) -> Vec<f32> {
+        let e = &self.export;
+        let cur = seq.len();
+        let forced_eos = e.generation.forced_eos_token_id.unwrap_or(e.eos_token_id);
+        // Forced EOS comes after forced BOS in transformers' list, so it wins when both apply.
+        let forced = if o.forced_eos && cur == limit {
+            Some(forced_eos)
+        } else if cur == 1 {
+            e.forced_bos_token_id
+        } else {
+            None
+        };
+        if let Some(tok) = forced {
+            let mut lp = vec![f32::NEG_INFINITY; logits.len()];
+            if let Some(x) = lp.get_mut(tok as usize) {
+                *x = 0.0;
+            }
+            return lp;
+        }
+        let mut lp = log_softmax(logits);
+        if cur < o.min_length {
+            if let Some(x) = lp.get_mut(e.eos_token_id as usize) {
+                *x = f32::NEG_INFINITY;
+            }
+        }
+        let n = o.no_repeat_ngram_size;
+        if n > 0 && cur >= n {
+            // Every earlier n-gram that starts with the last n-1 tokens bans its last token.
+            let prefix = &seq[cur + 1 - n..];
+            for w in seq.windows(n) {
+                if w[..n - 1] == *prefix {
+                    if let Some(x) = lp.get_mut(w[n - 1] as usize) {
+                        *x = f32::NEG_INFINITY;
+                    }
                 }
+            }
+        }
+        lp
+    }
+
+    fn greedy(&mut self, hidden: &[f32], s: usize, limit: usize, o: &CorrectOptions) -> Result<Vec<u32>, ModelError> {
+        let e = self.export.clone();
+        let vocab = e.vocab_size;
+        let mut seq = vec![e.decoder_start_token_id];
+        let mut res = self.run_first(&seq, hidden, s, 1)?;
+        let mut cross = Cache::new();
+        for k in 0..limit {
+            let next = {
+                let (shape, logits) = res.f32("logits")?;
+                let t = shape[1];
+                argmax(&self.next_log_probs(&logits[(t - 1) * vocab..t * vocab], &seq, limit, o)) as u32
             };
             if next == e.eos_token_id {
                 break;
             }
-            out.push(next);
-            prefix.push(next);
-            if k + 1 == options.max_new_tokens {
+            seq.push(next);
+            if k + 1 == limit {
                 break;
             }
-            res = if options.use_cache {
+            res = if o.use_cache {
                 if k == 0 {
                     cross = self.take_cache(&mut res, "encoder")?;
                 }
                 let past = self.take_cache(&mut res, "decoder")?;
                 self.run_step(&[next], s, past, &cross)?
             } else {
-                self.run_first(&prefix, hidden, s, 1)?
+                self.run_first(&seq, hidden, s, 1)?
             };
         }
-        Ok(out)
+        Ok(seq[1..].to_vec())
     }
 
-    fn beam_search(&mut self, hidden: &[f32], s: usize, options: &CorrectOptions) -> Result<Vec<u32>, ModelError> {
+    /// The best `keep` continuations `(summed log-probability, beam, token)` of the running beams,
+    /// best first (finite scores only).
+    fn beam_candidates(
+        &self,
+        res: &RunOutputs,
+        running: &[(Vec<u32>, f32)],
+        keep: usize,
+        limit: usize,
+        o: &CorrectOptions,
+    ) -> Result<Vec<(f32, usize, u32)>, ModelError> {
+        let vocab = self.export.vocab_size;
+        let (shape, logits) = res.f32("logits")?;
+        let t = shape[1];
+        let mut candidates: Vec<(f32, usize, u32)> = Vec::with_capacity(running.len() * vocab);
+        for (bi, (seq, score)) in running.iter().enumerate() {
+            let at = (bi * t + t - 1) * vocab;
+            let lp = self.next_log_probs(&logits[at..at + vocab], seq, limit, o);
+            candidates.extend(
+                lp.iter()
+                    .enumerate()
+                    .filter(|(_, l)| l.is_finite())
+                    .map(|(tok, l)| (score + l, bi, tok as u32)),
+            );
+        }
+        let order =
+            |a: &(f32, usize, u32), b: &(f32, usize, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2));
+        if candidates.len() > keep {
+            candidates.select_nth_unstable_by(keep - 1, order);
+            candidates.truncate(keep);
+        }
+        candidates.sort_by(order);
+        Ok(candidates)
+    }
+
+    /// Beam search as `transformers`' `_beam_search` (5.x): per step the best `2 × beams`
+    /// continuations; those among the first `beams` that end (`</s>`, or the limit reached) join
+    /// the finished hypotheses, scored by summed log-probability / generated length ^ length
+    /// penalty; the best `beams` that do not end run on. It stops per `early_stopping`.
+    fn beam_search(
+        &mut self,
+        hidden: &[f32],
+        s: usize,
+        limit: usize,
+        o: &CorrectOptions,
+    ) -> Result<Vec<u32>, ModelError> {
         let e = self.export.clone();
-        let width = options.beams;
-        let vocab = e.vocab_size;
-        // Running beams: generated tokens (after the start token) and summed log-probabilities.
-        let mut beams: Vec<(Vec<u32>, f32)> = vec![(Vec::new(), 0.0)];
+        let width = o.beams;
+        // Running beams (decoder tokens, start token included; summed log-probabilities) and the
+        // finished hypotheses (best first, at most `width`; normalised scores).
+        let mut running: Vec<(Vec<u32>, f32)> = vec![(vec![e.decoder_start_token_id], 0.0)];
         let mut finished: Vec<(Vec<u32>, f32)> = Vec::new();
+        let mut improvable = true;
         let mut res = self.run_first(&[e.decoder_start_token_id], hidden, s, 1)?;
         // The cross-attention cache of one row, and expanded to the running beams.
         let mut cross_one = Cache::new();
         let mut cross = Cache::new();
-        for k in 0..options.max_new_tokens {
-            let (shape, logits) = res.f32("logits")?;
-            let t = shape[1];
-            let mut candidates: Vec<(f32, usize, u32)> = Vec::with_capacity(beams.len() * vocab);
-            for (bi, (_, score)) in beams.iter().enumerate() {
-                match (k, e.forced_bos_token_id) {
-                    (0, Some(bos)) => candidates.push((*score, bi, bos)),
-                    _ => {
-                        let at = (bi * t + t - 1) * vocab;
-                        let lp = log_softmax(&logits[at..at + vocab]);
-                        candidates.extend(lp.iter().enumerate().map(|(tok, l)| (score + l, bi, tok as u32)));
+        for k in 0..limit {
+            let candidates = self.beam_candidates(&res, &running, 2 * width, limit, o)?;
+            let last_step = k + 1 == limit;
+            let ends = |tok: u32| tok == e.eos_token_id || last_step;
+            let full = finished.len() == width && o.early_stopping == EarlyStopping::Done;
+            if improvable && !full {
+                for &(score, bi, tok) in candidates.iter().take(width).filter(|c| ends(c.2)) {
+                    let mut toks = running[bi].0.clone();
+                    if tok != e.eos_token_id {
+                        toks.push(tok);
                     }
+                    finished.push((toks, score / ((k + 1) as f32).powf(o.length_penalty)));
                 }
+                finished.sort_by(|a, b| b.1.total_cmp(&a.1));
+                finished.truncate(width);
             }
-            candidates.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
-            candidates.truncate(2 * width);
-            let mut next: Vec<(usize, u32, f32)> = Vec::with_capacity(width);
-            for (rank, &(score, bi, tok)) in candidates.iter().enumerate() {
-                if tok == e.eos_token_id {
-                    if rank < width {
-                        let len = beams[bi].0.len() + 1;
-                        finished.push((beams[bi].0.clone(), score / (len as f32).powf(options.length_penalty)));
-                    }
-                } else if next.len() < width {
-                    next.push((bi, tok, score));
-                }
-            }
-            finished.sort_by(|a, b| b.1.total_cmp(&a.1));
-            finished.truncate(width);
-            if finished.len() >= width || next.is_empty() {
-                beams.clear();
+            let next: Vec<(f32, usize, u32)> = candidates.iter().filter(|c| !ends(c.2)).take(width).copied().collect();
+            if next.is_empty() {
                 break;
             }
-            let order: Vec<usize> = next.iter().map(|n| n.0).collect();
-            beams = next
+            let order: Vec<usize> = next.iter().map(|n| n.1).collect();
+            running = next
                 .iter()
-                .map(|&(bi, tok, score)| {
-                    let mut toks = beams[bi].0.clone();
+                .map(|&(score, bi, tok)| {
+                    let mut toks = running[bi].0.clone();
                     toks.push(tok);
                     (toks, score)
                 })
                 .collect();
-            if k + 1 == options.max_new_tokens {
+            // Can a running beam still beat the worst finished one?
+            let best_len = match o.early_stopping {
+                EarlyStopping::Never if o.length_penalty > 0.0 => limit,
+                _ => k + 1,
+            };
+            let best = running[0].1 / (best_len as f32).powf(o.length_penalty);
+            let worst = match finished.last() {
+                Some(f) if finished.len() == width => f.1,
+                _ => -1.0e9,
+            };
+            improvable &= best > worst;
+            if !improvable || (finished.len() == width && o.early_stopping == EarlyStopping::Done) {
                 break;
             }
-            let last: Vec<u32> = beams
-                .iter()
-                .map(|b| b.0.last().copied().unwrap_or(e.eos_token_id))
-                .collect();
-            res = if options.use_cache {
+            let last: Vec<u32> = running.iter().map(|b| b.0[b.0.len() - 1]).collect();
+            res = if o.use_cache {
                 if k == 0 {
                     cross_one = self.take_cache(&mut res, "encoder")?;
                 }
-                if cross.is_empty() || rows_of(&cross)? != beams.len() {
-                    cross = reorder(&cross_one, &vec![0; beams.len()])?;
+                if cross.is_empty() || rows_of(&cross)? != running.len() {
+                    cross = reorder(&cross_one, &vec![0; running.len()])?;
                 }
                 let past = reorder(&self.take_cache(&mut res, "decoder")?, &order)?;
                 self.run_step(&last, s, past, &cross)?
             } else {
-                let n = beams.len();
-                let mut flat = Vec::with_capacity(n * (k + 2));
-                for (toks, _) in &beams {
-                    flat.push(e.decoder_start_token_id);
-                    flat.extend_from_slice(toks);
-                }
-                self.run_first(&flat, hidden, s, n)?
+                let flat: Vec<u32> = running.iter().flat_map(|b| b.0.iter().copied()).collect();
+                self.run_first(&flat, hidden, s, running.len())?
             };
         }
-        for (toks, score) in beams {
-            let len = toks.len().max(1);
-            finished.push((toks, score / (len as f32).powf(options.length_penalty)));
-        }
-        finished.sort_by(|a, b| b.1.total_cmp(&a.1));
-        Ok(finished.into_iter().next().map(|f| f.0).unwrap_or_default())
+        let best = finished.into_iter().next().or_else(|| running.into_iter().next());
+        Ok(best.map(|b| b.0[1..].to_vec()).unwrap_or_default())
     }
 
     /// The first decoder (no past) on `rows` rows of `prefix` (row-major `[rows, len]`).

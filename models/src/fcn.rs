@@ -10,8 +10,9 @@
 //! - Tensors: `fcn.onnx`: input `input` f32 `[1, 3, H, W]` (any H×W), output `out` f32
 //!   `[1, 21, H, W]`, class logits at the input's resolution.
 //!
-//! Pre-processing is torchvision's preset: the shorter side resized to 520 px (bilinear; `None`
-//! keeps the size), `x / 255`, ImageNet mean/std. The class of each pixel is the argmax of the
+//! Pre-processing is torchvision's preset ([`preprocess`]): the shorter side resized to 520 px
+//! (bilinear with antialias, the longer side truncated as torchvision does; `None` keeps the
+//! size), `x / 255`, ImageNet mean/std. The class of each pixel is the argmax of the
 //! logits (resized back to the frame with nearest neighbour). The main object is the
 //! non-background class covering the most pixels (ties: the lower class id); its pixels are the
 //! mask, their bounding box the box, and the slice is cut out as on the ISNet path.
@@ -140,26 +141,8 @@ impl Fcn {
                 "cannot segment an empty image ({width}x{height})"
             )));
         }
-        let resized;
-        let input = match self.resize_shorter {
-            Some(side) if width.min(height) != side => {
-                let scale = f64::from(side) / f64::from(width.min(height));
-                let w = ((f64::from(width) * scale).round() as u32).max(1);
-                let h = ((f64::from(height) * scale).round() as u32).max(1);
-                resized = imageops::resize(image, w, h, FilterType::Triangle);
-                &resized
-            }
-            _ => image,
-        };
-        let (w, h) = (input.width() as usize, input.height() as usize);
+        let (w, h, data) = preprocess(image, self.resize_shorter, self.export.mean, self.export.std);
         let plane = w * h;
-        let mut data = vec![0f32; 3 * plane];
-        for (i, px) in input.pixels().enumerate() {
-            for c in 0..3 {
-                let x = f32::from(px[c]) / 255.0;
-                data[c * plane + i] = (x - self.export.mean[c]) / self.export.std[c];
-            }
-        }
         let started = Instant::now();
         let mut outputs = self.session.run_f32(&[("input", &[1, 3, h, w], &data)], &["out"])?;
         let inference = started.elapsed();
@@ -229,6 +212,54 @@ fn argmax_classes(logits: &[f32], classes: usize, plane: usize) -> Vec<u8> {
         }
     }
     best
+}
+
+/// The size torchvision's `resize(img, [shorter])` gives a `width`×`height` image: the shorter
+/// side becomes `shorter`, the longer one `int(shorter * long / short)` (truncated, as
+/// `torchvision.transforms.functional._compute_resized_output_size`; integer division gives the
+/// same value, since `shorter * long / short` is never within a float's rounding of an integer
+/// for image sizes).
+pub fn resized_size(width: u32, height: u32, shorter: u32) -> (u32, u32) {
+    let (short, long) = (u64::from(width.min(height)), u64::from(width.max(height)));
+    let long = ((u64::from(shorter) * long / short.max(1)) as u32).max(1);
+    if width <= height {
+        (shorter, long)
+    } else {
+        (long, shorter)
+    }
+}
+
+/// The model input of `image` (`[3, h, w]` and its width and height): torchvision's
+/// `SemanticSegmentation` preset, the shorter side resized to `resize_shorter` ([`resized_size`];
+/// bilinear with antialias, which is the `image` crate's `Triangle` filter: a tent widened by the
+/// scale when shrinking, sampled at pixel centres), then `x / 255` and `(x - mean) / std`. `None`
+/// keeps the size. `models/tests/preprocess_parity.rs` compares it with torchvision.
+pub fn preprocess(
+    image: &RgbImage,
+    resize_shorter: Option<u32>,
+    mean: [f32; 3],
+    std: [f32; 3],
+) -> (usize, usize, Vec<f32>) {
+    let (width, height) = image.dimensions();
+    let resized;
+    let input = match resize_shorter {
+        Some(side) if width.min(height) != side => {
+            let (w, h) = resized_size(width, height, side);
+            resized = imageops::resize(image, w, h, FilterType::Triangle);
+            &resized
+        }
+        _ => image,
+    };
+    let (w, h) = (input.width() as usize, input.height() as usize);
+    let plane = w * h;
+    let mut data = vec![0f32; 3 * plane];
+    for (i, px) in input.pixels().enumerate() {
+        for c in 0..3 {
+            let x = f32::from(px[c]) / 255.0;
+            data[c * plane + i] = (x - mean[c]) / std[c];
+        }
+    }
+    (w, h, data)
 }
 
 #[cfg(test)]

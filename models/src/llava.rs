@@ -15,7 +15,8 @@
 //!   ~456 MB a tile at the prefill for the real model, and are still read),
 //!   `present.{i}.key/value` (a past of length 0 is "no past").
 //!
-//! Pre-processing is the SigLIP processor's: RGB, bicubic resize to S×S, `x / 255`, then
+//! Pre-processing is the SigLIP processor's ([`siglip_pixel_values`]): RGB, bicubic resize to
+//! S×S with antialias as PIL and torchvision do it ([`resize_bicubic_antialiased`]), `x / 255`, then
 //! `(x − mean) / std`. The prompt is the checkpoint's chat template around the paper's query
 //! ([`QUERY`]) with `<image>` expanded to N image tokens, whose embeddings are replaced by the
 //! image features. Decoding: greedy or sampled, with the KV cache (or without, for checks),
@@ -24,7 +25,6 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use image::imageops::{self, FilterType};
 use image::RgbImage;
 use ort::session::SessionInputValue;
 use ort::value::DynValue;
@@ -224,27 +224,18 @@ impl Llava {
         self.tokenizer.encode(&text, false)
     }
 
-    /// `pixel_values` of `images` (NCHW, the processor's pre-processing).
+    /// `pixel_values` of `images` (NCHW, the processor's pre-processing, [`siglip_pixel_values`]).
     pub fn pixel_values(&self, images: &[&RgbImage]) -> Vec<f32> {
         let e = &self.export;
-        let (h, w) = (e.image_size[0], e.image_size[1]);
-        let plane = (h * w) as usize;
-        let mut out = vec![0f32; images.len() * 3 * plane];
-        for (n, img) in images.iter().enumerate() {
-            let resized;
-            let img = if img.dimensions() == (w, h) {
-                *img
-            } else {
-                resized = imageops::resize(*img, w, h, FilterType::CatmullRom);
-                &resized
-            };
-            let base = n * 3 * plane;
-            for (i, px) in img.pixels().enumerate() {
-                for c in 0..3 {
-                    let x = f32::from(px[c]) * e.rescale_factor;
-                    out[base + c * plane + i] = (x - e.image_mean[c]) / e.image_std[c];
-                }
-            }
+        let mut out = Vec::new();
+        for img in images {
+            out.extend(siglip_pixel_values(
+                img,
+                e.image_size,
+                e.rescale_factor,
+                e.image_mean,
+                e.image_std,
+            ));
         }
         out
     }
@@ -462,4 +453,122 @@ impl Llava {
         }
         Ok(past)
     }
+}
+
+/// The SigLIP processor's pre-processing of one image (`[3, h, w]` for `size = [h, w]`), as
+/// transformers 5's `SiglipImageProcessor` does it: resize the uint8 image to `size` with
+/// antialiased bicubic ([`resize_bicubic_antialiased`]), then `x * rescale_factor` and
+/// `(x - mean) / std`.
+pub fn siglip_pixel_values(
+    img: &RgbImage,
+    size: [u32; 2],
+    rescale_factor: f32,
+    mean: [f32; 3],
+    std: [f32; 3],
+) -> Vec<f32> {
+    let (h, w) = (size[0], size[1]);
+    let resized;
+    let img = if img.dimensions() == (w, h) {
+        img
+    } else {
+        resized = resize_bicubic_antialiased(img, w, h);
+        &resized
+    };
+    let plane = (h * w) as usize;
+    let mut out = vec![0f32; 3 * plane];
+    for (i, px) in img.pixels().enumerate() {
+        for c in 0..3 {
+            let x = f32::from(px[c]) * rescale_factor;
+            out[c * plane + i] = (x - mean[c]) / std[c];
+        }
+    }
+    out
+}
+
+/// Fixed-point precision of the resampling weights (PIL's `PRECISION_BITS` for 8-bit images).
+const PRECISION_BITS: u32 = 22;
+
+/// PIL's `BICUBIC` kernel (Keys, a = -0.5).
+fn bicubic(x: f64) -> f64 {
+    const A: f64 = -0.5;
+    let x = x.abs();
+    if x < 1.0 {
+        ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+    } else if x < 2.0 {
+        (((x - 5.0) * x + 8.0) * x - 4.0) * A
+    } else {
+        0.0
+    }
+}
+
+/// For every output position along one axis: the first input index and the fixed-point weights
+/// (PIL's `precompute_coeffs` and `normalize_coeffs_8bpc`).
+fn bicubic_taps(input: u32, output: u32) -> Vec<(usize, Vec<i64>)> {
+    let scale = f64::from(input) / f64::from(output);
+    let filterscale = scale.max(1.0);
+    let support = 2.0 * filterscale;
+    let one = f64::from(1u32 << PRECISION_BITS);
+    (0..output)
+        .map(|xx| {
+            let center = (f64::from(xx) + 0.5) * scale;
+            // C's `(int)` truncates toward zero, as `as` does.
+            let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+            let xmax = ((center + support + 0.5) as i64).min(i64::from(input)).max(xmin as i64) as usize;
+            let k: Vec<f64> = (xmin..xmax)
+                .map(|x| bicubic((x as f64 - center + 0.5) / filterscale))
+                .collect();
+            let total: f64 = k.iter().sum();
+            let fixed = k
+                .iter()
+                .map(|&w| {
+                    let w = if total != 0.0 { w / total } else { w };
+                    (w * one + if w < 0.0 { -0.5 } else { 0.5 }) as i64
+                })
+                .collect();
+            (xmin, fixed)
+        })
+        .collect()
+}
+
+/// One pass of the separable resize: along x (`horizontal`) or y, rounding to uint8.
+fn resample_pass(img: &RgbImage, size: u32, horizontal: bool) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let taps = bicubic_taps(if horizontal { w } else { h }, size);
+    let (ow, oh) = if horizontal { (size, h) } else { (w, size) };
+    RgbImage::from_fn(ow, oh, |x, y| {
+        let (start, weights) = &taps[if horizontal { x } else { y } as usize];
+        let mut px = [0u8; 3];
+        for (c, out) in px.iter_mut().enumerate() {
+            let mut acc: i64 = 1 << (PRECISION_BITS - 1);
+            for (i, k) in weights.iter().enumerate() {
+                let at = (*start + i) as u32;
+                let v = if horizontal {
+                    img.get_pixel(at, y)
+                } else {
+                    img.get_pixel(x, at)
+                };
+                acc += i64::from(v[c]) * k;
+            }
+            *out = (acc >> PRECISION_BITS).clamp(0, 255) as u8;
+        }
+        image::Rgb(px)
+    })
+}
+
+/// PIL's antialiased bicubic resize of an 8-bit image (`Image.resize(size, BICUBIC)`), which
+/// torchvision's uint8 `resize(..., BICUBIC, antialias=True)` reproduces: the Keys kernel
+/// (a = -0.5) widened by the scale factor when shrinking, sampled at pixel centres, a horizontal
+/// pass then a vertical one, each rounded and clamped to uint8. The `image` crate's `CatmullRom`
+/// is the same kernel but runs the vertical pass first in f32 without the clamp in between, which
+/// differs by up to 25 levels at sharp edges when enlarging (`models/tests/preprocess_parity.rs`).
+pub fn resize_bicubic_antialiased(img: &RgbImage, width: u32, height: u32) -> RgbImage {
+    let mut out = if width != img.width() {
+        resample_pass(img, width, true)
+    } else {
+        img.clone()
+    };
+    if height != out.height() {
+        out = resample_pass(&out, height, false);
+    }
+    out
 }
