@@ -235,7 +235,10 @@ fn print_tiers(verdicts: &[Verdict], runtime_ok: bool) {
             continue;
         }
         let how = match tier {
-            "paper" => " (export the paper's models once, with internet; models/README.md)",
+            "paper" => {
+                " (export the paper's models once, with internet: all at once with \
+                 `scripts/export-paper-models`, or one by one as below; models/README.md)"
+            }
             "live camera" => " (hardware: a V4L2 camera)",
             _ => "",
         };

@@ -1,4 +1,5 @@
-"""Helpers shared by the paper-tier export scripts (`fcn.py`, `llava.py`, `bart.py`).
+"""Helpers shared by the paper-tier export scripts (`fcn.py`, `llava.py`, `bart.py`, `sd_ip_adapter.py`,
+`lpips.py`, `clip.py`).
 
 Nothing here downloads anything. The tiny tokenizers of `--tiny-random` are trained
 locally on `TINY_CORPUS` with the `tokenizers` library, with the special tokens of the
@@ -11,12 +12,17 @@ import json
 import os
 import platform
 import random
+import shutil
 import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
+# A protobuf message cannot pass 2 GiB; a graph whose files pass this keeps its weights outside.
+EXTERNAL_DATA_LIMIT = 2**31 - 2**24
 
 # Sentences of the kind the captioner and the corrector see; enough for a few hundred BPE merges.
 TINY_CORPUS = [
@@ -144,8 +150,59 @@ def ort_session(path: Path, threads: int = 1):
 
 
 def check_onnx(path: Path) -> None:
-    """Runs the ONNX checker and prints the file's size."""
+    """Runs the ONNX checker (on the path, so weights in `<name>.onnx.data` are found) and prints
+    the file's size."""
     import onnx
 
     onnx.checker.check_model(str(path))
-    print(f"wrote {path} ({os.path.getsize(path)} bytes)")
+    data = Path(str(path) + ".data")
+    extra = f" + {os.path.getsize(data)} bytes in {data.name}" if data.is_file() else ""
+    print(f"wrote {path} ({os.path.getsize(path)} bytes{extra})")
+
+
+def add_external_data_flag(parser) -> None:
+    """`--external-data`: every graph keeps its weights in `<name>.onnx.data` (forced; graphs past
+    2 GiB always do)."""
+    parser.add_argument(
+        "--external-data", action="store_true",
+        help="write each graph's weights to <name>.onnx.data next to it (automatic past 2 GiB)",
+    )
+
+
+@contextmanager
+def onnx_target(path: Path, external: bool = False):
+    """Where to point `torch.onnx.export` for the graph `path`: a path in a private temporary
+    folder next to it. On exit the graph is moved to `path`; when it passes 2 GiB (torch then
+    writes one loose file per tensor, named like `onnx__MatMul_123`, beside the graph) or
+    `external` is set, its weights go to one file `<name>.onnx.data` next to `path`, which ONNX
+    Runtime finds relative to the graph. Two graphs of one export therefore never share or
+    overwrite a weight file, and stale files of an earlier export are removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.stem}-", dir=path.parent))
+    try:
+        yield tmp / path.name
+        finish_onnx(tmp / path.name, path, external)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def finish_onnx(src: Path, dst: Path, external: bool) -> None:
+    """Moves the exported graph `src` (and any loose tensor files beside it) to `dst`, as
+    `onnx_target` describes."""
+    import onnx
+
+    data = dst.with_name(dst.name + ".data")
+    for stale in (dst, data):
+        stale.unlink(missing_ok=True)
+    files = [f for f in src.parent.iterdir() if f.is_file()]
+    loose = len(files) > 1  # torch wrote tensors beside the graph
+    if not external and not loose and sum(f.stat().st_size for f in files) <= EXTERNAL_DATA_LIMIT:
+        shutil.move(str(src), str(dst))
+        return
+    model = onnx.load(str(src), load_external_data=True)  # reads the loose files beside `src`
+    onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data.name, size_threshold=1024, convert_attribute=False)
+    data.chmod(0o644)  # onnx creates it private; the export is shared like the graph
+    print(f"wrote {data} ({data.stat().st_size} bytes of weights of {dst.name})")

@@ -212,8 +212,10 @@ def build(tiny: bool, seed: int):
     return model, tokenizer, image_processor, prompt
 
 
-def export(model, out: Path) -> dict:
-    """Writes the three ONNX files; returns the cache geometry."""
+def export(model, out: Path, external: bool = False) -> dict:
+    """Writes the three ONNX files; returns the cache geometry. Each graph is exported into a
+    private folder and moved to `onnx/`; past 2 GiB (the fp32 decoder of a 0.5B model with its
+    LM head is close) or with `external`, its weights go to one `<name>.onnx.data` beside it."""
     onnx_dir = out / "onnx"
     onnx_dir.mkdir(parents=True, exist_ok=True)
     cfg = model.config
@@ -223,27 +225,29 @@ def export(model, out: Path) -> dict:
     layers = len(dec.lm.layers)
     hidden = lm_cfg.hidden_size
 
-    with torch.no_grad():
+    with common.onnx_target(onnx_dir / "vision_encoder.onnx", external) as target, torch.no_grad():
         torch.onnx.export(
             VisionEncoder(model).eval(),
             (torch.randn(2, 3, size, size),),
-            str(onnx_dir / "vision_encoder.onnx"),
+            str(target),
             input_names=["pixel_values"],
             output_names=["image_features"],
             dynamic_axes={"pixel_values": {0: "batch"}, "image_features": {0: "batch", 1: "image_tokens"}},
             opset_version=OPSET,
             dynamo=False,
         )
+    with common.onnx_target(onnx_dir / "embed_tokens.onnx", external) as target, torch.no_grad():
         torch.onnx.export(
             Embedder(model).eval(),
             (torch.tensor([[1, 2, 3]], dtype=torch.int64),),
-            str(onnx_dir / "embed_tokens.onnx"),
+            str(target),
             input_names=["input_ids"],
             output_names=["inputs_embeds"],
             dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "inputs_embeds": {0: "batch", 1: "sequence"}},
             opset_version=OPSET,
             dynamo=False,
         )
+    with common.onnx_target(onnx_dir / "decoder_model_merged.onnx", external) as target, torch.no_grad():
         b, s, p = 2, 3, 4
         past = []
         past_names, present_names, axes = [], [], {}
@@ -271,7 +275,7 @@ def export(model, out: Path) -> dict:
                 torch.arange(p, p + s, dtype=torch.int64).repeat(b, 1),
                 *past,
             ),
-            str(onnx_dir / "decoder_model_merged.onnx"),
+            str(target),
             input_names=["inputs_embeds", "attention_mask", "position_ids", *past_names],
             output_names=["logits", *present_names],
             dynamic_axes=axes,
@@ -382,13 +386,14 @@ def main() -> None:
     ap.add_argument("--bench", type=int, default=0, help="time the ONNX decode loop for this many new tokens")
     ap.add_argument("--bench-runs", type=int, default=21, help="timed runs (the median is printed)")
     ap.add_argument("--bench-only", action="store_true", help="only time an existing export in --out")
+    common.add_external_data_flag(ap)
     args = ap.parse_args()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
 
     if not args.bench_only:
         model, tokenizer, proc, prompt = build(args.tiny_random, args.seed)
-        geometry = export(model, out)
+        geometry = export(model, out, args.external_data)
         tokenizer.save(str(out / "tokenizer.json"))
         model.config.to_json_file(str(out / "config.json"))
         common.write_json(out / "preprocessor_config.json", {k: v for k, v in proc.items() if not callable(v)})
@@ -415,36 +420,41 @@ def main() -> None:
         }
         common.write_json(out / "export.json", meta)
 
+        # The ONNX loop against PyTorch's `generate`: four images for the fixture, one for a real
+        # export (same test image; nothing written besides the printed result).
+        images = test_images(4 if args.tiny_random else 1, proc["size"]["height"])
         if args.tiny_random:
             img_dir = out / "images"
             img_dir.mkdir(exist_ok=True)
-            images = test_images(4, proc["size"]["height"])
             for k, im in enumerate(images):
                 im.save(img_dir / f"tile{k}.png")
-            text = meta["prompt_template"].replace("{query}", QUERY).replace(IMAGE_TOKEN, IMAGE_TOKEN * n_img)
-            ids = tokenizer.encode(text, add_special_tokens=False).ids
-            px = pixel_values(images, proc)
-            expected = []
-            for k in range(len(images)):
-                input_ids = torch.tensor([ids])
-                gen = model.generate(
-                    input_ids=input_ids,
-                    attention_mask=torch.ones_like(input_ids),
-                    pixel_values=torch.from_numpy(px[k : k + 1]),
-                    max_new_tokens=args.max_new_tokens,
-                    do_sample=False,
-                    eos_token_id=stops,
-                    pad_token_id=stops[1],
-                )[0, len(ids) :].tolist()
-                gen = gen[: next((i for i, t in enumerate(gen) if t in stops), len(gen))]
-                expected.append(
-                    {"image": f"images/tile{k}.png", "ids": gen, "text": tokenizer.decode(gen, skip_special_tokens=True)}
-                )
-            ort_ids, _ = OrtLlava(out, geometry).generate(
-                np.array([ids] * len(images), np.int64), px, cfg.image_token_index, args.max_new_tokens, stops
+        text = meta["prompt_template"].replace("{query}", QUERY).replace(IMAGE_TOKEN, IMAGE_TOKEN * n_img)
+        ids = tokenizer.encode(text, add_special_tokens=False).ids
+        px = pixel_values(images, proc)
+        expected = []
+        for k in range(len(images)):
+            input_ids = torch.tensor([ids])
+            gen = model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                pixel_values=torch.from_numpy(px[k : k + 1]),
+                max_new_tokens=args.max_new_tokens,
+                do_sample=False,
+                eos_token_id=stops,
+                pad_token_id=stops[1],
+            )[0, len(ids) :].tolist()
+            gen = gen[: next((i for i, t in enumerate(gen) if t in stops), len(gen))]
+            expected.append(
+                {"image": f"images/tile{k}.png", "ids": gen, "text": tokenizer.decode(gen, skip_special_tokens=True)}
             )
-            for e, got in zip(expected, ort_ids):
-                assert e["ids"] == got, f"ONNX loop {got} != PyTorch generate {e['ids']} for {e['image']}"
+        ort_ids, _ = OrtLlava(out, geometry).generate(
+            np.array([ids] * len(images), np.int64), px, cfg.image_token_index, args.max_new_tokens, stops
+        )
+        for e, got in zip(expected, ort_ids):
+            assert e["ids"] == got, f"ONNX loop {got} != PyTorch generate {e['ids']} for {e['image']}"
+        print(f"onnxruntime greedy ids = PyTorch generate (exact) for {len(images)} image(s), "
+              f"up to {args.max_new_tokens} new tokens")
+        if args.tiny_random:
             common.write_json(
                 out / "expected.json",
                 {

@@ -16,6 +16,8 @@ received object slice the image prompt; IP-Adapter's decoupled cross-attention a
     python models/export/sd_ip_adapter.py --out assets/models/sd15_ip                   # fp32 (internet)
     python models/export/sd_ip_adapter.py --fp16 --out assets/models/sd15_ip-fp16       # fp16 weights
     python models/export/sd_ip_adapter.py --tiny-random --out models/fixtures/sd15_ip   # the test fixture
+    python models/export/sd_ip_adapter.py --tiny-random --fp16 --external-data --out models/fixtures/sd15_ip-fp16
+(or all paper-tier exports at once: `scripts/export-paper-models`).
 
 Files (B batch, D the text width 768, E the image-embedding width 1024, S the image encoder's size 224,
 H×W the output size, h = H/8, w = W/8):
@@ -32,9 +34,23 @@ H×W the output size, h = H/8, w = W/8):
 With `--fp16` the weights are half precision and each graph casts its inputs and outputs, so the
 tensors above stay f32 and the Rust side is the same.
 
+Output sizes: any multiple of 8 px (`size_multiple` in `export.json`). diffusers' UNet decides in
+Python whether each upsampler doubles its input or matches the skip connection's size
+(`forward_upsample_size`, true when the latent is not a multiple of 2^upsamplers = 8); a trace at a
+64-px multiple records plain doubling, and such a graph fails for e.g. 520×520 (latent 65 -> 33 ->
+17 -> 9, doubled to 18 against a skip of 17). The UNet is therefore traced at a latent one pixel
+larger than a multiple of 8, which records the skip-sized upsampling; at multiples of 8 both give
+the same nearest-neighbour result. The script checks the graph against PyTorch at such a size.
+
+External data: graphs past 2 GiB (fp32 UNet 3.4 GB, ViT-H image encoder 2.5 GB) keep their weights
+in one `<name>.onnx.data` beside `<name>.onnx` (never loose per-tensor files shared by the folder);
+`--external-data` forces this for every graph (the fp16 fixture is written that way so the Rust
+tests load such graphs).
+
 `--tiny-random` builds the same classes from small configs with random weights: diffusers'
-`UNet2DConditionModel` (blocks 32/64, one layer each, cross-attention width 32) with this script's
-decoupled cross-attention processor, `AutoencoderKL` (four blocks, so the latent is 1/8 of the image
+`UNet2DConditionModel` with SD 1.5's four down and four up blocks (three cross-attention blocks
+each way, so three downsamplers and three upsamplers; width 32, one layer each,
+cross-attention width 32) with this script's decoupled cross-attention processor, `AutoencoderKL` (four blocks, so the latent is 1/8 of the image
 as in SD), `CLIPTextModel` (2 layers, width 32, 77 positions), `CLIPVisionModelWithProjection` (32 px,
 patch 8, projection 24), diffusers' `ImageProjection` (4 tokens), and a CLIP-style BPE tokenizer
 trained locally. It writes `expected.json`: diffusers' DDIM and Euler-ancestral timesteps and sigmas
@@ -42,8 +58,10 @@ for SD 1.5's scheduler config, the token ids, one guided denoising step of each 
 latents (DDIM with λ = 0.6, Euler with its recorded noise), the text-only UNet (diffusers' own
 attention, no adapter) at the same latents, a 3-step DDIM run decoded to `ddim3.png`, the VAE
 encoding of `init.png`, and a prompt past 77 tokens cut into 75-token chunks (`chunk_ids`) whose
-text states, concatenated along the sequence axis, drive one guided DDIM step (`concat_*`); every
-ONNX file is checked against PyTorch inside the script.
+text states, concatenated along the sequence axis, drive one guided DDIM step (`concat_*`), one
+guided step at an 88×72 output (latent 11×9, not a multiple of 8: `odd_size_*`), and
+`CLIPImageProcessor`'s pixels of a 52×41 image (`clip_input.png`, `clip_pixel_values`); every ONNX
+file is checked against PyTorch inside the script.
 """
 
 from __future__ import annotations
@@ -290,9 +308,11 @@ def build_tiny():
     )
     vis_cfg._attn_implementation = "eager"
     image_encoder = CLIPVisionModelWithProjection(vis_cfg)
+    # SD 1.5's block layout (three downsamplers, three upsamplers), narrow.
     unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 32, 32, 32),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
         cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32,
     )
     vae = AutoencoderKL(
@@ -343,11 +363,44 @@ def build_real(dtype):
                 proj=proj, image_size=image_encoder.config.image_size, size=[512, 512])
 
 
-def export(module, args, path: Path, inputs, outputs, dynamic):
-    with torch.no_grad():
-        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
+def export(module, args, path: Path, inputs, outputs, dynamic, external: bool = False):
+    with common.onnx_target(path, external) as target, torch.no_grad():
+        torch.onnx.export(module, args, str(target), input_names=inputs, output_names=outputs,
                           dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
     common.check_onnx(path)
+
+
+def trace_latent(unet, h: int, w: int) -> tuple[int, int]:
+    """A latent size near `h × w` that is not a multiple of 2^upsamplers, so that diffusers
+    traces the upsamplers to the skip connections' sizes (module docs, "Output sizes")."""
+    m = 2 ** unet.num_upsamplers
+    return (h + 1 if h % m == 0 else h), (w + 1 if w % m == 0 else w)
+
+
+def check_sizes(m, out: Path, unet, holder, dtype) -> None:
+    """The exported UNet and VAE decoder against PyTorch at the export's size and at a latent
+    that is not a multiple of 8 (the case the upsamplers' trace decides), tolerances printed."""
+    W, H = m["size"]
+    d_model = unet.config.cross_attention_dim
+    tol = 2e-2 if dtype == torch.float16 else 1e-4
+    ipunet, vae = IPUNet(unet, holder, dtype), m["vae"] if dtype == torch.float32 else copy.deepcopy(m["vae"]).half()
+    sess_unet = common.ort_session(out / "unet.onnx")
+    sess_vae = common.ort_session(out / "vae_decoder.onnx")
+    g = torch.Generator().manual_seed(3)
+    for h, w in ((H // 8, W // 8), (H // 8 + 3, W // 8 + 1)):
+        x = torch.randn(2, 4, h, w, generator=g)
+        text = torch.randn(2, MAX_LENGTH, d_model, generator=g)
+        ip = torch.randn(2, NUM_IP_TOKENS, d_model, generator=g)
+        feeds = {"sample": x, "timestep": torch.tensor([500.0]), "encoder_hidden_states": text, "ip_tokens": ip,
+                 "ip_scale": torch.tensor([0.6])}
+        with torch.no_grad():
+            want = ipunet(*feeds.values())
+            img = VaeDecoder(vae, dtype)(x[:1])
+        got = sess_unet.run(None, {k: v.numpy() for k, v in feeds.items()})[0]
+        close(got, want, f"unet at a {w * 8}x{h * 8} output (latent {w}x{h})", tol)
+        got = sess_vae.run(None, {"latent": x[:1].numpy()})[0]
+        assert got.shape == (1, 3, h * 8, w * 8), f"vae decoder at latent {w}x{h}: shape {got.shape}"
+        close(got, img, f"vae decoder at latent {w}x{h}", tol)
 
 
 def close(a, b, what: str, tol: float = 1e-4):
@@ -462,8 +515,35 @@ def references(m, args, out: Path, sessions) -> dict:
         xi = torch.from_numpy(init.astype(np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
         exp["init_latents"] = (vae.encode(xi).latent_dist.mean * SCALING_FACTOR).flatten().tolist()
         exp.update(concat_reference(m, ipunet, sessions, x, tt, ip, lam, guided))
+        # One guided DDIM step at 88×72 px: latent 11×9, not a multiple of 8.
+        ow, oh = 88, 72
+        lat_odd = torch.randn(1, 4, oh // 8, ow // 8, generator=torch.Generator().manual_seed(5))
+        eps_odd = guided(ipunet(torch.cat([lat_odd] * 2), tt, text, ip, torch.tensor([lam])))
+        exp["odd_size"], exp["odd_size_latents"] = [ow, oh], lat_odd.flatten().tolist()
+        exp["odd_size_eps"] = eps_odd.flatten().tolist()
+    exp.update(clip_reference(m, out))
     exp["guidance_scale"], exp["ip_scale"] = g_scale, lam
     return exp
+
+
+def clip_reference(m, out: Path) -> dict:
+    """The image prompt's pre-processing by transformers' `CLIPImageProcessor` (SD 1.5's
+    `feature_extractor`: shortest edge to S with bicubic + antialias, the long side truncated
+    with `int()`, centre crop S×S, CLIP mean/std) on a 52×41 image, `clip_input.png`."""
+    from PIL import Image
+    from transformers import CLIPImageProcessor
+
+    s = m["image_size"]
+    rng = np.random.default_rng(19)
+    yy, xx = np.mgrid[0:41, 0:52]
+    img = np.stack([3 * xx + 40, 5 * yy + 20, 120 + 60 * np.sin(xx / 4.0) * np.cos(yy / 5.0)], -1)
+    img = np.clip(img + rng.uniform(0, 25, img.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(img).save(out / "clip_input.png")
+    proc = CLIPImageProcessor(size={"shortest_edge": s}, crop_size={"height": s, "width": s},
+                              image_mean=CLIP_MEAN, image_std=CLIP_STD)
+    px = proc(Image.open(out / "clip_input.png").convert("RGB"), return_tensors="pt").pixel_values
+    assert tuple(px.shape) == (1, 3, s, s), px.shape
+    return {"clip_pixel_values": px.flatten().tolist(), "clip_processor": type(proc).__name__}
 
 
 def concat_reference(m, ipunet, sessions, x, tt, ip, lam, guided) -> dict:
@@ -526,6 +606,7 @@ def main() -> None:
     p.add_argument("--bench-steps", type=int, default=20)
     p.add_argument("--bench-runs", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)
+    common.add_external_data_flag(p)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if args.bench_only:
@@ -549,27 +630,30 @@ def main() -> None:
     out = args.out
     # Export copies in the target precision; the f32 modules stay for the references.
     half = (lambda mod: copy.deepcopy(mod).half()) if args.fp16 else (lambda mod: mod)
+    ext = args.external_data
     export(TextEncoder(half(m["text_encoder"]), dtype), (ids,), out / "text_encoder.onnx", ["input_ids"],
-           ["last_hidden_state"], {"input_ids": batch, "last_hidden_state": batch})
+           ["last_hidden_state"], {"input_ids": batch, "last_hidden_state": batch}, ext)
     export(ImageEncoder(half(m["image_encoder"]), dtype), (torch.randn(1, 3, s, s),), out / "image_encoder.onnx",
-           ["pixel_values"], ["image_embeds"], {"pixel_values": batch, "image_embeds": batch})
+           ["pixel_values"], ["image_embeds"], {"pixel_values": batch, "image_embeds": batch}, ext)
     export(ImageProj(half(m["proj"]), dtype), (torch.randn(2, e_dim),), out / "image_proj.onnx", ["image_embeds"],
-           ["ip_tokens"], {"image_embeds": batch, "ip_tokens": batch})
+           ["ip_tokens"], {"image_embeds": batch, "ip_tokens": batch}, ext)
     unet_h = half(m["unet"])
     # A copy (fp16) has its own processors and so its own holder of λ.
     holder = next(p.holder for p in unet_h.attn_processors.values() if isinstance(p, DecoupledCrossAttn))
     spatial = {0: "batch", 2: "h", 3: "w"}
+    th, tw = trace_latent(unet_h, H // 8, W // 8)
     export(IPUNet(unet_h, holder, dtype),
-           (torch.randn(2, 4, H // 8, W // 8), torch.tensor([999.0]), torch.randn(2, MAX_LENGTH, d_model),
+           (torch.randn(2, 4, th, tw), torch.tensor([999.0]), torch.randn(2, MAX_LENGTH, d_model),
             torch.randn(2, NUM_IP_TOKENS, d_model), torch.tensor([0.6])),
            out / "unet.onnx", ["sample", "timestep", "encoder_hidden_states", "ip_tokens", "ip_scale"], ["noise_pred"],
            {"sample": spatial, "encoder_hidden_states": {0: "batch", 1: "text_len"}, "ip_tokens": batch,
-            "noise_pred": spatial})
+            "noise_pred": spatial}, ext)
     vae_h = half(m["vae"])
     export(VaeEncoder(vae_h, dtype), (torch.randn(1, 3, H, W),), out / "vae_encoder.onnx", ["image"], ["latent_mean"],
-           {"image": spatial, "latent_mean": spatial})
+           {"image": spatial, "latent_mean": spatial}, ext)
     export(VaeDecoder(vae_h, dtype), (torch.randn(1, 4, H // 8, W // 8),), out / "vae_decoder.onnx", ["latent"], ["image"],
-           {"latent": spatial, "image": spatial})
+           {"latent": spatial, "image": spatial}, ext)
+    check_sizes(m, out, unet_h, holder, dtype)
 
     info = {
         "model": "sd15-ip-adapter",
@@ -588,6 +672,8 @@ def main() -> None:
         "vae_scale_factor": 8,
         "scaling_factor": SCALING_FACTOR,
         "size": [W, H],
+        # Every multiple of 8 px works (the UNet's upsamplers follow the skip connections' sizes).
+        "size_multiple": 8,
         "scheduler": SCHEDULER_CONFIG,
         "command": common.command_line(),
         "versions": {**common.versions(), "diffusers": __import__("diffusers").__version__},

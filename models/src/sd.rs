@@ -15,10 +15,16 @@
 //!   `image_encoder.onnx` `pixel_values` f32 `[B, 3, S, S]` → `image_embeds` f32 `[B, E]`;
 //!   `image_proj.onnx` `image_embeds` → `ip_tokens` f32 `[B, 4, D]`;
 //!   `unet.onnx` `sample` f32 `[B, 4, h, w]`, `timestep` f32 `[1]`, `encoder_hidden_states`
-//!   f32 `[B, L, D]` (L any multiple of 77; exports made before `prompt_mode` fix it at 77),
+//!   f32 `[B, L, D]` (L any multiple of 77: `prompt_mode = "concat"` chunks),
 //!   `ip_tokens`, `ip_scale` f32 `[1]` → `noise_pred` f32 `[B, 4, h, w]`;
 //!   `vae_encoder.onnx` `image` f32 `[B, 3, H, W]` in `[-1, 1]` → `latent_mean` (unscaled);
 //!   `vae_decoder.onnx` `latent` (divided by the scaling factor) → `image` in `[-1, 1]`.
+//! - Sizes: any multiple of `size_multiple` px (`export.json`, 8): the UNet is traced with
+//!   diffusers' skip-sized upsampling, so e.g. 520×520 (latent 65 → 33 → 17 → 9 and back) works.
+//!   Exports made before `size_multiple` traced plain doubling and take multiples of 64 only;
+//!   [`SdExport::check_size`] refuses other sizes with the nearest valid ones.
+//! - Weights: a graph past 2 GiB keeps them in one `<name>.onnx.data` beside it (the fp32 UNet
+//!   and ViT-H image encoder); ONNX Runtime reads it relative to the graph's path.
 //!
 //! The loop is diffusers' `StableDiffusionPipeline` / `StableDiffusionImg2ImgPipeline` with an
 //! IP-Adapter: prompt and empty prompt padded to 77 tokens with the pad token, classifier-free
@@ -82,6 +88,11 @@ pub fn locate_export(explicit: Option<&Path>) -> Result<PathBuf, ModelError> {
     crate::textgen::locate_export(explicit, ASSET_DIR, SCRIPT)
 }
 
+/// `export.json` of the export in `dir` (cheap: no model is loaded), for checking a graph.
+pub fn read_export(dir: &Path) -> Result<SdExport, ModelError> {
+    read_export_json(dir, EXPORT_COMMAND)
+}
+
 /// β of [`PromptMode::Regional`]: the global prompt's share of the noise prediction inside a
 /// captioned tile. 0.3 lets the tile's own caption dominate its region (what that device saw
 /// is drawn where it was) while the global prompt, which sees every caption, keeps the scene
@@ -132,8 +143,55 @@ pub struct SdExport {
     pub scaling_factor: f32,
     /// The checkpoint's native output size `[W, H]`.
     pub size: [u32; 2],
+    /// Output sides must be multiples of this (8). Absent in exports made before the UNet was
+    /// traced with skip-sized upsampling: those take multiples of [`LEGACY_SIZE_MULTIPLE`].
+    #[serde(default)]
+    pub size_multiple: Option<u32>,
     /// The training noise schedule.
     pub scheduler: NoiseSchedule,
+}
+
+/// The size multiple of an export without `size_multiple`: its UNet doubles at each of SD 1.5's
+/// three upsamplers, so the latent must be a multiple of 8, the image of 64.
+pub const LEGACY_SIZE_MULTIPLE: u32 = 64;
+
+impl SdExport {
+    /// Output sides must be multiples of this.
+    pub fn size_multiple(&self) -> u32 {
+        self.size_multiple.unwrap_or(LEGACY_SIZE_MULTIPLE).max(1)
+    }
+
+    /// `Ok` when `[w, h]` is a size this export generates; otherwise an error naming the nearest
+    /// valid sizes (and, for an old export, the command that lifts the limit).
+    pub fn check_size(&self, [w, h]: [u32; 2]) -> Result<(), ModelError> {
+        let m = self.size_multiple();
+        if w > 0 && h > 0 && w.is_multiple_of(m) && h.is_multiple_of(m) {
+            return Ok(());
+        }
+        let near = |v: u32| {
+            let down = (v / m * m).max(m);
+            let up = v.div_ceil(m).max(1) * m;
+            if down == up {
+                format!("{up}")
+            } else {
+                format!("{down} or {up}")
+            }
+        };
+        let why = if self.size_multiple.is_none() {
+            format!(
+                " (this export's UNet was traced with plain 2× upsampling; re-export it with \
+                 `{EXPORT_COMMAND}` to generate at any multiple of 8)"
+            )
+        } else {
+            String::new()
+        };
+        Err(ModelError::Invalid(format!(
+            "the output size must be positive multiples of {m} px, got {w}×{h}: use a width of {} \
+             and a height of {}{why}",
+            near(w),
+            near(h)
+        )))
+    }
 }
 
 /// How one image is generated.
@@ -740,11 +798,12 @@ impl SdIpAdapter {
         o: &GenerateOptions,
     ) -> Result<Generated, ModelError> {
         let t0 = Instant::now();
-        let f = self.export.vae_scale_factor;
+        let f = self.export.vae_scale_factor.max(1);
         let [w, h] = o.size;
-        if w == 0 || h == 0 || w % f != 0 || h % f != 0 {
+        self.export.check_size(o.size)?;
+        if !w.is_multiple_of(f) || !h.is_multiple_of(f) {
             return Err(ModelError::Invalid(format!(
-                "the output size must be a positive multiple of {f}, got {w}×{h}"
+                "the output size must be a multiple of the VAE's {f} px, got {w}×{h}"
             )));
         }
         if !(0.0..=1.0).contains(&o.strength) {
@@ -832,23 +891,34 @@ fn blend(eps: &[Vec<f32>], areas: &[Area], (h, w): (usize, usize)) -> Vec<f32> {
     num
 }
 
+/// transformers' `get_resize_output_image_size(size, default_to_square=False)`: the shorter side
+/// becomes `size`, the longer `int(size · long / short)` (integer division, i.e. truncated).
+pub fn shortest_edge_size((w, h): (u32, u32), size: u32) -> (u32, u32) {
+    let (short, long) = (u64::from(w.min(h).max(1)), u64::from(w.max(h)));
+    let long = (u64::from(size) * long / short).max(u64::from(size)) as u32;
+    if w <= h {
+        (size, long)
+    } else {
+        (long, size)
+    }
+}
+
 /// `n` standard-normal draws.
 pub fn normal(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| StandardNormal.sample(rng)).collect()
 }
 
-/// `CLIPImageProcessor`: shorter side to `size` (bicubic), centre crop `size × size`, `x / 255`,
-/// `(x − mean) / std`, as f32 NCHW. An image already `size × size` is not resampled.
+/// `CLIPImageProcessor` (transformers 5, SD 1.5's `feature_extractor`): shorter side to `size`
+/// and the longer to `int(size · long / short)` (truncated, as transformers does), bicubic
+/// (Catmull-Rom, a = −0.5, widened when shrinking as torchvision's antialias); centre crop
+/// `size × size` at `int((side − size) / 2)`; `x / 255`; `(x − mean) / std`; f32 NCHW. An image
+/// already `size × size` is not resampled.
 pub fn clip_pixels(img: &RgbImage, size: u32, mean: [f32; 3], std: [f32; 3]) -> Vec<f32> {
     let (w, h) = img.dimensions();
     let img = if (w, h) == (size, size) {
         img.clone()
     } else {
-        let scale = size as f32 / w.min(h).max(1) as f32;
-        let (nw, nh) = (
-            ((w as f32 * scale).round() as u32).max(size),
-            ((h as f32 * scale).round() as u32).max(size),
-        );
+        let (nw, nh) = shortest_edge_size((w, h), size);
         let r = imageops::resize(img, nw, nh, FilterType::CatmullRom);
         imageops::crop_imm(&r, (nw - size) / 2, (nh - size) / 2, size, size).to_image()
     };
@@ -864,7 +934,16 @@ pub fn clip_pixels(img: &RgbImage, size: u32, mean: [f32; 3], std: [f32; 3]) -> 
 
 #[cfg(test)]
 mod tests {
-    use super::{blend, Area};
+    use super::{blend, shortest_edge_size, Area};
+
+    #[test]
+    fn the_long_side_is_truncated_as_transformers_does_not_rounded() {
+        // 224 · 500 / 333 = 336.3 and 224 · 299 / 200 = 334.9: int() gives 336 and 334.
+        assert_eq!(shortest_edge_size((500, 333), 224), (336, 224));
+        assert_eq!(shortest_edge_size((200, 299), 224), (224, 334));
+        assert_eq!(shortest_edge_size((50, 41), 32), (39, 32));
+        assert_eq!(shortest_edge_size((64, 64), 32), (32, 32));
+    }
 
     #[test]
     fn regional_blend_weighs_each_tile_with_the_global_prompt_and_a_lost_tile_gets_the_global() {

@@ -151,6 +151,10 @@ fn doctor_exits_0_when_the_main_job_can_run_and_names_each_missing_export() {
         );
     }
     assert!(
+        text.contains("`scripts/export-paper-models`"),
+        "the one command: {text}"
+    );
+    assert!(
         !text.contains("problem(s); `make setup`"),
         "the old blanket advice: {text}"
     );
