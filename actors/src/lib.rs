@@ -37,6 +37,8 @@ pub mod sheet;
 pub mod split;
 pub mod synthetic;
 pub mod text_channel;
+pub mod thumbnail;
+pub mod thumbnail_sr;
 pub mod util;
 pub mod video_sink;
 pub mod wire;
@@ -70,6 +72,7 @@ pub fn register_all(r: &mut Registry) {
     r.register::<video_sink::VideoSink>();
     r.register::<codec_channel::CodecChannel>();
     r.register::<jscc::Jscc>();
+    r.register::<thumbnail::Thumbnail>();
 }
 
 /// A registry with every kind of the project.

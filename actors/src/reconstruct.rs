@@ -19,7 +19,9 @@
 //! `euler_ancestral`). With `strength > 0` the loop starts (img2img) from the `composite`
 //! reconstruction, noised to that strength. The noise seed is drawn from the graph seed, the
 //! stage and the frame (as the channel stages do) unless `seed` fixes it. The image is
-//! generated at `generate_size` (default: the export's size) and resized to the frame's.
+//! generated at `generate_size` (default: the export's size) and resized to the frame's; any
+//! multiple of 8 px works with a current export (an export made before `size_multiple` takes
+//! multiples of 64, and the graph check says so with the nearest sizes).
 //! Fields added: `sd_seconds` (the whole generation), `sd_unet_evals` (UNet batch rows, over
 //! all steps) and `sd_tokens_dropped` (CLIP tokens cut by `"truncate"`).
 
@@ -50,6 +52,8 @@ pub enum ReconstructModel {
     Composite,
     /// Stable Diffusion 1.5 + IP-Adapter (paper tier, exported by `models/export/sd_ip_adapter.py`).
     SdIpAdapter,
+    /// The received thumbnail upscaled by ESRGAN-slim, object slice on top (`thumbnail_sr.rs`).
+    ThumbnailSr,
 }
 
 /// Keys of `reconstruct`.
@@ -85,7 +89,8 @@ pub struct ReconstructConfig {
     /// SD: a fixed noise seed for every frame (default: from the graph seed, stage and frame).
     #[serde(default)]
     pub seed: Option<u64>,
-    /// SD: generation size `[width, height]`, multiples of 8 (default: the export's, 512×512).
+    /// SD: generation size `[width, height]`, positive multiples of 8 (default: the export's,
+    /// 512×512; exports made before `size_multiple` in `export.json` need multiples of 64).
     #[serde(default)]
     pub generate_size: Option<[u32; 2]>,
     /// SD: how the tile captions become the text prompt: `concat` (each caption encoded on its
@@ -236,13 +241,31 @@ impl StageKind for Reconstruct {
                 1.0,
                 "(the global prompt's share)",
             ))
+            .chain(c.generate_size.and_then(|[w, h]| {
+                (w == 0 || h == 0 || !w.is_multiple_of(8) || !h.is_multiple_of(8)).then(|| {
+                    dataflow_engine::KeyProblem {
+                        key: "generate_size",
+                        message: format!(
+                            "`generate_size` = [{w}, {h}]: both sides must be positive multiples of 8 px \
+                         (SD's latent is 1/8 of the image), e.g. [{}, {}]",
+                            (w / 8 * 8).max(8),
+                            (h / 8 * 8).max(8)
+                        ),
+                    }
+                })
+            }))
             .collect()
     }
 
     fn ports(c: &Self::Config) -> Ports {
         Ports {
             outputs: vec![OutPort::passing("out", &["image"])],
-            requires: vec!["corrected".into()],
+            requires: vec![if c.model == ReconstructModel::ThumbnailSr {
+                "thumbnail_lost"
+            } else {
+                "corrected"
+            }
+            .into()],
             join: Some(Duration::from_millis(c.timeout_ms.max(1))),
             heavy: true,
         }
@@ -251,13 +274,18 @@ impl StageKind for Reconstruct {
     fn check(c: &Self::Config, ctx: &BuildContext) -> Vec<String> {
         match c.model {
             ReconstructModel::Composite => Vec::new(),
-            ReconstructModel::SdIpAdapter => sd_dir(c, ctx).err().map(|e| vec![e.message]).unwrap_or_default(),
+            ReconstructModel::ThumbnailSr => crate::thumbnail_sr::check(ctx),
+            ReconstructModel::SdIpAdapter => match sd_dir(c, ctx) {
+                Err(e) => vec![e.message],
+                Ok(dir) => check_generate_size(c, &dir),
+            },
         }
     }
 
     fn build(c: &Self::Config, ctx: &BuildContext) -> Result<Built, StageError> {
         let diffusion = match c.model {
             ReconstructModel::Composite => None,
+            ReconstructModel::ThumbnailSr => return crate::thumbnail_sr::build(c, ctx),
             ReconstructModel::SdIpAdapter => {
                 if c.steps == 0 || !(0.0..=1.0).contains(&c.strength) {
                     return Err(StageError::input("`steps` must be at least 1 and `strength` in [0, 1]"));
@@ -292,8 +320,71 @@ impl StageKind for Reconstruct {
     }
 }
 
+/// `generate_size` against the export's `size_multiple` (read from `export.json` only).
+fn check_generate_size(c: &ReconstructConfig, dir: &std::path::Path) -> Vec<String> {
+    let checked = sd::read_export(dir).and_then(|e| e.check_size(c.generate_size.unwrap_or(e.size)));
+    match checked {
+        Ok(()) => Vec::new(),
+        Err(e) => vec![format!(
+            "reconstruct model = \"sd_ip_adapter\" ({}): generate_size: {e}",
+            dir.display()
+        )],
+    }
+}
+
 fn sd_dir(c: &ReconstructConfig, ctx: &BuildContext) -> Result<PathBuf, StageError> {
     let explicit = c.model_dir.as_deref().map(|d| ctx.resolve(d));
     sd::locate_export(explicit.as_deref())
         .map_err(|e| StageError::io(format!("reconstruct model = \"sd_ip_adapter\": {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn sd_config(size: [u32; 2]) -> ReconstructConfig {
+        serde_json::from_value(serde_json::json!({"model": "sd_ip_adapter", "generate_size": size})).unwrap()
+    }
+
+    /// The committed fixture's `export.json`, optionally without `size_multiple` (an export made
+    /// before the UNet was traced with skip-sized upsampling), in a folder of its own.
+    fn export_dir(legacy: bool) -> tempfile::TempDir {
+        let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/fixtures/sd15_ip/export.json");
+        let mut e: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+        if legacy {
+            e.as_object_mut().unwrap().remove("size_multiple");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("export.json"), e.to_string()).unwrap();
+        dir
+    }
+
+    #[test]
+    fn generate_size_520_passes_the_check_and_an_old_export_is_refused_with_the_nearest_sizes() {
+        let dir = export_dir(false);
+        assert!(Reconstruct::validate(&sd_config([520, 520])).is_empty());
+        assert_eq!(
+            check_generate_size(&sd_config([520, 520]), dir.path()),
+            Vec::<String>::new()
+        );
+        let old = export_dir(true);
+        let problems = check_generate_size(&sd_config([520, 520]), old.path());
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        let msg = &problems[0];
+        for want in ["generate_size", "multiples of 64", "512 or 576", "sd_ip_adapter.py"] {
+            assert!(msg.contains(want), "{want} in {msg}");
+        }
+        assert!(msg.contains(&old.path().display().to_string()), "{msg}");
+        assert!(check_generate_size(&sd_config([512, 576]), old.path()).is_empty());
+    }
+
+    #[test]
+    fn a_generate_size_off_the_8_px_grid_is_refused_at_validation() {
+        let problems = Reconstruct::validate(&sd_config([520, 517]));
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].key, "generate_size");
+        assert!(problems[0].message.contains("[520, 512]"), "{}", problems[0].message);
+    }
 }

@@ -11,6 +11,7 @@
 //! - [`session`]: loading a model with its inputs/outputs checked ([`session::load_session`]).
 //! - [`assets`]: where `assets/` is and whether its files match the manifest.
 //! - [`detect`]: COCO-80 object detection (CenterNet, the `detect` stage).
+//! - [`esrgan`]: ESRGAN-slim super-resolution (the `thumbnail_sr` reconstructor).
 //! - [`isnet`]: ISNet salient-object segmentation (offline tier of `segment`).
 //! - [`fcn`]: FCN-ResNet50 VOC segmentation (paper tier of `segment`).
 //! - [`llava`]: LLaVA-Interleave-Qwen-0.5B captions with a KV cache (paper tier of `caption`).
@@ -43,6 +44,7 @@ pub mod colors;
 pub mod composite;
 pub mod detect;
 pub mod error;
+pub mod esrgan;
 pub mod fcn;
 pub mod isnet;
 pub mod jscc;

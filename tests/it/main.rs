@@ -21,3 +21,4 @@ mod support;
 mod sweep;
 mod sweep_bandwidth;
 mod sweep_seeds;
+mod thumbnail;
