@@ -9,6 +9,7 @@
 //! - Sinks: [`image_sink`], [`csv_sink`], [`null_sink`].
 //! - Live: [`ffmpeg`] (source: frames from an ffmpeg process), [`video_sink`] (writes a video file).
 //! - Live: [`camera`] (source: V4L2 device), [`preview`] (sink: live view over HTTP); `image_dir` follows a folder with `watch = true`.
+//! - Bring your own model: [`python`] (a Python class in a worker process per replica).
 //! - [`util`]: small helpers shared by kinds (field access, image decoding).
 //! - Between machines (not stage kinds a graph names; the engine asks for them when it
 //!   cuts a graph by `machine`): [`zenoh_link`] bridges an edge over zenoh, [`wire`]
@@ -31,6 +32,7 @@ pub mod jscc;
 pub mod null_sink;
 pub mod passthrough;
 pub mod preview;
+pub mod python;
 pub mod reconstruct;
 pub mod segment;
 pub mod sheet;
@@ -72,6 +74,7 @@ pub fn register_all(r: &mut Registry) {
     r.register::<video_sink::VideoSink>();
     r.register::<codec_channel::CodecChannel>();
     r.register::<jscc::Jscc>();
+    r.register::<python::Python>();
     r.register::<thumbnail::Thumbnail>();
 }
 

@@ -16,6 +16,7 @@ mod newcomer;
 mod noisy_channel;
 mod outcomes;
 mod paper;
+mod python_stage;
 mod receiver;
 mod support;
 mod sweep;

@@ -1,0 +1,118 @@
+//! `python`: a stage written in Python, run in a worker process per replica.
+//!
+//! The graph names a class deriving from `dataflow_stage.Stage` (the package in the
+//! repository's `python/` folder) in a `script` or `module`, the interpreter, the
+//! `args` handed to its `setup`, and the output ports and fields it adds, so that
+//! validation checks the wiring before anything starts:
+//!
+//! ```toml
+//! [stage.caption]
+//! kind = "python"
+//! script = "stages/colour_histogram.py"
+//! class = "ColourHistogram"
+//! outputs = { out = ["text"] }
+//! requires = ["image"]
+//! inputs = ["src"]
+//! ```
+//!
+//! # Metrics
+//! The engine's stage metrics (`monitoring/SPEC.md`) apply as to any stage; worker
+//! restarts are the stage's `dataflow_stage_restarts_total` (a dead or hung worker
+//! restarts the replica, see `stage.rs`). The time in the class's `process` is observed as
+//! `dataflow_model_inference_seconds{model = <class>, provider = "python"}`; the
+//! hand-over cost per frame (processing time less that) is logged when the stream ends
+//! (`ipc_us_per_frame`), as the metric names have no place for it yet.
+//!
+//! # Layout
+//! - `config`: the keys, validation and the pre-run check (interpreter, script,
+//!   syntax, class, numpy).
+//! - `worker`: the worker process (start, one call at a time, stderr to the log, kill).
+//! - `protocol`: length-prefixed JSON headers on the worker's stdin/stdout.
+//! - `shm`: the shared-memory segments pixels cross by, without encoding.
+//! - `stage`: the replica's [`dataflow_engine::Stage`] and its failure semantics.
+
+mod config;
+mod protocol;
+mod shm;
+mod stage;
+mod worker;
+
+use std::time::Duration;
+
+use dataflow_engine::{BuildContext, Built, KeyProblem, OutPort, Ports, Role, StageError, StageKind};
+use dataflow_monitoring::names;
+
+pub use config::PythonConfig;
+
+/// The `python` kind.
+pub struct Python;
+
+/// Output port names in port order: `out` first, then the others by name.
+fn port_names(c: &PythonConfig) -> Vec<String> {
+    if c.outputs.is_empty() {
+        return vec!["out".into()];
+    }
+    let mut names: Vec<String> = c.outputs.keys().cloned().collect();
+    names.sort_by_key(|n| n != "out");
+    names
+}
+
+impl StageKind for Python {
+    type Config = PythonConfig;
+    const NAME: &'static str = "python";
+    const ROLE: Role = Role::Transform;
+    const DOC: &'static str =
+        "Runs a Python class (dataflow_stage.Stage) in a worker process per replica; pixels cross by shared memory.";
+
+    fn ports(c: &Self::Config) -> Ports {
+        let outputs = port_names(c)
+            .iter()
+            .map(|n| {
+                let adds: Vec<&str> = c
+                    .outputs
+                    .get(n)
+                    .map(|v| v.iter().map(String::as_str).collect())
+                    .unwrap_or_default();
+                OutPort::passing(n, &adds)
+            })
+            .collect();
+        Ports {
+            outputs,
+            requires: c.requires.clone(),
+            heavy: true,
+            ..Ports::default()
+        }
+    }
+
+    fn validate(c: &Self::Config) -> Vec<KeyProblem> {
+        config::validate(c)
+    }
+
+    fn check(c: &Self::Config, ctx: &BuildContext) -> Vec<String> {
+        config::check(c, ctx)
+    }
+
+    fn build(c: &Self::Config, ctx: &BuildContext) -> Result<Built, StageError> {
+        let spawn = worker::Spawn {
+            python: config::interpreter(c, ctx),
+            target: config::target(c, ctx),
+            class: c.class_name.clone(),
+            pythonpath: config::pythonpath(),
+            stage: ctx.stage.clone(),
+            replica: ctx.replica,
+            args: c.args.clone(),
+            setup_timeout: Duration::from_secs_f64(c.setup_timeout_s),
+        };
+        let worker = worker::Worker::start(&spawn)?;
+        let inference = metrics::histogram!(names::MODEL_INFERENCE_SECONDS,
+            names::LABEL_MODEL => c.class_name.clone(), names::LABEL_PROVIDER => "python");
+        Ok(Built::Stage(Box::new(stage::Run {
+            spawn,
+            worker,
+            ports: port_names(c),
+            timeout: Duration::from_secs_f64(c.timeout_s),
+            inference,
+            ipc: (0, 0.0),
+        })))
+    }
+}

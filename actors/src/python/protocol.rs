@@ -1,0 +1,225 @@
+//! Messages between a `python` stage and its worker process.
+//!
+//! Each message is a 4-byte little-endian length followed by that many bytes of JSON,
+//! on the worker's stdin (engine to worker) and stdout (worker to engine). Pixels and
+//! byte fields never travel in a header: they sit in the shared-memory segments
+//! ([`super::shm`]) and the header gives their offsets. The Python side of this file
+//! is `python/dataflow_stage/protocol.py`; the two change together.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use dataflow_engine::{Fields, Image, Message, PixelFormat, Rect, Value};
+use serde::{Deserialize, Serialize};
+
+use super::shm::{aligned, Segment};
+
+/// Largest header accepted from a worker (pixels never travel in headers).
+const MAX_HEADER: u32 = 64 << 20;
+
+/// One field on the wire.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub(super) enum WireField {
+    /// A text.
+    Text { v: String },
+    /// A number.
+    Number { v: f64 },
+    /// Texts of several parts.
+    Texts { v: Vec<Option<String>> },
+    /// Named numbers.
+    Record { v: BTreeMap<String, f64> },
+    /// A rectangle `[x, y, w, h]`.
+    Rect { v: [u32; 4] },
+    /// An image of `c` channels whose pixels start at `offset` in a segment.
+    Image { h: u32, w: u32, c: u32, offset: u64 },
+    /// Bytes at `offset` in a segment.
+    Bytes { offset: u64, len: u64 },
+}
+
+/// What the engine sends.
+#[derive(Debug, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub(super) enum Request<'a> {
+    /// Once, before the first frame: the graph's `args`.
+    Setup {
+        args: &'a serde_json::Map<String, serde_json::Value>,
+    },
+    /// One frame.
+    Frame {
+        frame: String,
+        seq: u64,
+        part: [u32; 2],
+        in_size: u64,
+        fields: BTreeMap<&'a str, WireField>,
+    },
+    /// End of stream: the worker calls `close()` and exits.
+    Close,
+}
+
+/// What the worker answers.
+#[derive(Debug, Deserialize)]
+pub(super) struct Reply {
+    /// Whether the call succeeded.
+    pub ok: bool,
+    /// The traceback's last lines when it did not.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// The worker's pid (after setup).
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// Output frames.
+    #[serde(default)]
+    pub outputs: Vec<WireOutput>,
+    /// Seconds the stage's `process` took (the rest of a call is hand-over cost).
+    #[serde(default)]
+    pub busy_s: f64,
+}
+
+/// One output frame: the input's fields, less `drop`, plus `set`.
+#[derive(Debug, Deserialize)]
+pub(super) struct WireOutput {
+    /// Output port name; `None` = the first.
+    #[serde(default)]
+    pub port: Option<String>,
+    /// Fields added or changed.
+    #[serde(default)]
+    pub set: BTreeMap<String, WireField>,
+    /// Input fields removed.
+    #[serde(default)]
+    pub drop: Vec<String>,
+}
+
+/// Writes one message.
+pub(super) fn send(w: &mut impl Write, req: &Request<'_>) -> io::Result<()> {
+    let body = serde_json::to_vec(req).map_err(io::Error::other)?;
+    let len = u32::try_from(body.len()).map_err(|_| io::Error::other("header over 4 GiB"))?;
+    let mut buf = Vec::with_capacity(4 + body.len());
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(&body);
+    w.write_all(&buf)?;
+    w.flush()
+}
+
+/// Reads one message body; `Ok(None)` at end of stream.
+pub(super) fn receive(r: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
+    let mut head = [0u8; 4];
+    if let Err(e) = r.read_exact(&mut head) {
+        return if e.kind() == io::ErrorKind::UnexpectedEof {
+            Ok(None)
+        } else {
+            Err(e)
+        };
+    }
+    let n = u32::from_le_bytes(head);
+    if n > MAX_HEADER {
+        return Err(io::Error::other(format!(
+            "a {n}-byte header: the worker's stdout is corrupt (does the stage write to sys.__stdout__?)"
+        )));
+    }
+    let mut body = vec![0u8; n as usize];
+    match r.read_exact(&mut body) {
+        Ok(()) => Ok(Some(body)),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The frame request for `msg`, its pixels and bytes written into `seg` (grown as needed).
+pub(super) fn encode<'a>(msg: &'a Message, seg: &mut Segment) -> io::Result<Request<'a>> {
+    let mut need = 0u64;
+    for (_, v) in msg.fields.iter() {
+        match v {
+            Value::Image(img) => need += aligned(img.data.len() as u64),
+            Value::Bytes(b) => need += aligned(b.len() as u64),
+            _ => {}
+        }
+    }
+    seg.reserve(need)?;
+    let mut at = 0u64;
+    let mut fields = BTreeMap::new();
+    for (name, v) in msg.fields.iter() {
+        let f = match v {
+            Value::Text(t) => WireField::Text { v: t.to_string() },
+            Value::Number(n) => WireField::Number { v: *n },
+            Value::Texts(t) => WireField::Texts { v: t.to_vec() },
+            Value::Record(r) => WireField::Record { v: (**r).clone() },
+            Value::Rect(r) => WireField::Rect {
+                v: [r.x, r.y, r.width, r.height],
+            },
+            Value::Image(img) => {
+                seg.write_at(&img.data, at)?;
+                let f = WireField::Image {
+                    h: img.height,
+                    w: img.width,
+                    c: img.format.channels() as u32,
+                    offset: at,
+                };
+                at += aligned(img.data.len() as u64);
+                f
+            }
+            Value::Bytes(b) => {
+                seg.write_at(b, at)?;
+                let f = WireField::Bytes {
+                    offset: at,
+                    len: b.len() as u64,
+                };
+                at += aligned(b.len() as u64);
+                f
+            }
+            // Engine-private values stay on the Rust side and travel on with the frame.
+            Value::Opaque(_) => continue,
+        };
+        fields.insert(name, f);
+    }
+    Ok(Request::Frame {
+        frame: msg.id.to_string(),
+        seq: msg.id.seq,
+        part: [msg.part.index, msg.part.count],
+        in_size: seg.size(),
+        fields,
+    })
+}
+
+/// The fields of one output frame: `input`'s, less `drop`, plus `set` (pixels read
+/// from the output segment).
+pub(super) fn decode(input: &Fields, out: WireOutput, seg: &Segment) -> Result<Fields, String> {
+    let mut fields = input.clone();
+    for name in &out.drop {
+        fields.remove(name);
+    }
+    for (name, f) in out.set {
+        let v = match f {
+            WireField::Text { v } => Value::Text(Arc::from(v)),
+            WireField::Number { v } => Value::Number(v),
+            WireField::Texts { v } => Value::Texts(Arc::from(v)),
+            WireField::Record { v } => Value::Record(Arc::new(v)),
+            WireField::Rect {
+                v: [x, y, width, height],
+            } => Value::Rect(Rect { x, y, width, height }),
+            WireField::Image { h, w, c, offset } => {
+                let format = match c {
+                    1 => PixelFormat::Gray8,
+                    3 => PixelFormat::Rgb8,
+                    4 => PixelFormat::Rgba8,
+                    _ => return Err(format!("image `{name}` has {c} channels; 1, 3 or 4 are carried")),
+                };
+                let len = u64::from(h) * u64::from(w) * u64::from(c);
+                let data = seg.read_at(offset, len).map_err(|e| format!("image `{name}`: {e}"))?;
+                Value::Image(Image {
+                    width: w,
+                    height: h,
+                    format,
+                    data: Bytes::from(data),
+                })
+            }
+            WireField::Bytes { offset, len } => Value::Bytes(Bytes::from(
+                seg.read_at(offset, len).map_err(|e| format!("bytes `{name}`: {e}"))?,
+            )),
+        };
+        fields.insert(name, v);
+    }
+    Ok(fields)
+}

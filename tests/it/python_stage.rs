@@ -1,0 +1,658 @@
+//! `kind = "python"`: a Python class in a worker process per replica, under the same
+//! bounds, errors and restarts as a Rust stage.
+//!
+//! The workers need a Python with numpy: `$DATAFLOW_TEST_PYTHON`, else `python3` when
+//! it has numpy, else a venv with numpy made once under the user's cache
+//! (`~/.cache/dataflow/python-stage-venv`, by pip).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use dataflow_engine::GraphSource;
+
+use crate::support::{bin, in_process, probe, read_csv, registry, root, run_graph, stage};
+
+/// An interpreter with numpy (see the module doc).
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("DATAFLOW_TEST_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let has_numpy = |p: &Path| {
+        Command::new(p)
+            .args(["-c", "import numpy"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if has_numpy(Path::new("python3")) {
+        return PathBuf::from("python3");
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"))
+        .join("dataflow");
+    let venv = cache.join("python-stage-venv");
+    let py = venv.join("bin/python");
+    if has_numpy(&py) {
+        return py;
+    }
+    // Built aside and renamed into place: test processes run in parallel.
+    std::fs::create_dir_all(&cache).unwrap();
+    let tmp = cache.join(format!("python-stage-venv.{}", std::process::id()));
+    let ok = Command::new("python3")
+        .arg("-m")
+        .arg("venv")
+        .arg(&tmp)
+        .status()
+        .unwrap()
+        .success()
+        && Command::new(tmp.join("bin/python"))
+            .args(["-m", "pip", "install", "-q", "numpy"])
+            .status()
+            .unwrap()
+            .success();
+    assert!(ok, "could not make a venv with numpy at {}", tmp.display());
+    if std::fs::rename(&tmp, &venv).is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    assert!(has_numpy(&py), "{} has no numpy", py.display());
+    py
+}
+
+/// Writes `code` as `name` in `dir` and returns its path as TOML text.
+fn script(dir: &Path, name: &str, code: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, code).unwrap();
+    p.display().to_string()
+}
+
+/// Pass-through that writes its pid into `args.pid_dir`.
+const PASS: &str = r#"
+import os
+from dataflow_stage import Stage
+
+class Pass(Stage):
+    def setup(self, args):
+        open(os.path.join(args["pid_dir"], str(os.getpid())), "w").close()
+
+    def process(self, frame):
+        return frame
+"#;
+
+/// The pids the workers wrote into `dir`.
+fn pids(dir: &Path) -> Vec<u32> {
+    let mut v: Vec<u32> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().to_str()?.parse().ok())
+        .collect();
+    v.sort();
+    v
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Runs graph text in-process (with the resource checks `dataflow run` makes first).
+fn run(text: &str, out: &Path) -> dataflow_engine::RunSummary {
+    let src = GraphSource::from_text(&out.join("test.toml"), text.to_string(), &[]).unwrap();
+    let plan = dataflow_engine::plan(&src, &registry()).unwrap_or_else(|d| panic!("{d}"));
+    dataflow_engine::plan::check_resources(&plan, out).unwrap_or_else(|d| panic!("{d}"));
+    let (rt, opts) = in_process(out);
+    rt.block_on(dataflow_engine::run(&plan, opts)).unwrap()
+}
+
+/// The lines of the run's `errors.jsonl`.
+fn errors(out: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join("errors.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn python_passthrough_delivers_1000_frames_once_in_order_within_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_dir = dir.path().join("pids");
+    std::fs::create_dir(&pid_dir).unwrap();
+    let s = run(
+        &format!(
+            r#"
+[defaults]
+mailbox = 4
+when_full = "block"
+[stage.src]
+kind = "tracked"
+frames = 1000
+probe = "py_pass"
+[stage.py]
+kind = "python"
+inputs = ["src"]
+script = "{}"
+class = "Pass"
+python = "{}"
+replicas = 2
+args = {{ pid_dir = "{}" }}
+[stage.sink]
+kind = "record"
+inputs = ["py"]
+probe = "py_pass"
+"#,
+            script(dir.path(), "pass.py", PASS),
+            python().display(),
+            pid_dir.display()
+        ),
+        dir.path(),
+    );
+    let p = probe("py_pass");
+    let seen = p.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1000, "every frame arrives");
+    assert!(
+        seen.iter().enumerate().all(|(i, s)| *s == i as u64),
+        "exactly once, in order"
+    );
+    // Two edges of 4 places, one frame in the source's hands, one in each replica, one at the sink.
+    let bound = 2 * 4 + 1 + 2 + 1;
+    let max = p.max.load(Ordering::SeqCst);
+    println!("frames alive at most: {max} (bound {bound})");
+    assert!(max <= bound, "{max} frames alive at once, over the bound {bound}");
+    assert_eq!(p.now.load(Ordering::SeqCst), 0, "no frame leaked");
+    assert_eq!(s.failed, 0);
+    let workers = pids(&pid_dir);
+    assert_eq!(workers.len(), 2, "one worker per replica: {workers:?}");
+    for pid in workers {
+        assert!(!alive(pid), "worker {pid} outlived the run");
+    }
+}
+
+#[test]
+fn python_exception_fails_that_frame_with_its_traceback_and_the_stream_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let code = r#"
+from dataflow_stage import Stage
+
+class Flaky(Stage):
+    def process(self, frame):
+        img = frame.image("image")
+        if frame.seq % 10 == 9:
+            raise ValueError(f"no good: frame {frame.id}")
+        frame.set_number("mean", float(img.mean()))
+        return frame
+"#;
+    let s = run(
+        &format!(
+            r#"
+[stage.src]
+kind = "synthetic"
+frames = 200
+width = 16
+height = 12
+[stage.py]
+kind = "python"
+inputs = ["src"]
+script = "{}"
+class = "Flaky"
+python = "{}"
+requires = ["image"]
+outputs = {{ out = ["mean"] }}
+[stage.sink]
+kind = "csv_sink"
+inputs = ["py"]
+path = "out.csv"
+"#,
+            script(dir.path(), "flaky.py", code),
+            python().display()
+        ),
+        dir.path(),
+    );
+    assert_eq!(s.failed, 20, "10 % of 200 frames fail");
+    assert_eq!(stage(&s, "sink").received, 180, "the rest are delivered");
+    let rows = read_csv(&dir.path().join("out.csv"));
+    assert_eq!(rows.len(), 180);
+    assert!(
+        rows.iter().all(|r| r["mean"].parse::<f64>().unwrap() > 0.0),
+        "the stage's numbers arrive"
+    );
+    let errs = errors(dir.path());
+    assert_eq!(errs.len(), 20);
+    for e in &errs {
+        let (frame, text) = (e["frame"].as_str().unwrap(), e["error"].as_str().unwrap());
+        assert_eq!(e["class"], "python");
+        assert!(frame.ends_with('9'), "frame {frame} should not have failed");
+        assert!(
+            text.contains("flaky.py") && text.contains(&format!("ValueError: no good: frame {frame}")),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn killed_python_worker_fails_the_frame_in_flight_and_is_restarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_dir = dir.path().join("pids");
+    std::fs::create_dir(&pid_dir).unwrap();
+    let code = r#"
+import os, time
+from dataflow_stage import Stage
+
+class Slow(Stage):
+    def setup(self, args):
+        open(os.path.join(args["pid_dir"], str(os.getpid())), "w").close()
+
+    def process(self, frame):
+        time.sleep(0.005)
+        return frame
+"#;
+    let text = format!(
+        r#"
+[stage.src]
+kind = "synthetic"
+frames = 400
+width = 16
+height = 12
+[stage.pyk]
+kind = "python"
+inputs = ["src"]
+script = "{}"
+class = "Slow"
+python = "{}"
+restart = "on_failure"
+args = {{ pid_dir = "{}" }}
+[stage.sink]
+kind = "record"
+inputs = ["pyk"]
+probe = "py_kill"
+"#,
+        script(dir.path(), "slow.py", code),
+        python().display(),
+        pid_dir.display()
+    );
+    let out = dir.path().to_path_buf();
+    let runner = std::thread::spawn(move || run(&text, &out));
+    let t0 = Instant::now();
+    while pids(&pid_dir).is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(60), "the worker never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let first = pids(&pid_dir)[0];
+    assert!(Command::new("kill")
+        .args(["-9", &first.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let s = runner.join().unwrap();
+
+    let seen = probe("py_kill").seen.lock().unwrap().clone();
+    let errs = errors(dir.path());
+    assert_eq!(errs.len(), 1, "the frame in flight is reported: {errs:?}");
+    let failed: u64 = errs[0]["frame"]
+        .as_str()
+        .unwrap()
+        .split(':')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let text = errs[0]["error"].as_str().unwrap();
+    assert!(
+        text.contains(&format!("pid {first}")) && text.contains("SIGKILL"),
+        "{text}"
+    );
+    let expected: Vec<u64> = (0..400).filter(|&i| i != failed).collect();
+    assert_eq!(seen, expected, "every other frame delivered, in order");
+    assert_eq!(stage(&s, "pyk").restarts, 1);
+    let workers = pids(&pid_dir);
+    assert_eq!(workers.len(), 2, "a fresh worker after the kill: {workers:?}");
+    for pid in workers {
+        assert!(!alive(pid), "worker {pid} outlived the run");
+    }
+    let prefix = format!("dataflow-{}-pyk-", std::process::id());
+    let left: Vec<_> = std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "shared-memory segments left behind: {left:?}");
+}
+
+/// The resource-check problems of a one-stage-python graph with `stage_keys`.
+fn check_problems(dir: &Path, stage_keys: &str) -> String {
+    let text = format!(
+        r#"
+[stage.src]
+kind = "synthetic"
+frames = 1
+[stage.py]
+kind = "python"
+inputs = ["src"]
+{stage_keys}
+[stage.sink]
+kind = "null_sink"
+inputs = ["py"]
+"#
+    );
+    let src = GraphSource::from_text(&dir.join("test.toml"), text, &[]).unwrap();
+    let plan = dataflow_engine::plan(&src, &registry()).unwrap_or_else(|d| panic!("{d}"));
+    match dataflow_engine::plan::check_resources(&plan, dir) {
+        Ok(()) => String::new(),
+        Err(d) => d.to_string(),
+    }
+}
+
+#[test]
+fn python_stage_problems_are_reported_before_the_run_with_key_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let py = python().display().to_string();
+    let good = script(dir.path(), "good.py", PASS);
+    let bad = script(
+        dir.path(),
+        "bad.py",
+        "from dataflow_stage import Stage\n\nclass Bad(Stage):\n    def process(self frame):\n        return frame\n",
+    );
+
+    let ok = check_problems(
+        dir.path(),
+        &format!("script = \"{good}\"\nclass = \"Pass\"\npython = \"{py}\""),
+    );
+    assert_eq!(ok, "", "a good stage passes");
+
+    let missing = check_problems(
+        dir.path(),
+        &format!("script = \"nowhere.py\"\nclass = \"Pass\"\npython = \"{py}\""),
+    );
+    assert!(
+        missing.contains("`script`") && missing.contains("nowhere.py") && missing.contains("no such file"),
+        "{missing}"
+    );
+
+    let class = check_problems(
+        dir.path(),
+        &format!("script = \"{good}\"\nclass = \"Nope\"\npython = \"{py}\""),
+    );
+    assert!(
+        class.contains("`class`") && class.contains("Nope") && class.contains("classes there: Pass"),
+        "{class}"
+    );
+
+    let interp = check_problems(
+        dir.path(),
+        &format!("script = \"{good}\"\nclass = \"Pass\"\npython = \"python3.0-absent\""),
+    );
+    assert!(
+        interp.contains("`python`") && interp.contains("python3.0-absent") && interp.contains("cannot run"),
+        "{interp}"
+    );
+
+    let syntax = check_problems(
+        dir.path(),
+        &format!("script = \"{bad}\"\nclass = \"Bad\"\npython = \"{py}\""),
+    );
+    assert!(
+        syntax.contains(&format!("{bad}:4:")) && syntax.contains("SyntaxError"),
+        "{syntax}"
+    );
+
+    let module = check_problems(
+        dir.path(),
+        &format!("module = \"no_such_mod_xyz\"\nclass = \"A\"\npython = \"{py}\""),
+    );
+    assert!(
+        module.contains("`module`") && module.contains("no_such_mod_xyz"),
+        "{module}"
+    );
+}
+
+#[test]
+fn python_stage_example_graph_captions_with_numpy() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = format!("stage.caption.python={}", python().display());
+    let o = run_graph(
+        &root().join("graphs/examples/python-stage.toml"),
+        dir.path(),
+        &["--set", &set],
+    );
+    assert_eq!(o.status.code(), Some(0));
+    let rows = read_csv(&dir.path().join("caption.csv"));
+    assert_eq!(rows.len(), 48);
+    for r in &rows {
+        assert!(r["text"].starts_with("mostly "), "{r:?}");
+        let share: f64 = r["colour_share"].parse().unwrap();
+        assert!((0.15..=1.0).contains(&share), "{r:?}");
+    }
+    let distinct: std::collections::BTreeSet<&str> = rows.iter().map(|r| r["text"].as_str()).collect();
+    assert!(
+        distinct.len() > 1,
+        "the gradient shifts, so should the captions: {distinct:?}"
+    );
+}
+
+#[test]
+fn ctrl_c_ends_the_python_workers_with_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_dir = dir.path().join("pids");
+    std::fs::create_dir(&pid_dir).unwrap();
+    let graph = dir.path().join("endless.toml");
+    std::fs::write(
+        &graph,
+        format!(
+            r#"
+[stage.src]
+kind = "synthetic"
+rate = 200
+[stage.py]
+kind = "python"
+inputs = ["src"]
+script = "{}"
+class = "Pass"
+python = "{}"
+replicas = 2
+args = {{ pid_dir = "{}" }}
+[stage.sink]
+kind = "null_sink"
+inputs = ["py"]
+"#,
+            script(dir.path(), "pass.py", PASS),
+            python().display(),
+            pid_dir.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(bin())
+        .current_dir(root())
+        .args(["run", "--no-progress", "--metrics", "off", "--out"])
+        .arg(dir.path().join("out"))
+        .arg(&graph)
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while pids(&pid_dir).len() < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "the workers never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "an interrupted run exits with 130");
+    for pid in pids(&pid_dir) {
+        assert!(!alive(pid), "worker {pid} outlived the run");
+    }
+}
+
+#[test]
+fn hung_python_worker_is_killed_after_timeout_and_the_stream_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let code = r#"
+import time
+from dataflow_stage import Stage
+
+class Hang(Stage):
+    def process(self, frame):
+        if frame.seq == 3:
+            time.sleep(30)
+        return frame
+"#;
+    let t0 = Instant::now();
+    let s = run(
+        &format!(
+            r#"
+[stage.src]
+kind = "synthetic"
+frames = 10
+[stage.py]
+kind = "python"
+inputs = ["src"]
+script = "{}"
+class = "Hang"
+python = "{}"
+timeout_s = 0.5
+[stage.sink]
+kind = "record"
+inputs = ["py"]
+probe = "py_hang"
+"#,
+            script(dir.path(), "hang.py", code),
+            python().display()
+        ),
+        dir.path(),
+    );
+    assert!(t0.elapsed() < Duration::from_secs(20), "the hung worker held the run");
+    let seen = probe("py_hang").seen.lock().unwrap().clone();
+    assert_eq!(seen, vec![0, 1, 2, 4, 5, 6, 7, 8, 9]);
+    assert_eq!(stage(&s, "py").restarts, 1);
+    let errs = errors(dir.path());
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0]["frame"], "0:3");
+    assert!(
+        errs[0]["error"].as_str().unwrap().contains("timeout_s = 0.5"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn python_setup_error_stops_the_run_before_the_source_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let code = r#"
+from dataflow_stage import Stage
+
+class Broken(Stage):
+    def setup(self, args):
+        raise RuntimeError("weights missing: " + args["weights"])
+"#;
+    let graph = dir.path().join("broken.toml");
+    std::fs::write(
+        &graph,
+        format!(
+            r#"
+[stage.src]
+kind = "synthetic"
+frames = 5
+[stage.py]
+kind = "python"
+inputs = ["src"]
+script = "{}"
+class = "Broken"
+python = "{}"
+args = {{ weights = "model.pt" }}
+[stage.sink]
+kind = "null_sink"
+inputs = ["py"]
+"#,
+            script(dir.path(), "broken.py", code),
+            python().display()
+        ),
+    )
+    .unwrap();
+    let o = run_graph(&graph, &dir.path().join("out"), &[]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(
+        stderr.contains("`py`") && stderr.contains("RuntimeError: weights missing: model.pt"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn python_images_cross_both_ways_and_frames_fan_out_on_declared_ports() {
+    let dir = tempfile::tempdir().unwrap();
+    let code = r#"
+import numpy as np
+from dataflow_stage import Stage
+
+class Split(Stage):
+    def process(self, frame):
+        img = frame.image("image")
+        frame.set_mask("mask", img[:, :, 0] > 127)
+        frame.set_image("flipped", np.ascontiguousarray(img[:, ::-1]))
+        frame.set_number("expect", float((img[:, :, 0] > 127).sum() * 255))
+        side = frame.derive(port="side", label=f"side of {frame.id}")
+        return [frame, side]
+
+class Measure(Stage):
+    def process(self, frame):
+        mask, img, flipped = frame.image("mask"), frame.image("image"), frame.image("flipped")
+        frame.set_number("mask_sum", float(mask.astype(np.int64).sum()))
+        frame.set_number("flip_ok", float(np.array_equal(flipped[:, ::-1], img)))
+        return frame
+"#;
+    let path = script(dir.path(), "split.py", code);
+    let py = python().display().to_string();
+    let s = run(
+        &format!(
+            r#"
+[stage.src]
+kind = "synthetic"
+frames = 20
+width = 40
+height = 30
+[stage.split]
+kind = "python"
+inputs = ["src"]
+script = "{path}"
+class = "Split"
+python = "{py}"
+requires = ["image"]
+outputs = {{ out = ["mask", "flipped", "expect"], side = ["label"] }}
+[stage.measure]
+kind = "python"
+inputs = ["split"]
+script = "{path}"
+class = "Measure"
+python = "{py}"
+requires = ["mask", "flipped", "image"]
+outputs = {{ out = ["mask_sum", "flip_ok"] }}
+[stage.main]
+kind = "csv_sink"
+inputs = ["measure"]
+path = "main.csv"
+[stage.side]
+kind = "csv_sink"
+inputs = ["split.side"]
+path = "side.csv"
+"#
+        ),
+        dir.path(),
+    );
+    assert_eq!(s.failed, 0);
+    let main = read_csv(&dir.path().join("main.csv"));
+    assert_eq!(main.len(), 20);
+    for r in &main {
+        assert_eq!(r["mask_sum"], r["expect"], "the mask crossed intact: {r:?}");
+        assert_eq!(r["flip_ok"], "1", "the flipped image crossed intact: {r:?}");
+    }
+    assert!(main.iter().any(|r| r["mask_sum"] != "0"), "some pixels are over 127");
+    let side = read_csv(&dir.path().join("side.csv"));
+    assert_eq!(side.len(), 20);
+    assert!(
+        side.iter().all(|r| r["label"] == format!("side of {}", r["frame"])),
+        "{side:?}"
+    );
+}
