@@ -55,31 +55,7 @@ enum Command {
     /// Exit codes: 0 every frame went through; 1 invalid graph or the run could not
     /// start; 2 frames failed (errors.jsonl) or an error stopped the run; 3 summary.json
     /// or errors.jsonl could not be written; 130 stopped by Ctrl-C.
-    Run {
-        /// The graph file.
-        graph: PathBuf,
-        #[command(flatten)]
-        overrides: OverrideArgs,
-        /// Folder every sink writes under (default runs/<graph>-<time>/).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Prometheus endpoint address, or `off` (default: the graph's [metrics] listen, else 127.0.0.1:9464).
-        #[arg(long, value_name = "ADDR|off")]
-        metrics: Option<String>,
-        /// No progress bar.
-        #[arg(long)]
-        no_progress: bool,
-        /// Seconds a drain after Ctrl-C may take before the run is aborted.
-        #[arg(long, default_value_t = 30.0)]
-        drain_timeout: f64,
-        /// Keep serving the metrics this many seconds after the run ends (so a short run can be scraped).
-        #[arg(long, default_value_t = 0.0)]
-        linger: f64,
-        /// Run only the stages placed on this machine (`machine = "..."`); edges to
-        /// other machines go over zenoh. Without it, a placed graph runs whole here.
-        #[arg(long, value_name = "NAME")]
-        machine: Option<String>,
-    },
+    Run(RunArgs),
     /// Check graph files and report every error at once (exit 1 on errors).
     Validate {
         /// Graph files.
@@ -174,6 +150,34 @@ enum Command {
         #[arg(long, default_value_t = 1.0)]
         interval: f64,
     },
+}
+
+/// Arguments of `dataflow run`.
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The graph file.
+    graph: PathBuf,
+    #[command(flatten)]
+    overrides: OverrideArgs,
+    /// Folder every sink writes under (default runs/<graph>-<time>/).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Prometheus endpoint address, or `off` (default: the graph's [metrics] listen, else 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR|off")]
+    metrics: Option<String>,
+    /// No progress bar.
+    #[arg(long)]
+    no_progress: bool,
+    /// Seconds a drain after Ctrl-C may take before the run is aborted.
+    #[arg(long, default_value_t = 30.0)]
+    drain_timeout: f64,
+    /// Keep serving the metrics this many seconds after the run ends (so a short run can be scraped).
+    #[arg(long, default_value_t = 0.0)]
+    linger: f64,
+    /// Run only the stages placed on this machine (`machine = "..."`); edges to
+    /// other machines go over zenoh. Without it, a placed graph runs whole here.
+    #[arg(long, value_name = "NAME")]
+    machine: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -391,112 +395,189 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run {
-            graph,
-            overrides,
-            out,
-            metrics,
-            no_progress,
-            drain_timeout,
-            linger,
-            machine,
-        } => {
-            let src = match load(&graph, &overrides, &registry) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return Ok(ExitCode::from(1));
-                }
-            };
-            let plan = match dataflow_engine::plan(&src, &registry) {
-                Ok(p) => p,
-                Err(d) => {
-                    eprintln!("{d}");
-                    return Ok(ExitCode::from(1));
-                }
-            };
-            let stop = dataflow_engine::StopFlag::default();
-            let (plan, bridges) = match &machine {
-                None => {
-                    if plan.is_distributed() {
-                        eprintln!(
-                            "note: {} places stages on machines; running every stage in this process (pass --machine NAME to run one machine's part)",
-                            graph.display()
-                        );
-                    }
-                    (plan, None)
-                }
-                Some(m) => {
-                    // Check the cut before opening any socket.
-                    if let Err(e) = plan.check_machine(m) {
-                        eprintln!("error: {e}");
-                        return Ok(ExitCode::from(1));
-                    }
-                    let bridges = match dataflow_actors::zenoh_link::ZenohBridges::open(&plan, m, stop.clone()) {
-                        Ok(b) => b,
-                        Err(e) => {
-                            eprintln!("error: {e}");
-                            return Ok(ExitCode::from(1));
-                        }
-                    };
-                    match plan.partition(m, &bridges) {
-                        Ok(p) => (p, Some(bridges)),
-                        Err(e) => {
-                            eprintln!("error: {e}");
-                            return Ok(ExitCode::from(1));
-                        }
-                    }
-                }
-            };
-            let out_dir = out.unwrap_or_else(|| match &machine {
-                Some(m) => default_out(&format!("{}-{m}", plan.name)),
-                None => default_out(&plan.name),
-            });
-            if let Err(d) = dataflow_engine::plan::check_resources(&plan, &out_dir) {
-                eprintln!("{d}");
+        Command::Run(args) => run_command(&registry, args),
+    }
+}
+
+/// `dataflow run`: validate, check resources, start the metrics endpoint, run, print
+/// the summary.
+fn run_command(registry: &Registry, args: RunArgs) -> Result<ExitCode> {
+    let RunArgs {
+        graph,
+        overrides,
+        out,
+        metrics,
+        no_progress,
+        drain_timeout,
+        linger,
+        machine,
+    } = args;
+    let src = match load(&graph, &overrides, registry) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let plan = match dataflow_engine::plan(&src, registry) {
+        Ok(p) => p,
+        Err(d) => {
+            eprintln!("{d}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let stop = dataflow_engine::StopFlag::default();
+    let (plan, bridges) = match &machine {
+        None => {
+            if plan.is_distributed() {
+                eprintln!(
+                    "note: {} places stages on machines; running every stage in this process (pass --machine NAME to run one machine's part)",
+                    graph.display()
+                );
+            }
+            (plan, None)
+        }
+        Some(m) => {
+            // Check the cut before opening any socket.
+            if let Err(e) = plan.check_machine(m) {
+                eprintln!("error: {e}");
                 return Ok(ExitCode::from(1));
             }
-            let listen = metrics
-                .or_else(|| plan.metrics_listen.clone())
-                .unwrap_or_else(|| dataflow_monitoring::DEFAULT_LISTEN.to_string());
-            if listen != "off" {
-                match dataflow_monitoring::install_exporter(&listen) {
-                    Ok(addr) => {
-                        dataflow_monitoring::describe_all();
-                        eprintln!("metrics: http://{addr}/metrics (watch with `dataflow top {addr}`)");
-                    }
-                    Err(e) => {
-                        eprintln!(
-                            "error: metrics endpoint: {e}\n  help: pass --metrics ADDR (e.g. 127.0.0.1:0 for any free port) or --metrics off"
-                        );
-                        return Ok(ExitCode::from(1));
-                    }
+            let bridges = match dataflow_actors::zenoh_link::ZenohBridges::open(&plan, m, stop.clone()) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(ExitCode::from(1));
+                }
+            };
+            match plan.partition(m, &bridges) {
+                Ok(p) => (p, Some(bridges)),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(ExitCode::from(1));
                 }
             }
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("starting the runtime")?;
-            let mut opts = RunOptions::new(out_dir.clone());
-            opts.stop = stop;
-            opts.progress = !no_progress;
-            opts.drain_timeout = Duration::from_secs_f64(drain_timeout.max(0.0));
-            let summary = rt
-                .block_on(dataflow_engine::run(&plan, opts))
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            if let Some(b) = bridges {
-                // The receivers' last acknowledgements, then the session.
-                b.close(Duration::from_secs(2));
-            }
-            // The engine wrote summary.json; a failed write is in `unwritten`, shown by
-            // `render` and turned into exit code 3 (see README, "Exit codes").
-            eprint!("{}", summary.render());
-            if linger > 0.0 {
-                eprintln!("serving metrics for {linger} s more (--linger)");
-                std::thread::sleep(Duration::from_secs_f64(linger));
-            }
-            Ok(ExitCode::from(summary.exit_code()))
         }
+    };
+    let out_dir = out.unwrap_or_else(|| match &machine {
+        Some(m) => default_out(&format!("{}-{m}", plan.name)),
+        None => default_out(&plan.name),
+    });
+    if let Err(d) = dataflow_engine::plan::check_resources(&plan, &out_dir) {
+        eprintln!("{d}");
+        return Ok(ExitCode::from(1));
+    }
+    let listen = metrics
+        .or_else(|| plan.metrics_listen.clone())
+        .unwrap_or_else(|| dataflow_monitoring::DEFAULT_LISTEN.to_string());
+    if !start_metrics(&listen) {
+        return Ok(ExitCode::from(1));
+    }
+    let mut opts = RunOptions::new(out_dir.clone());
+    opts.stop = stop;
+    opts.progress = !no_progress;
+    opts.drain_timeout = Duration::from_secs_f64(drain_timeout.max(0.0));
+    let summary = execute(&plan, opts)?;
+    if let Some(b) = bridges {
+        // The receivers' last acknowledgements, then the session.
+        b.close(Duration::from_secs(2));
+    }
+    // The engine wrote summary.json; a failed write is in `unwritten`, shown by
+    // `render` and turned into exit code 3 (see README, "Exit codes").
+    eprint!("{}", summary.render());
+    if linger > 0.0 {
+        eprintln!("serving metrics for {linger} s more (--linger)");
+        std::thread::sleep(Duration::from_secs_f64(linger));
+    }
+    Ok(ExitCode::from(summary.exit_code()))
+}
+
+/// Serves the metrics on `listen` unless it is `off`; `false` (after saying why) when
+/// the endpoint cannot be opened.
+fn start_metrics(listen: &str) -> bool {
+    if listen == "off" {
+        return true;
+    }
+    match dataflow_monitoring::install_exporter(listen) {
+        Ok(addr) => {
+            dataflow_monitoring::describe_all();
+            eprintln!("metrics: http://{addr}/metrics (watch with `dataflow top {addr}`)");
+            true
+        }
+        Err(e) => {
+            eprintln!(
+                "error: metrics endpoint: {e}\n  help: pass --metrics ADDR (e.g. 127.0.0.1:0 for any free port) or --metrics off"
+            );
+            false
+        }
+    }
+}
+
+/// Runs `plan` on a runtime of its own. The binary, not the engine, owns Ctrl-C
+/// (through the run's stop token) and the progress bar (from the run's events).
+fn execute(plan: &dataflow_engine::Plan, mut opts: RunOptions) -> Result<dataflow_engine::RunSummary> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async {
+        let ctrl_c = tokio::spawn(stop_on_ctrl_c(opts.stop.clone()));
+        let progress = opts.progress.then(|| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            opts.events = Some(tx);
+            tokio::spawn(progress_bar(rx))
+        });
+        let summary = dataflow_engine::run(plan, opts).await;
+        ctrl_c.abort();
+        if let Some(p) = progress {
+            // The run has sent `Finished` (or dropped its sender): the bar is cleared.
+            let _ = p.await;
+        }
+        summary
+    })
+    .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Ctrl-C stops the run's sources and lets the frames in flight drain; a second one
+/// aborts the run.
+async fn stop_on_ctrl_c(stop: dataflow_engine::StopFlag) {
+    if tokio::signal::ctrl_c().await.is_ok() {
+        eprintln!("\ndataflow: stopping — sources closed, draining frames in flight (Ctrl-C again to abort)");
+        stop.interrupt();
+        if tokio::signal::ctrl_c().await.is_ok() {
+            stop.abort("aborted by a second Ctrl-C");
+        }
+    }
+}
+
+/// The progress bar on stderr, driven by the run's events; cleared when the run ends.
+async fn progress_bar(mut events: tokio::sync::mpsc::UnboundedReceiver<dataflow_engine::RunEvent>) {
+    use dataflow_engine::RunEvent;
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    while let Some(event) = events.recv().await {
+        match event {
+            RunEvent::Started { total } => {
+                let pb = indicatif::ProgressBar::with_draw_target(total, indicatif::ProgressDrawTarget::stderr());
+                let style = if total.is_some() {
+                    indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} frames  {per_sec}  ETA {eta}")
+                } else {
+                    indicatif::ProgressStyle::with_template("{spinner} {pos} frames  {per_sec}")
+                };
+                if let Ok(style) = style {
+                    pb.set_style(style);
+                }
+                bar = Some(pb);
+            }
+            RunEvent::Progress { frames } => {
+                if let Some(pb) = &bar {
+                    pb.set_position(frames);
+                }
+            }
+            RunEvent::Finished => break,
+        }
+    }
+    if let Some(pb) = bar {
+        pb.finish_and_clear();
     }
 }
 

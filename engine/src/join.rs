@@ -47,7 +47,10 @@ struct Pending<P> {
     whole_lost: Vec<bool>,
     /// Part indices known lost, per input.
     lost: Vec<BTreeSet<u32>>,
-    /// Places held by the parts that arrived, per input.
+    /// Places held by the parts that arrived, per input (the edges' permits). Owned by
+    /// the joining replica's table until the frame is emitted, expired or flushed at
+    /// EOS; they go out in [`Ready::held`] and dropping them frees the places on the
+    /// edges, which is what lets the producers send more (backpressure).
     held: Vec<Vec<P>>,
 }
 

@@ -242,55 +242,17 @@ impl Plan {
                 stream: u32::MAX - k as u32,
             });
         }
+        let cut = Cut {
+            local: &local,
+            new_index: &new_index,
+            incoming: &incoming,
+            outgoing: &outgoing,
+            first_sender,
+        };
         for (i, s) in self.stages.iter().enumerate() {
-            if !local[i] {
-                continue;
+            if local[i] {
+                stages.push(self.local_stage(s, &cut));
             }
-            let mut st = s.clone();
-            st.inputs = s
-                .inputs
-                .iter()
-                .enumerate()
-                .map(|(input, e)| {
-                    if local[e.from] {
-                        InputEdge {
-                            from: new_index[e.from],
-                            port: e.port,
-                            text: e.text.clone(),
-                        }
-                    } else {
-                        let k = incoming
-                            .iter()
-                            .position(|c| c.to == s.id && c.input == input)
-                            .unwrap_or(usize::MAX);
-                        InputEdge {
-                            from: k,
-                            port: 0,
-                            text: e.text.clone(),
-                        }
-                    }
-                })
-                .collect();
-            st.consumers = s
-                .consumers
-                .iter()
-                .map(|list| {
-                    list.iter()
-                        .map(|&(c, input)| {
-                            if local[c] {
-                                (new_index[c], input)
-                            } else {
-                                let k = outgoing
-                                    .iter()
-                                    .position(|o| o.to == self.stages[c].id && o.input == input)
-                                    .unwrap_or(usize::MAX);
-                                (first_sender + k, 0)
-                            }
-                        })
-                        .collect()
-                })
-                .collect();
-            stages.push(st);
         }
         for e in &outgoing {
             let config = bridges.sender(e).map_err(|m| bridge_err(e, m))?;
@@ -323,4 +285,70 @@ impl Plan {
         }
         Ok(Plan { stages, ..self.clone() })
     }
+
+    /// Stage `s` of this machine, its edges renumbered to the partition (`cut`): inputs
+    /// from other machines come from receiving bridges, outputs to them go to sending ones.
+    fn local_stage(&self, s: &PlannedStage, cut: &Cut) -> PlannedStage {
+        let mut st = s.clone();
+        st.inputs = s
+            .inputs
+            .iter()
+            .enumerate()
+            .map(|(input, e)| {
+                if cut.local[e.from] {
+                    InputEdge {
+                        from: cut.new_index[e.from],
+                        port: e.port,
+                        text: e.text.clone(),
+                    }
+                } else {
+                    let k = cut
+                        .incoming
+                        .iter()
+                        .position(|c| c.to == s.id && c.input == input)
+                        .unwrap_or(usize::MAX);
+                    InputEdge {
+                        from: k,
+                        port: 0,
+                        text: e.text.clone(),
+                    }
+                }
+            })
+            .collect();
+        st.consumers = s
+            .consumers
+            .iter()
+            .map(|list| {
+                list.iter()
+                    .map(|&(c, input)| {
+                        if cut.local[c] {
+                            (cut.new_index[c], input)
+                        } else {
+                            let k = cut
+                                .outgoing
+                                .iter()
+                                .position(|o| o.to == self.stages[c].id && o.input == input)
+                                .unwrap_or(usize::MAX);
+                            (cut.first_sender + k, 0)
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        st
+    }
+}
+
+/// How a partition renumbers the stages (see [`Plan::partition`]).
+struct Cut<'a> {
+    /// Whether each stage of the whole plan runs on this machine.
+    local: &'a [bool],
+    /// Each local stage's index in the partition.
+    new_index: &'a [usize],
+    /// Edges into this machine, in the order of their receiving bridges.
+    incoming: &'a [&'a CrossingEdge],
+    /// Edges out of this machine, in the order of their sending bridges.
+    outgoing: &'a [&'a CrossingEdge],
+    /// Index of the first sending bridge.
+    first_sender: usize,
 }

@@ -21,7 +21,8 @@ pub trait Configured: Send + Sync {
 }
 
 /// Why a stage's keys did not deserialise.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{}{message}", if path.is_empty() { String::new() } else { format!("key `{path}`: ") })]
 pub struct ConfigError {
     /// Dotted path of the offending key inside the stage (empty when unknown).
     pub path: String,
@@ -143,5 +144,28 @@ impl Registry {
     /// Kind names in name order.
     pub fn names(&self) -> Vec<&'static str> {
         self.kinds.keys().copied().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConfigError;
+
+    #[test]
+    fn a_config_error_names_its_key_as_validation_does() {
+        let e = ConfigError {
+            path: "snr_db".into(),
+            message: "invalid type: string \"loud\", expected f64".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "key `snr_db`: invalid type: string \"loud\", expected f64"
+        );
+        let whole = ConfigError {
+            path: String::new(),
+            message: "missing field `snr_db`".into(),
+        };
+        let as_error: &dyn std::error::Error = &whole;
+        assert_eq!(as_error.to_string(), "missing field `snr_db`");
     }
 }

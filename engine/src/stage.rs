@@ -234,19 +234,82 @@ pub trait Stage: Send {
     }
 }
 
-/// Set when the run is asked to stop (Ctrl-C); sources end their stream when they see it.
+/// The run's stop token. Whoever starts a run keeps a clone (the binary's Ctrl-C
+/// handler, a test, a bridge to other machines); sources get it in [`Source::next`] and
+/// end their stream when they see it set. See the runtime's `shutdown` module for the
+/// whole protocol.
+///
+/// - [`StopFlag::set`]: stop the sources, let the frames in flight drain.
+/// - [`StopFlag::interrupt`]: the same, asked by the user (the summary says so and
+///   `dataflow run` exits with 130).
+/// - [`StopFlag::abort`]: end the run now, without draining (a second Ctrl-C).
+///
+/// A flag is never cleared; dropping a clone changes nothing.
 #[derive(Debug, Clone, Default)]
-pub struct StopFlag(Arc<AtomicBool>);
+pub struct StopFlag(Arc<StopState>);
+
+#[derive(Debug, Default)]
+struct StopState {
+    stop: AtomicBool,
+    interrupted: AtomicBool,
+    abort: std::sync::Mutex<Option<String>>,
+    /// Woken on every request, for the run's wait.
+    changed: tokio::sync::Notify,
+}
 
 impl StopFlag {
     /// Whether a stop was requested.
     pub fn is_set(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.0.stop.load(Ordering::Relaxed)
     }
 
-    /// Requests a stop.
+    /// Requests a stop: sources end their streams, frames in flight drain.
     pub fn set(&self) {
-        self.0.store(true, Ordering::Relaxed)
+        self.0.stop.store(true, Ordering::Relaxed);
+        self.0.changed.notify_waiters();
+    }
+
+    /// Requests a stop on the user's behalf (Ctrl-C).
+    pub fn interrupt(&self) {
+        self.0.interrupted.store(true, Ordering::Relaxed);
+        self.set();
+    }
+
+    /// Whether [`StopFlag::interrupt`] was called.
+    pub fn is_interrupted(&self) -> bool {
+        self.0.interrupted.load(Ordering::Relaxed)
+    }
+
+    /// Ends the run now without draining; `reason` becomes the run's error (the first
+    /// reason given is kept).
+    pub fn abort(&self, reason: impl Into<String>) {
+        if let Ok(mut a) = self.0.abort.lock() {
+            a.get_or_insert_with(|| reason.into());
+        }
+        self.set();
+    }
+
+    /// Why [`StopFlag::abort`] was called, if it was.
+    pub fn abort_reason(&self) -> Option<String> {
+        self.0.abort.lock().ok().and_then(|a| a.clone())
+    }
+
+    /// Waits until a stop is requested.
+    pub async fn stopped(&self) {
+        loop {
+            let changed = self.changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.is_set() {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// A future woken by the next request; enable it before checking the flag.
+    pub(crate) fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.0.changed.notified()
     }
 }
 

@@ -117,12 +117,16 @@ fn require_ffmpeg() {
 }
 
 /// Validates and runs graph text with the test registry; `Err` is the run's start-up error.
-fn run(text: &str, out: &Path) -> Result<RunSummary, StageError> {
+fn run(text: &str, out: &Path) -> Result<RunSummary, dataflow_engine::RunError> {
     run_stopped_after(text, out, None)
 }
 
 /// [`run`], asking the run to stop (as Ctrl-C does) after `stop_after` when given.
-fn run_stopped_after(text: &str, out: &Path, stop_after: Option<Duration>) -> Result<RunSummary, StageError> {
+fn run_stopped_after(
+    text: &str,
+    out: &Path,
+    stop_after: Option<Duration>,
+) -> Result<RunSummary, dataflow_engine::RunError> {
     require_ffmpeg();
     let src = GraphSource::from_text(Path::new("test.toml"), text.to_string(), &[]).unwrap();
     let plan = dataflow_engine::plan(&src, &reg()).unwrap_or_else(|d| panic!("{d}"));
@@ -137,9 +141,10 @@ fn run_stopped_after(text: &str, out: &Path, stop_after: Option<Duration>) -> Re
     rt.block_on(dataflow_engine::run(&plan, opts))
 }
 
-/// Whether process `pid` still exists (a reaped child does not) after a grace period:
-/// `run` may return before the source thread has dropped its source (the engine does not
-/// join source threads), and dropping the source is what kills ffmpeg.
+/// Whether process `pid` still exists (a reaped child does not) after a grace period.
+/// (`run` now joins its source threads, and dropping the source is what kills ffmpeg, so
+/// the grace period is a margin; `no_ffmpeg_child_or_source_thread_outlives_run` checks
+/// without one.)
 fn alive(pid: u32) -> bool {
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(2) {
@@ -221,6 +226,54 @@ log = "stopped"
     assert!(!seen.is_empty());
     assert!(took < Duration::from_secs(3), "the stop is seen promptly ({took:?})");
     assert!(!alive(seen[0].pid), "ffmpeg is killed when the run stops");
+}
+
+/// Regression (issue 19): `run` used to return before the source thread had dropped its
+/// source, so ffmpeg could outlive it. Now `run` joins every thread: no grace period.
+#[test]
+fn no_ffmpeg_child_or_source_thread_outlives_run() {
+    require_ffmpeg();
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"
+[stage.olcam]
+kind = "ffmpeg"
+format = "lavfi"
+input = "testsrc=size=64x48:rate=25"
+realtime = true
+[stage.sink]
+kind = "frame_log"
+inputs = ["olcam"]
+log = "outlive"
+"#;
+    let src = GraphSource::from_text(Path::new("test.toml"), text.to_string(), &[]).unwrap();
+    let plan = dataflow_engine::plan(&src, &reg()).unwrap_or_else(|d| panic!("{d}"));
+    let (rt, opts) = crate::support::in_process(dir.path());
+    // Stop once frames flow (however long ffmpeg takes to start on a loaded machine).
+    let stop = opts.stop.clone();
+    std::thread::spawn(move || {
+        let t0 = Instant::now();
+        while log("outlive").lock().unwrap().len() < 3 && t0.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stop.set();
+    });
+    let s = rt.block_on(dataflow_engine::run(&plan, opts)).unwrap();
+    let seen = log("outlive").lock().unwrap().clone();
+    assert!(s.interrupted && !seen.is_empty());
+    let pid = seen[0].pid;
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "ffmpeg {pid} still exists when run has returned"
+    );
+    let threads: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        // The engine's thread for this source (the reader thread ffmpeg.rs starts is
+        // its own, not the engine's).
+        .filter(|n| n.trim() == "olcam-source")
+        .collect();
+    assert!(threads.is_empty(), "the source thread outlived run: {threads:?}");
 }
 
 #[test]
@@ -540,9 +593,8 @@ inputs = ["cam"]
     )
     .unwrap_err();
     assert!(
-        e.message
+        e.to_string()
             .contains("ffmpeg-that-is-not-there not found on PATH; `scripts/setup-system ffmpeg` installs it"),
-        "{}",
-        e.message
+        "{e}"
     );
 }

@@ -1,0 +1,221 @@
+//! Pass 2: the reserved keys every stage may carry (`mailbox`, `when_full`, `replicas`,
+//! `restart`, `machine`, `inputs`) and their `[defaults]`.
+
+use serde::Deserialize;
+
+use super::{type_name, Ctx, Raw, Restart, WhenFull, DEFAULT_MAILBOX};
+
+/// `[defaults]`: what a stage gets when it does not say.
+pub(super) struct Defaults {
+    /// Places of each input edge.
+    pub mailbox: usize,
+    /// Policy of each input edge.
+    pub when_full: WhenFull,
+    /// Panic policy.
+    pub restart: Restart,
+    /// Placement.
+    pub machine: Option<String>,
+}
+
+/// Reads `[defaults]`; a wrong value is reported and the built-in default used.
+pub(super) fn defaults(cx: &mut Ctx, t: &toml::Table) -> Defaults {
+    let mailbox = reserved_usize(cx, t.get("mailbox"), &["defaults", "mailbox"], None).unwrap_or(DEFAULT_MAILBOX);
+    let when_full = reserved_enum(
+        cx,
+        t.get("when_full"),
+        &["defaults", "when_full"],
+        None,
+        "block | drop_newest | drop_oldest",
+    )
+    .unwrap_or(WhenFull::Block);
+    let restart = reserved_enum(
+        cx,
+        t.get("restart"),
+        &["defaults", "restart"],
+        None,
+        "never | on_failure",
+    )
+    .unwrap_or(Restart::OnFailure);
+    let machine = match t.get("machine") {
+        None => None,
+        Some(toml::Value::String(s)) => Some(s.clone()),
+        Some(o) => {
+            cx.err(
+                &["defaults", "machine"],
+                None,
+                format!("`machine` must be a string, found {}", type_name(o)),
+                None,
+            );
+            None
+        }
+    };
+    Defaults {
+        mailbox,
+        when_full,
+        restart,
+        machine,
+    }
+}
+
+/// Reads the reserved keys of stage `id` (table `t`) into a [`Raw`] stage; the kind
+/// and its own keys are left to the next pass.
+pub(super) fn stage(cx: &mut Ctx, id: &str, t: &toml::Table, defaults: &Defaults) -> Raw {
+    let mut raw = Raw {
+        id: id.to_string(),
+        kind: None,
+        role: None,
+        config: None,
+        ports: None,
+        inputs: Vec::new(),
+        edges: Vec::new(),
+        mailbox: reserved_usize(cx, t.get("mailbox"), &["stage", id, "mailbox"], Some(id)).unwrap_or(defaults.mailbox),
+        when_full: reserved_enum(
+            cx,
+            t.get("when_full"),
+            &["stage", id, "when_full"],
+            Some(id),
+            "block | drop_newest | drop_oldest",
+        )
+        .unwrap_or(defaults.when_full),
+        replicas: reserved_usize(cx, t.get("replicas"), &["stage", id, "replicas"], Some(id)).unwrap_or(1),
+        restart: reserved_enum(
+            cx,
+            t.get("restart"),
+            &["stage", id, "restart"],
+            Some(id),
+            "never | on_failure",
+        )
+        .unwrap_or(defaults.restart),
+        machine: defaults.machine.clone(),
+    };
+    match t.get("machine") {
+        None => {}
+        Some(toml::Value::String(s)) => raw.machine = Some(s.clone()),
+        Some(o) => cx.err(
+            &["stage", id, "machine"],
+            Some(id),
+            format!("`machine` must be a string, found {}", type_name(o)),
+            None,
+        ),
+    }
+    raw.inputs = inputs(cx, id, t.get("inputs"));
+    raw
+}
+
+/// `inputs` as written: an array of strings.
+fn inputs(cx: &mut Ctx, id: &str, v: Option<&toml::Value>) -> Vec<String> {
+    let mut inputs = Vec::new();
+    match v {
+        None => {}
+        Some(toml::Value::Array(a)) => {
+            for (i, item) in a.iter().enumerate() {
+                match item {
+                    toml::Value::String(s) => inputs.push(s.clone()),
+                    o => cx.err(
+                        &["stage", id, "inputs", &i.to_string()],
+                        Some(id),
+                        format!("an input must be a string like \"split.tile0\", found {}", type_name(o)),
+                        None,
+                    ),
+                }
+            }
+        }
+        Some(o) => cx.err(
+            &["stage", id, "inputs"],
+            Some(id),
+            format!("`inputs` must be an array of strings, found {}", type_name(o)),
+            Some("inputs = [\"source\"]".into()),
+        ),
+    }
+    inputs
+}
+
+/// An integer >= 1 at `at`, when present.
+fn reserved_usize(cx: &mut Ctx, v: Option<&toml::Value>, at: &[&str], stage: Option<&str>) -> Option<usize> {
+    match v? {
+        toml::Value::Integer(i) if *i >= 1 => Some(*i as usize),
+        other => {
+            cx.err(
+                at,
+                stage,
+                format!("`{}` must be an integer >= 1, found {other}", at[at.len() - 1]),
+                None,
+            );
+            None
+        }
+    }
+}
+
+/// One of the `allowed` names at `at`, when present.
+fn reserved_enum<T: for<'de> Deserialize<'de>>(
+    cx: &mut Ctx,
+    v: Option<&toml::Value>,
+    at: &[&str],
+    stage: Option<&str>,
+    allowed: &str,
+) -> Option<T> {
+    let v = v?;
+    match T::deserialize(v.clone()).ok() {
+        Some(t) => Some(t),
+        None => {
+            cx.err(
+                at,
+                stage,
+                format!("`{}` must be one of {allowed}, found {v}", at[at.len() - 1]),
+                None,
+            );
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::{errors_of, source};
+    use super::super::{table_of, Restart, WhenFull};
+
+    #[test]
+    fn wrong_reserved_values_are_reported_and_defaults_fill_in() {
+        let src = source(
+            r#"
+[defaults]
+mailbox = 0
+when_full = "drop_oldest"
+restart = "sometimes"
+machine = 1
+[stage.a]
+mailbox = "big"
+when_full = "wait"
+replicas = 0
+restart = "never"
+machine = ["x"]
+inputs = ["b", 3]
+"#,
+        );
+        let mut raw = None;
+        let errors = errors_of(&src, |cx| {
+            let d = super::defaults(cx, &table_of(&src.values, "defaults"));
+            let stages = table_of(&src.values, "stage");
+            let t = stages.get("a").and_then(|t| t.as_table()).expect("a table");
+            raw = Some(super::stage(cx, "a", t, &d));
+        });
+        assert_eq!(
+            errors,
+            [
+                "`mailbox` must be an integer >= 1, found 0",
+                "`restart` must be one of never | on_failure, found \"sometimes\"",
+                "`machine` must be a string, found integer",
+                "`mailbox` must be an integer >= 1, found \"big\"",
+                "`when_full` must be one of block | drop_newest | drop_oldest, found \"wait\"",
+                "`replicas` must be an integer >= 1, found 0",
+                "`machine` must be a string, found array",
+                "an input must be a string like \"split.tile0\", found integer",
+            ]
+        );
+        let raw = raw.expect("the pass ran");
+        assert_eq!(raw.mailbox, super::DEFAULT_MAILBOX);
+        assert_eq!(raw.when_full, WhenFull::DropOldest);
+        assert_eq!(raw.restart, Restart::Never);
+        assert_eq!(raw.inputs, ["b"]);
+    }
+}

@@ -1,0 +1,175 @@
+//! Small stage kinds and helpers for the passes' unit tests. The kinds are only
+//! validated, never built: validation needs their names, keys and ports.
+
+use std::path::Path;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::tables::Header;
+use super::{read_stages, table_of, tables, Ctx, Raw};
+use crate::graph::GraphSource;
+use crate::registry::Registry;
+use crate::stage::{check_range_opt, BuildContext, Built, KeyProblem, OutPort, Ports, Role, StageError, StageKind};
+
+fn never_built() -> Result<Built, StageError> {
+    Err(StageError::new("build", "the validation tests' kinds are never built"))
+}
+
+/// No keys of its own.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NoKeys {}
+
+/// A source of `image`.
+pub(super) struct Src;
+impl StageKind for Src {
+    type Config = NoKeys;
+    const NAME: &'static str = "src";
+    const ROLE: Role = Role::Source;
+    const DOC: &'static str = "frames with an `image`";
+    fn ports(_: &NoKeys) -> Ports {
+        Ports {
+            outputs: vec![OutPort::fresh("out", &["image"])],
+            ..Ports::default()
+        }
+    }
+    fn build(_: &NoKeys, _: &BuildContext) -> Result<Built, StageError> {
+        never_built()
+    }
+}
+
+/// Keys of `map`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct MapConfig {
+    /// The field it needs (default `image`).
+    #[serde(default)]
+    need: Option<String>,
+    /// A fraction.
+    #[serde(default)]
+    rate: Option<f64>,
+}
+
+/// Needs one field, adds `tile` on `out`, passes its input on `side`.
+pub(super) struct Map;
+impl StageKind for Map {
+    type Config = MapConfig;
+    const NAME: &'static str = "map";
+    const ROLE: Role = Role::Transform;
+    const DOC: &'static str = "adds a tile";
+    fn ports(c: &MapConfig) -> Ports {
+        Ports {
+            outputs: vec![OutPort::passing("out", &["tile"]), OutPort::passing("side", &[])],
+            requires: vec![c.need.clone().unwrap_or_else(|| "image".into())],
+            ..Ports::default()
+        }
+    }
+    fn validate(c: &MapConfig) -> Vec<KeyProblem> {
+        check_range_opt("rate", c.rate, 0.0, 1.0, "(a fraction)")
+            .into_iter()
+            .collect()
+    }
+    fn build(_: &MapConfig, _: &BuildContext) -> Result<Built, StageError> {
+        never_built()
+    }
+}
+
+/// Joins `image` and `text` by frame.
+pub(super) struct Join;
+impl StageKind for Join {
+    type Config = NoKeys;
+    const NAME: &'static str = "join";
+    const ROLE: Role = Role::Transform;
+    const DOC: &'static str = "joins an image and a text";
+    fn ports(_: &NoKeys) -> Ports {
+        Ports {
+            outputs: vec![OutPort::passing("out", &[])],
+            requires: vec!["image".into(), "text".into()],
+            join: Some(Duration::from_secs(1)),
+            heavy: false,
+        }
+    }
+    fn build(_: &NoKeys, _: &BuildContext) -> Result<Built, StageError> {
+        never_built()
+    }
+}
+
+/// A sink that owns one file.
+pub(super) struct Sink;
+impl StageKind for Sink {
+    type Config = NoKeys;
+    const NAME: &'static str = "sink";
+    const ROLE: Role = Role::Sink;
+    const DOC: &'static str = "writes one file";
+    const ONE_REPLICA: Option<&'static str> = Some("it owns one file");
+    fn ports(_: &NoKeys) -> Ports {
+        Ports::default()
+    }
+    fn build(_: &NoKeys, _: &BuildContext) -> Result<Built, StageError> {
+        never_built()
+    }
+}
+
+/// Keys of `noise`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NoiseConfig {
+    /// Signal-to-noise ratio.
+    #[allow(dead_code)]
+    snr_db: f64,
+}
+
+/// A channel kind: inherits `[channel] snr_db`.
+pub(super) struct Noise;
+impl StageKind for Noise {
+    type Config = NoiseConfig;
+    const NAME: &'static str = "noise";
+    const ROLE: Role = Role::Transform;
+    const DOC: &'static str = "adds noise";
+    const CHANNEL: bool = true;
+    fn ports(_: &NoiseConfig) -> Ports {
+        Ports {
+            outputs: vec![OutPort::passing("out", &[])],
+            ..Ports::default()
+        }
+    }
+    fn build(_: &NoiseConfig, _: &BuildContext) -> Result<Built, StageError> {
+        never_built()
+    }
+}
+
+/// The kinds above.
+pub(super) fn registry() -> Registry {
+    let mut r = Registry::new();
+    r.register::<Src>()
+        .register::<Map>()
+        .register::<Join>()
+        .register::<Sink>()
+        .register::<Noise>();
+    r
+}
+
+/// A graph from text.
+pub(super) fn source(text: &str) -> GraphSource {
+    match GraphSource::from_text(Path::new("test.toml"), text.to_string(), &[]) {
+        Ok(s) => s,
+        Err(d) => panic!("the test graph does not parse: {d}"),
+    }
+}
+
+/// Runs `f` on a fresh context and returns the messages of the errors it found.
+pub(super) fn errors_of<'a>(src: &'a GraphSource, f: impl FnOnce(&mut Ctx<'a>)) -> Vec<String> {
+    let mut cx = Ctx::new(src);
+    f(&mut cx);
+    cx.errors.into_iter().map(|d| d.message).collect()
+}
+
+/// Passes 1 to 3: the header, the stages read so far and the `[stage]` table.
+pub(super) fn passes_until(cx: &mut Ctx) -> (Header, Vec<Raw>, toml::Table) {
+    let header = tables::check(cx, &registry());
+    let stages_t = table_of(&cx.src.values, "stage");
+    let raws = read_stages(cx, &registry(), &header, &stages_t);
+    (header, raws, stages_t)
+}

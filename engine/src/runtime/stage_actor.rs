@@ -1,0 +1,195 @@
+//! The actor of one transform or sink replica: takes messages from its mailbox, runs
+//! the stage, routes the outputs, restarts the stage after a panic.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use super::group::{route, Group, StageMsg};
+use super::sequencer::complete;
+use super::shared::RunShared;
+use super::worker::{build_stage, spawn_worker, Outcome, Runner};
+use crate::edge::Permit;
+use crate::join::JoinTable;
+use crate::message::Message;
+use crate::plan::Restart;
+use crate::registry::Configured;
+use crate::stage::{BuildContext, Input, Role, StageError};
+
+pub(super) struct StageActor;
+
+pub(super) struct ActorArgs {
+    pub(super) group: Arc<Group>,
+    pub(super) shared: Arc<RunShared>,
+    pub(super) config: Arc<dyn Configured>,
+    pub(super) ctx: BuildContext,
+    pub(super) restart: Restart,
+    pub(super) heavy: bool,
+    pub(super) join: Option<Duration>,
+    pub(super) n_inputs: usize,
+    /// Places of each input edge.
+    pub(super) mailbox: usize,
+}
+
+pub(super) struct ActorState {
+    pub(super) args: ActorArgs,
+    pub(super) runner: Runner,
+    /// The task that sends a joining stage its `Tick`s; aborted when the actor stops.
+    pub(super) ticker: Option<tokio::task::JoinHandle<()>>,
+    pub(super) eos_seen: usize,
+    /// Frames a joining stage is gathering (empty for other stages).
+    pub(super) joins: JoinTable<Permit>,
+}
+
+impl Actor for StageActor {
+    type Msg = StageMsg;
+    type State = ActorState;
+    type Arguments = ActorArgs;
+
+    async fn pre_start(&self, myself: ActorRef<StageMsg>, args: ActorArgs) -> Result<ActorState, ActorProcessingErr> {
+        let runner = if args.heavy {
+            let (config, ctx) = (args.config.clone(), args.ctx.clone());
+            let (tx, thread) = tokio::task::spawn_blocking(move || spawn_worker(config, ctx)).await??;
+            // `run` joins the thread once this actor has stopped and dropped `tx`.
+            args.shared.keep_thread(thread);
+            Runner::Worker(tx)
+        } else {
+            Runner::Inline(build_stage(args.config.as_ref(), &args.ctx)?)
+        };
+        let mut ticker = None;
+        if let Some(timeout) = args.join {
+            let me = myself.clone();
+            let every = (timeout / 4).max(Duration::from_millis(10));
+            ticker = Some(tokio::spawn(async move {
+                let mut iv = tokio::time::interval(every);
+                loop {
+                    iv.tick().await;
+                    if me.send_message(StageMsg::Tick).is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
+        Ok(ActorState {
+            runner,
+            ticker,
+            eos_seen: 0,
+            joins: JoinTable::new(args.n_inputs, args.join.unwrap_or_default(), args.mailbox),
+            args,
+        })
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<StageMsg>, state: &mut ActorState) -> Result<(), ActorProcessingErr> {
+        if let Some(t) = state.ticker.take() {
+            t.abort();
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<StageMsg>,
+        msg: StageMsg,
+        state: &mut ActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            StageMsg::Data { input, order, delivery } => {
+                let group = state.args.group.clone();
+                let shared = state.args.shared.clone();
+                let (msg, permit) = match delivery.take() {
+                    Ok(taken) => taken,
+                    Err((frame, part)) => {
+                        // Discarded by a drop_oldest producer (already counted): keep the
+                        // order moving and tell the stages downstream.
+                        complete(&group, &shared, order, Vec::new(), None).await;
+                        state.on_gap(input, frame, part).await;
+                        return Ok(());
+                    }
+                };
+                if state.args.join.is_some() {
+                    // Counted received there, unless refused as late.
+                    state.on_join(input, msg, permit).await;
+                    return Ok(());
+                }
+                shared.stats[group.index].on_received();
+                if group.role == Role::Sink {
+                    shared.latency.record(msg.born.elapsed().as_secs_f64());
+                    shared.at_sink(msg.id);
+                }
+                let (frame, part) = (msg.id, msg.part);
+                let outs = state.run_input(Some(Input::Message { input, msg })).await;
+                if outs.is_none() {
+                    // Failed: joins downstream need not wait for this frame.
+                    group.gap_downstream(frame, part);
+                }
+                complete(&group, &shared, order, outs.unwrap_or_default(), Some(permit)).await;
+            }
+            StageMsg::Gap { input, frame, part } => state.on_gap(input, frame, part).await,
+            StageMsg::Tick => state.expire_joins(false).await,
+            StageMsg::Eos => {
+                state.eos_seen += 1;
+                if state.eos_seen >= state.args.group.input_edges {
+                    state.expire_joins(true).await;
+                    let group = state.args.group.clone();
+                    let shared = state.args.shared.clone();
+                    if let Some(outs) = state.run_input(None).await {
+                        route(&group, &shared, outs).await;
+                    }
+                    let done = group.finished_replicas.fetch_add(1, Ordering::AcqRel) + 1;
+                    if done == group.n_replicas {
+                        group.send_eos_downstream();
+                        shared.stage_finished();
+                    }
+                    myself.stop(None);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ActorState {
+    pub(super) async fn run_input(&mut self, input: Option<Input>) -> Option<Vec<(usize, Message)>> {
+        let frame = input.as_ref().map(|i| i.frame());
+        let stats = self.args.shared.stats[self.args.group.index].clone();
+        let t0 = Instant::now();
+        let outcome = self.runner.exec(input).await;
+        let dt = t0.elapsed();
+        stats.busy_ns.fetch_add(dt.as_nanos() as u64, Ordering::Relaxed);
+        stats.m_processing.record(dt.as_secs_f64());
+        match outcome {
+            Outcome::Ok(out) => Some(out.items),
+            Outcome::Err(e) => {
+                self.args.shared.record_error(self.args.group.index, frame, &e);
+                None
+            }
+            Outcome::Panicked(text) => {
+                let frame_s = frame.map(|f| f.to_string()).unwrap_or_else(|| "end of stream".into());
+                let err = StageError::new("panic", format!("stage panicked on frame {frame_s}: {text}"));
+                self.args.shared.record_error(self.args.group.index, frame, &err);
+                match self.args.restart {
+                    Restart::Never => {
+                        self.args.shared.set_fatal(format!(
+                            "stage `{}` (kind `{}`) panicked on frame {frame_s}: {text}; the graph says restart = \"never\" (use restart = \"on_failure\" to keep the stream going)",
+                            stats.id, stats.kind
+                        ));
+                    }
+                    Restart::OnFailure => {
+                        stats.restarts.fetch_add(1, Ordering::Relaxed);
+                        stats.m_restarts.increment(1);
+                        tracing::warn!(stage = %stats.id, frame = %frame_s, "restarting the stage after a panic");
+                        if let Err(e) = self.runner.rebuild(&self.args.config, &self.args.ctx).await {
+                            self.args.shared.set_fatal(format!(
+                                "stage `{}` could not be restarted after a panic on frame {frame_s}: {e}",
+                                stats.id
+                            ));
+                        }
+                    }
+                }
+                None
+            }
+        }
+    }
+}
