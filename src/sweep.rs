@@ -404,10 +404,38 @@ pub struct System {
 /// A `--vary` key applies to a graph when it names one of its stages (`stage.<id>.…`)
 /// or is not a stage key (`channel.…`, `graph.…`).
 fn applies(v: &Vary, info: &GraphInfo) -> bool {
-    match v.key.strip_prefix("stage.").and_then(|k| k.split('.').next()) {
-        Some(id) => info.stage_ids.contains(id),
-        None => true,
+    key_applies(&v.key, info)
+}
+
+/// The stage a `stage.<id>.…` key names, if it is a stage key.
+fn stage_of(key: &str) -> Option<&str> {
+    key.strip_prefix("stage.").and_then(|k| k.split('.').next())
+}
+
+/// Whether an override key reaches `info`'s graph (see [`applies`]).
+fn key_applies(key: &str, info: &GraphInfo) -> bool {
+    stage_of(key).is_none_or(|id| info.stage_ids.contains(id))
+}
+
+/// The `--set` overrides that reach `info`'s graph: like `--vary`, a `stage.<id>.…` key is
+/// given to the graphs that have that stage, so one sweep can tune a stage some of its
+/// graphs lack (`--set stage.segment.replicas=2` over multisc-lite and bpg-ldpc).
+fn sets_for<'a>(set: &'a [String], info: &'a GraphInfo) -> impl Iterator<Item = &'a String> {
+    set.iter()
+        .filter(move |o| key_applies(o.split_once('=').map_or(o.as_str(), |(k, _)| k.trim()), info))
+}
+
+/// A `--set stage.<id>.…` that no graph of the sweep has is an error, not a silent no-op.
+fn check_sets_reach_a_graph(set: &[String], infos: &[GraphInfo]) -> Result<()> {
+    for o in set {
+        let key = o.split_once('=').map_or(o.as_str(), |(k, _)| k.trim());
+        if let Some(id) = stage_of(key) {
+            if !infos.iter().any(|i| key_applies(key, i)) {
+                bail!("`--set {o}`: no graph of this sweep has a stage `{id}`");
+            }
+        }
     }
+    Ok(())
 }
 
 /// Every graph times the values of the `--vary` keys that apply to it.
@@ -473,8 +501,7 @@ fn systems(infos: &[GraphInfo], vary: &[Vary]) -> Result<Vec<System>> {
 fn check_systems(systems: &[System], set: &[String]) -> Result<()> {
     let registry = dataflow_actors::registry();
     for s in systems {
-        let overrides = set
-            .iter()
+        let overrides = sets_for(set, &s.info)
             .chain(&s.sets)
             .map(|o| dataflow_engine::Override::parse(o).map_err(anyhow::Error::msg))
             .collect::<Result<Vec<_>>>()?;
@@ -673,10 +700,9 @@ fn prepare(args: &SweepArgs) -> Result<(Settings, Vec<System>)> {
             bail!("`--images {}`: not a folder", dir.display());
         }
     }
+    check_sets_reach_a_graph(&args.set, &infos)?;
     let systems = systems(&infos, &args.vary)?;
-    if !args.vary.is_empty() {
-        check_systems(&systems, &args.set)?;
-    }
+    check_systems(&systems, &args.set)?;
     if let Some(r) = &args.reference {
         if !systems.iter().any(|s| &s.name == r) {
             let all: Vec<&str> = systems.iter().map(|s| s.name.as_str()).collect();
@@ -797,7 +823,7 @@ fn run_one(
             cmd.arg("--set").arg(format!("stage.{s}.path={}", abs.display()));
         }
     }
-    for s in args.set.iter().chain(&sys.sets).chain(extra) {
+    for s in sets_for(&args.set, info).chain(&sys.sets).chain(extra) {
         cmd.arg("--set").arg(s);
     }
     cmd.arg("--out")

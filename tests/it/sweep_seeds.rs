@@ -186,3 +186,55 @@ fn vary_makes_each_value_a_system_with_paired_differences() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no swept graph has that stage"));
 }
+
+/// `--set stage.<id>.…` reaches the graphs that have stage `<id>` (one sweep can tune a
+/// stage some of its graphs lack), and one that no graph has is refused before any run.
+#[test]
+fn set_reaches_the_graphs_that_have_the_stage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let graph = setup(tmp.path());
+    let other = tmp.path().join("text-only-b.toml");
+    let text = std::fs::read_to_string(&graph).unwrap();
+    let renamed = text
+        .replace("name = \"text-only\"", "name = \"text-only-b\"")
+        .replace("[stage.correct]", "[stage.fix]")
+        .replace("inputs = [\"correct\"]", "inputs = [\"fix\"]");
+    std::fs::write(&other, renamed).unwrap();
+    let out = tmp.path().join("both");
+    let o = Command::new(bin())
+        .current_dir(root())
+        .env("RUST_LOG", "warn")
+        .args(["sweep"])
+        .arg(&graph)
+        .arg(&other)
+        .args([
+            "--snr",
+            "20",
+            "--seeds",
+            "1",
+            "--set",
+            "stage.correct.model=noisy_channel",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    let rows = read_csv(&out.join("results.csv"));
+    for g in ["text-only", "text-only-b"] {
+        assert_eq!(rows.iter().filter(|r| r["graph"] == g).count(), 4, "{g}: {rows:?}");
+    }
+    let o = sweep(
+        &graph,
+        &tmp.path().join("nope"),
+        &["--snr", "20", "--seeds", "1", "--set", "stage.nope.model=symspell"],
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("`--set stage.nope.model=symspell`: no graph of this sweep has a stage `nope`"),
+        "{stderr}"
+    );
+    assert!(!tmp.path().join("nope/runs").exists());
+}
