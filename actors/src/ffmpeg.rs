@@ -50,6 +50,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -173,7 +174,7 @@ fn ffprobe_for(ffmpeg: &Path) -> PathBuf {
 /// A child's stderr, read line by line on its own thread: every line goes to the log,
 /// the last [`TAIL_LINES`] are kept for error messages.
 #[derive(Clone, Default)]
-pub(crate) struct StderrTail(Arc<Mutex<VecDeque<String>>>);
+pub(crate) struct StderrTail(Arc<Mutex<VecDeque<String>>>, Arc<Mutex<Option<JoinHandle<()>>>>);
 
 impl StderrTail {
     /// Starts the thread reading `stderr` of the process `pid` of stage `stage`.
@@ -198,10 +199,24 @@ impl StderrTail {
                 }
             }
         });
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "cannot start the thread reading ffmpeg's stderr");
+        match spawned {
+            Ok(handle) => {
+                if let Ok(mut h) = tail.1.lock() {
+                    *h = Some(handle);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot start the thread reading ffmpeg's stderr"),
         }
         tail
+    }
+
+    /// Waits for the reader thread, which ends when the process's stderr closes (call it
+    /// once the process is gone).
+    pub(crate) fn join(&self) {
+        let handle = self.1.lock().ok().and_then(|mut h| h.take());
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
     }
 
     /// The last lines, joined, or a note that there were none. Waits a moment for the
@@ -321,6 +336,9 @@ struct Child {
     proc: std::process::Child,
     pid: u32,
     frames: Receiver<Chunk>,
+    /// The thread cutting stdout into frames; joined on drop, so it never outlives the
+    /// stage (and so never `run`).
+    reader: Option<JoinHandle<()>>,
     stderr: StderrTail,
     /// Frames this process produced.
     got: u64,
@@ -333,6 +351,13 @@ impl Drop for Child {
         // Killing an exited process fails harmlessly; `wait` reaps it either way.
         let _ = self.proc.kill();
         let _ = self.proc.wait();
+        // The pipes are closed now; a reader blocked on handing over a frame is released
+        // by dropping the receiving end, then both reader threads end and are joined.
+        drop(std::mem::replace(&mut self.frames, std::sync::mpsc::sync_channel(0).1));
+        if let Some(h) = self.reader.take() {
+            let _ = h.join();
+        }
+        self.stderr.join();
     }
 }
 
@@ -413,17 +438,21 @@ impl Run {
         };
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let frame_bytes = self.width as usize * self.height as usize * 3;
-        if let Some(out) = proc.stdout.take() {
-            std::thread::Builder::new()
-                .name(format!("{}-ffmpeg-read", self.stage))
-                .spawn(move || read_frames(out, frame_bytes, tx))
-                .map_err(|e| StageError::io(format!("cannot start the thread reading ffmpeg: {e}")))?;
-        }
+        let reader = match proc.stdout.take() {
+            Some(out) => Some(
+                std::thread::Builder::new()
+                    .name(format!("{}-ffmpeg-read", self.stage))
+                    .spawn(move || read_frames(out, frame_bytes, tx))
+                    .map_err(|e| StageError::io(format!("cannot start the thread reading ffmpeg: {e}")))?,
+            ),
+            None => None,
+        };
         tracing::debug!(stage = %self.stage, pid, args = ?self.args, "ffmpeg started");
         Ok(Child {
             proc,
             pid,
             frames: rx,
+            reader,
             stderr,
             got: 0,
             short: None,
