@@ -298,8 +298,5 @@ impl StageKind for CodecChannel {
 
 /// The fading of the config's channel keys, or the key to blame.
 fn fading(c: &CodecChannelConfig) -> Result<Fading, KeyProblem> {
-    Fading::from_keys(c.model, c.k_factor, c.coherence, c.csi).map_err(|p| KeyProblem {
-        key: p.key,
-        message: p.message,
-    })
+    crate::util::fading_keys(c.model, c.k_factor, c.coherence, c.csi)
 }

@@ -11,8 +11,6 @@
 //! included); they carry the `slice_` prefix because the slice joins the texts' message
 //! at `reconstruct`, whose own `bits` and `channel_uses` they must not overwrite.
 
-use std::io::Cursor;
-
 use dataflow_engine::{
     BuildContext, Built, Image, Input, KeyProblem, OutPort, Outputs, Ports, Role, Stage, StageError, StageKind, Value,
 };
@@ -20,7 +18,7 @@ use dataflow_models::channel::{Coherence, Csi, Fading, FadingModel, Modulation, 
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::util::Link;
+use crate::util::{encode_jpeg, Link};
 
 /// Channel coding of the slice.
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
@@ -145,14 +143,6 @@ impl Run {
     }
 }
 
-fn jpeg(img: &image::DynamicImage, quality: u8) -> Result<Vec<u8>, StageError> {
-    let mut buf = Cursor::new(Vec::new());
-    let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, quality);
-    img.write_with_encoder(enc)
-        .map_err(|e| StageError::new("encode", format!("JPEG encoding failed: {e}")))?;
-    Ok(buf.into_inner())
-}
-
 impl Stage for Run {
     fn process(&mut self, input: Input, out: &mut Outputs) -> Result<(), StageError> {
         let Input::Message { msg, .. } = input else {
@@ -175,8 +165,8 @@ impl Stage for Run {
             image::Rgb([p[0], p[1], p[2]])
         });
         let alpha = image::GrayImage::from_fn(w, h, |x, y| image::Luma([rgba.get_pixel(x, y)[3]]));
-        let colour_bytes = jpeg(&image::DynamicImage::ImageRgb8(rgb), self.quality)?;
-        let alpha_bytes = jpeg(&image::DynamicImage::ImageLuma8(alpha), self.quality)?;
+        let colour_bytes = encode_jpeg(&image::DynamicImage::ImageRgb8(rgb), self.quality)?;
+        let alpha_bytes = encode_jpeg(&image::DynamicImage::ImageLuma8(alpha), self.quality)?;
         // Two independent draws: the part index 0/1 picks the stream of each.
         let tc = self.send(&colour_bytes, msg.id.seq, 0)?;
         let ta = self.send(&alpha_bytes, msg.id.seq, 1)?;
@@ -274,8 +264,5 @@ impl StageKind for ImageChannel {
 
 /// The fading of the config's channel keys, or the key to blame.
 fn fading(c: &ImageChannelConfig) -> Result<Fading, KeyProblem> {
-    Fading::from_keys(c.model, c.k_factor, c.coherence, c.csi).map_err(|p| KeyProblem {
-        key: p.key,
-        message: p.message,
-    })
+    crate::util::fading_keys(c.model, c.k_factor, c.coherence, c.csi)
 }

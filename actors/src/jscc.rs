@@ -180,8 +180,5 @@ fn fading(c: &JsccConfig) -> Result<Fading, KeyProblem> {
             message: "`snr_unit = \"ebn0\"` needs bits, but deep JSCC sends analog symbols; use `snr_unit = \"esn0\"` (set it on this stage to override [channel])".into(),
         });
     }
-    Fading::from_keys(c.model, c.k_factor, c.coherence, c.csi).map_err(|p| KeyProblem {
-        key: p.key,
-        message: p.message,
-    })
+    crate::util::fading_keys(c.model, c.k_factor, c.coherence, c.csi)
 }

@@ -16,8 +16,6 @@
 //!
 //! The receiver is `reconstruct model = "thumbnail_sr"` (ESRGAN-slim, `thumbnail_sr.rs`).
 
-use std::io::Cursor;
-
 use dataflow_engine::{
     BuildContext, Built, Fields, Image, Input, KeyProblem, OutPort, Outputs, Ports, Rect, Role, Stage, StageError,
     StageKind, Value,
@@ -29,7 +27,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::image_channel::Coding;
-use crate::util::Link;
+use crate::util::{encode_jpeg, Link};
 
 /// Keys of `thumbnail` (channel keys inherited from `[channel]`).
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -124,14 +122,6 @@ pub fn thumbnail_size(w: u32, h: u32, scale: u32) -> (u32, u32) {
     (side(w), side(h))
 }
 
-fn jpeg(img: &RgbImage, quality: u8) -> Result<Vec<u8>, StageError> {
-    let mut buf = Cursor::new(Vec::new());
-    let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, quality);
-    img.write_with_encoder(enc)
-        .map_err(|e| StageError::new("encode", format!("JPEG encoding of the thumbnail failed: {e}")))?;
-    Ok(buf.into_inner())
-}
-
 /// The received bytes as an RGB image of `size`, or `None` when they do not decode to one.
 fn decode(bytes: &[u8], size: (u32, u32)) -> Option<RgbImage> {
     // The JPEG decoder may panic on corrupted input; a panic is a lost thumbnail.
@@ -153,7 +143,7 @@ impl Stage for Run {
         let (w, h) = frame.dimensions();
         let size = thumbnail_size(w, h, self.scale);
         let small = imageops::resize(&frame, size.0, size.1, FilterType::Lanczos3);
-        let bytes = jpeg(&small, self.quality)?;
+        let bytes = encode_jpeg(&image::DynamicImage::ImageRgb8(small), self.quality)?;
         let (received, bits, bit_errors, channel_uses) = match self.coding {
             Coding::None => {
                 let t = self.link.send(&bytes, msg.id.seq, 0)?;
@@ -266,8 +256,5 @@ impl StageKind for Thumbnail {
 
 /// The fading of the config's channel keys, or the key to blame.
 fn fading(c: &ThumbnailConfig) -> Result<Fading, KeyProblem> {
-    Fading::from_keys(c.model, c.k_factor, c.coherence, c.csi).map_err(|p| KeyProblem {
-        key: p.key,
-        message: p.message,
-    })
+    crate::util::fading_keys(c.model, c.k_factor, c.coherence, c.csi)
 }

@@ -230,3 +230,28 @@ impl Link {
         Ok(tx)
     }
 }
+
+/// The fading a channel stage's keys describe (`model`, `k_factor`, `coherence`, `csi`),
+/// or the key to blame: one reading for every channel kind's `validate` and `build`.
+pub fn fading_keys(
+    model: dataflow_models::channel::FadingModel,
+    k_factor: Option<f64>,
+    coherence: dataflow_models::channel::Coherence,
+    csi: dataflow_models::channel::Csi,
+) -> Result<dataflow_models::channel::Fading, dataflow_engine::KeyProblem> {
+    dataflow_models::channel::Fading::from_keys(model, k_factor, coherence, csi).map_err(|p| {
+        dataflow_engine::KeyProblem {
+            key: p.key,
+            message: p.message,
+        }
+    })
+}
+
+/// `img` as JPEG bytes at `quality` (the baseline encoder of the `image` crate).
+pub fn encode_jpeg(img: &image::DynamicImage, quality: u8) -> Result<Vec<u8>, StageError> {
+    let mut buf = std::io::Cursor::new(Vec::new());
+    let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut buf, quality);
+    img.write_with_encoder(enc)
+        .map_err(|e| StageError::new("encode", format!("JPEG encoding failed: {e}")))?;
+    Ok(buf.into_inner())
+}
