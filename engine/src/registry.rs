@@ -42,6 +42,8 @@ pub trait ErasedKind: Send + Sync {
     fn channel(&self) -> bool;
     /// Why the kind runs as one replica only, if it does ([`StageKind::ONE_REPLICA`]).
     fn one_replica(&self) -> Option<&'static str>;
+    /// Whether the kind takes the reserved `batch` key ([`StageKind::BATCH`]).
+    fn batch(&self) -> bool;
     /// JSON Schema of the kind's own keys.
     fn schema(&self) -> serde_json::Value;
     /// Names of the kind's own keys.
@@ -86,6 +88,9 @@ impl<K: StageKind> ErasedKind for Adapter<K> {
     }
     fn one_replica(&self) -> Option<&'static str> {
         K::ONE_REPLICA
+    }
+    fn batch(&self) -> bool {
+        K::BATCH
     }
     fn schema(&self) -> serde_json::Value {
         serde_json::to_value(schemars::schema_for!(K::Config)).unwrap_or_default()

@@ -228,6 +228,18 @@ pub trait Stage: Send {
     /// Handles one input. An `Err` fails this frame only.
     fn process(&mut self, input: Input, out: &mut Outputs) -> Result<(), StageError>;
 
+    /// Handles several inputs in one call (a kind with [`StageKind::BATCH`] under the
+    /// reserved `batch` key). `outs[i]` receives what `inputs[i]` emits and the result at
+    /// `i` is that input's: an `Err` fails that frame only. The default handles them one
+    /// by one; a model stage overrides it to run one batched inference.
+    fn process_batch(&mut self, inputs: Vec<Input>, outs: &mut [Outputs]) -> Vec<Result<(), StageError>> {
+        inputs
+            .into_iter()
+            .zip(outs.iter_mut())
+            .map(|(input, out)| self.process(input, out))
+            .collect()
+    }
+
     /// Called once after the last input (end of stream): flush files, emit summaries.
     fn finish(&mut self, _out: &mut Outputs) -> Result<(), StageError> {
         Ok(())
@@ -398,6 +410,11 @@ pub trait StageKind: Send + Sync + 'static {
     /// Why the kind runs as one replica only (it owns one output file or port), or
     /// `None` when replicas are fine. Validation refuses `replicas > 1` with this reason.
     const ONE_REPLICA: Option<&'static str> = None;
+
+    /// Whether the kind takes the reserved `batch = { max, wait_ms }` key: its stages
+    /// override [`Stage::process_batch`] with one batched call. Validation refuses
+    /// `batch` on other kinds.
+    const BATCH: bool = false;
 
     /// Ports for this config (cheap; no model is loaded).
     fn ports(config: &Self::Config) -> Ports;
