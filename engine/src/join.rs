@@ -11,6 +11,11 @@
 //!   parts are all here is ready at once instead of holding its places until the
 //!   timeout. A gap for a whole part (`count = 1`) means no part of that frame will
 //!   come on that input (a frame dropped before a `split` loses every tile).
+//! - **Timeout.** It counts from the frame's first part, or from the last arrival on
+//!   an input the frame still waits for, whichever is later: the join waits as long
+//!   as that input is moving, so a slow branch that is still delivering earlier frames
+//!   (a diffusion model behind a queue) does not lose the later ones; an input silent
+//!   for the whole timeout does.
 //! - **Late parts.** Once a frame is ready (complete, timed out or gapped), its id is
 //!   remembered; a part that arrives later, or a second copy of a part the join
 //!   already holds, is refused ([`Arrival::Late`]): the caller frees its place and
@@ -75,11 +80,23 @@ impl<P> Pending<P> {
     }
 
     fn complete(&self) -> bool {
-        (0..self.parts.len()).all(|i| {
-            self.whole_lost[i]
-                || matches!(self.expected[i], Some(c) if self.parts[i].len() == c as usize
-                    && self.parts[i].iter().enumerate().all(|(k, p)| p.is_some() || self.lost[i].contains(&(k as u32))))
-        })
+        (0..self.parts.len()).all(|i| self.input_complete(i))
+    }
+
+    /// Whether every part of input `i` has arrived or is known lost.
+    fn input_complete(&self, i: usize) -> bool {
+        self.whole_lost[i]
+            || matches!(self.expected[i], Some(c) if self.parts[i].len() == c as usize
+                && self.parts[i].iter().enumerate().all(|(k, p)| p.is_some() || self.lost[i].contains(&(k as u32))))
+    }
+
+    /// When the frame's timeout starts: its first part, or the last arrival on an input
+    /// it still waits for, whichever is later.
+    fn waiting_since(&self, last_arrival: &[Option<Instant>]) -> Instant {
+        (0..self.parts.len())
+            .filter(|&i| !self.input_complete(i))
+            .filter_map(|i| last_arrival[i])
+            .fold(self.first_seen, Instant::max)
     }
 }
 
@@ -113,6 +130,9 @@ pub(crate) struct JoinTable<P> {
     done: BTreeSet<FrameId>,
     /// Highest sequence number per stream delivered on each input (data only).
     high: Vec<HashMap<u32, u64>>,
+    /// When each input last delivered a part or a gap (the timeout waits while the
+    /// input a frame misses is still moving).
+    last_arrival: Vec<Option<Instant>>,
     emitted: usize,
 }
 
@@ -128,6 +148,7 @@ impl<P> JoinTable<P> {
             pending: BTreeMap::new(),
             done: BTreeSet::new(),
             high: vec![HashMap::new(); n_inputs.max(1)],
+            last_arrival: vec![None; n_inputs.max(1)],
             emitted: 0,
         }
     }
@@ -141,6 +162,7 @@ impl<P> JoinTable<P> {
     /// A part of a frame arrived on `input`.
     pub fn part(&mut self, input: usize, msg: Message, place: P) -> Arrival<P> {
         let input = input.min(self.n_inputs - 1);
+        self.last_arrival[input] = Some(Instant::now());
         let (id, part) = (msg.id, msg.part);
         let high = self.high[input].entry(id.stream).or_insert(id.seq);
         *high = (*high).max(id.seq);
@@ -166,6 +188,7 @@ impl<P> JoinTable<P> {
     /// A gap notice: `part` of frame `id` will not come on `input`.
     pub fn gap(&mut self, input: usize, id: FrameId, part: Part) -> Option<Ready<P>> {
         let input = input.min(self.n_inputs - 1);
+        self.last_arrival[input] = Some(Instant::now());
         if self.done.contains(&id) {
             return None;
         }
@@ -183,10 +206,11 @@ impl<P> JoinTable<P> {
     /// Frames whose timeout has passed (`all`: every frame, at the end of the stream).
     pub fn due(&mut self, all: bool) -> Vec<Ready<P>> {
         let now = Instant::now();
+        let last = &self.last_arrival;
         let ids: Vec<FrameId> = self
             .pending
             .iter()
-            .filter(|(_, p)| all || now.duration_since(p.first_seen) >= self.timeout)
+            .filter(|(_, p)| all || now.duration_since(p.waiting_since(last)) >= self.timeout)
             .map(|(k, _)| *k)
             .collect();
         ids.into_iter().filter_map(|id| self.take(id)).collect()
@@ -285,6 +309,30 @@ mod tests {
         assert!(matches!(t.part(1, msg(5, Part::WHOLE), 2), Arrival::Late(2)));
         assert_eq!(t.waiting(), 0, "no second entry for frame 5");
         assert!(t.due(true).is_empty());
+    }
+
+    #[test]
+    fn the_timeout_waits_while_the_missing_input_is_still_delivering() {
+        let timeout = Duration::from_millis(1000);
+        let mut t = JoinTable::new(2, timeout, 8);
+        // Frames 0..3 arrive on input 0 at once; input 1 (the slow branch) delivers
+        // frame 0, 1, 2 every 400 ms: the last has waited longer than the timeout
+        // since its first part, but its input was never silent that long.
+        for seq in 0..3 {
+            assert!(kept(t.part(0, msg(seq, Part::WHOLE), 0)).is_none());
+        }
+        for seq in 0..3 {
+            std::thread::sleep(Duration::from_millis(400));
+            assert!(t.due(false).is_empty(), "frame {seq} expired while input 1 was moving");
+            let r = kept(t.part(1, msg(seq, Part::WHOLE), 1)).expect("complete");
+            assert_eq!(r.joined.lost(), 0);
+        }
+        // Input 1 goes silent: the next frame expires once the timeout has passed.
+        assert!(kept(t.part(0, msg(3, Part::WHOLE), 0)).is_none());
+        std::thread::sleep(timeout + Duration::from_millis(50));
+        let due = t.due(false);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].joined.lost(), 1);
     }
 
     #[test]
