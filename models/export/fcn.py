@@ -135,7 +135,7 @@ def main() -> None:
             str(path),
             input_names=["input"],
             output_names=["out"],
-            dynamic_axes={"input": {2: "height", 3: "width"}, "out": {2: "height", 3: "width"}},
+            dynamic_axes={"input": {0: "batch", 2: "height", 3: "width"}, "out": {0: "batch", 2: "height", 3: "width"}},
             opset_version=OPSET,
             dynamo=False,
         )

@@ -603,6 +603,155 @@ impl Bart {
     }
 }
 
+/// Batched greedy correction: several texts in one encoder run and one decode loop.
+impl Bart {
+    /// [`correct`](Self::correct) of each text. Greedy with the KV cache (`beams = 1`,
+    /// `use_cache`) runs every text in one batch: the inputs right-padded to the longest
+    /// with an attention mask of 0 on the padding, one row per text, each row stopping at
+    /// its own `</s>` or limit. Other options correct the texts one by one.
+    pub fn correct_batch(&mut self, texts: &[&str], options: &CorrectOptions) -> Vec<Result<String, ModelError>> {
+        if options.beams != 1 || !options.use_cache {
+            return texts.iter().map(|t| self.correct(t, options)).collect();
+        }
+        let mut results: Vec<Option<Result<String, ModelError>>> = Vec::with_capacity(texts.len());
+        let (mut rows, mut inputs) = (Vec::new(), Vec::new());
+        for (i, text) in texts.iter().enumerate() {
+            if text.trim().is_empty() {
+                results.push(Some(Ok(text.to_string())));
+                continue;
+            }
+            match self.tokenizer.encode(text, true) {
+                Ok(mut ids) => {
+                    let max = self.export.max_position_embeddings;
+                    if ids.len() > max {
+                        let last = ids[ids.len() - 1];
+                        ids.truncate(max - 1);
+                        ids.push(last);
+                    }
+                    rows.push(i);
+                    inputs.push(ids);
+                    results.push(None);
+                }
+                Err(e) => results.push(Some(Err(e))),
+            }
+        }
+        if !rows.is_empty() {
+            match self.greedy_batch(&inputs, options) {
+                Ok(outs) => {
+                    for (&i, ids) in rows.iter().zip(outs) {
+                        results[i] = Some(self.tokenizer.decode(&ids).map(|t| t.trim().to_string()));
+                    }
+                }
+                Err(e) => {
+                    for &i in &rows {
+                        results[i] = Some(Err(ModelError::Invalid(e.to_string())));
+                    }
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(ModelError::Invalid("BART did not run this text".into()))))
+            .collect()
+    }
+
+    /// Greedy ids (after the start token, eos left out) of each input, in one batch.
+    fn greedy_batch(&mut self, inputs: &[Vec<u32>], o: &CorrectOptions) -> Result<Vec<Vec<u32>>, ModelError> {
+        let e = self.export.clone();
+        let (b, vocab, d) = (inputs.len(), e.vocab_size, e.d_model);
+        let s = inputs.iter().map(Vec::len).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(b * s);
+        let mut mask = Vec::with_capacity(b * s);
+        for input in inputs {
+            ids.extend(input.iter().map(|&t| i64::from(t)));
+            ids.extend(std::iter::repeat_n(i64::from(e.eos_token_id), s - input.len()));
+            mask.extend(std::iter::repeat_n(1i64, input.len()));
+            mask.extend(std::iter::repeat_n(0i64, s - input.len()));
+        }
+        let out = self.encoder.run(vec![
+            ("input_ids".into(), tensor_i64(&[b, s], ids)?.into()),
+            ("attention_mask".into(), tensor_i64(&[b, s], mask.clone())?.into()),
+        ])?;
+        let (shape, hidden) = out.f32("last_hidden_state")?;
+        if shape != [b, s, d] {
+            return Err(ModelError::Invalid(format!("last_hidden_state has shape {shape:?}")));
+        }
+        let limits: Vec<usize> = inputs.iter().map(|i| self.token_limit(i.len(), o)).collect();
+        let mut seqs: Vec<Vec<u32>> = vec![vec![e.decoder_start_token_id]; b];
+        let mut done: Vec<bool> = limits.iter().map(|&l| l == 0).collect();
+        let mut res = self.first.run(vec![
+            (
+                "input_ids".into(),
+                tensor_i64(&[b, 1], vec![i64::from(e.decoder_start_token_id); b])?.into(),
+            ),
+            (
+                "encoder_attention_mask".into(),
+                tensor_i64(&[b, s], mask.clone())?.into(),
+            ),
+            (
+                "encoder_hidden_states".into(),
+                tensor_f32(&[b, s, d], hidden.to_vec())?.into(),
+            ),
+        ])?;
+        let cross = self.take_cache(&mut res, "encoder")?;
+        for k in 0.. {
+            let mut last = Vec::with_capacity(b);
+            {
+                let (shape, logits) = res.f32("logits")?;
+                let t = shape[1];
+                for row in 0..b {
+                    let at = (row * t + t - 1) * vocab;
+                    let next = argmax(&self.next_log_probs(&logits[at..at + vocab], &seqs[row], limits[row], o)) as u32;
+                    if !done[row] {
+                        if next == e.eos_token_id {
+                            done[row] = true;
+                        } else {
+                            seqs[row].push(next);
+                            done[row] = k + 1 == limits[row];
+                        }
+                    }
+                    last.push(next);
+                }
+            }
+            if done.iter().all(|&x| x) {
+                break;
+            }
+            let past = self.take_cache(&mut res, "decoder")?;
+            res = self.run_step_masked(&last, &mask, s, past, &cross)?;
+        }
+        Ok(seqs.into_iter().map(|seq| seq[1..].to_vec()).collect())
+    }
+
+    /// [`run_step`](Self::run_step) with a per-row encoder attention mask.
+    fn run_step_masked(
+        &mut self,
+        last: &[u32],
+        mask: &[i64],
+        s: usize,
+        past: Cache,
+        cross: &Cache,
+    ) -> Result<RunOutputs, ModelError> {
+        let rows = last.len();
+        let mut inputs: Vec<(String, SessionInputValue<'_>)> = vec![
+            (
+                "input_ids".into(),
+                tensor_i64(&[rows, 1], last.iter().map(|&x| i64::from(x)).collect())?.into(),
+            ),
+            (
+                "encoder_attention_mask".into(),
+                tensor_i64(&[rows, s], mask.to_vec())?.into(),
+            ),
+        ];
+        for (name, value) in past {
+            inputs.push((name, value.into()));
+        }
+        for (name, value) in cross {
+            inputs.push((name.clone(), value.into()));
+        }
+        self.step.run(inputs)
+    }
+}
+
 fn rows_of(cache: &Cache) -> Result<usize, ModelError> {
     match cache.first() {
         Some((name, v)) => Ok(crate::session::view_f32(v, name)?.0[0]),

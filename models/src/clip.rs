@@ -68,22 +68,42 @@ impl ClipImage {
 
     /// The projected embedding of `img`.
     pub fn embed(&mut self, img: &RgbImage) -> Result<Vec<f32>, ModelError> {
-        let e = &self.export;
-        let px = crate::sd::clip_pixels(img, e.image_size, e.image_mean, e.image_std);
-        let s = e.image_size as usize;
-        let out = self
-            .session
-            .run_f32(&[("pixel_values", &[1, 3, s, s], &px)], &["image_embeds"])?;
-        out.into_iter()
-            .next()
-            .map(|t| t.data)
+        self.embed_batch(&[img])?
+            .pop()
             .ok_or_else(|| ModelError::Invalid("CLIP returned no embedding".into()))
     }
 
-    /// The cosine similarity of the embeddings of `a` and `b`.
+    /// The projected embeddings of `images`, in one `[n, 3, S, S]` run.
+    pub fn embed_batch(&mut self, images: &[&RgbImage]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let e = &self.export;
+        let (n, s, p) = (images.len(), e.image_size as usize, e.projection_dim);
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let mut px = Vec::with_capacity(n * 3 * s * s);
+        for img in images {
+            px.extend(crate::sd::clip_pixels(img, e.image_size, e.image_mean, e.image_std));
+        }
+        let out = self
+            .session
+            .run_f32(&[("pixel_values", &[n, 3, s, s], &px)], &["image_embeds"])?;
+        let embeds = out
+            .into_iter()
+            .next()
+            .ok_or_else(|| ModelError::Invalid("CLIP returned no embedding".into()))?;
+        if embeds.shape != [n, p] {
+            return Err(ModelError::Invalid(format!(
+                "CLIP image_embeds has shape {:?}, expected [{n}, {p}]",
+                embeds.shape
+            )));
+        }
+        Ok(embeds.data.chunks(p).map(<[f32]>::to_vec).collect())
+    }
+
+    /// The cosine similarity of the embeddings of `a` and `b` (both in one run).
     pub fn cosine(&mut self, a: &RgbImage, b: &RgbImage) -> Result<f64, ModelError> {
-        let (x, y) = (self.embed(a)?, self.embed(b)?);
-        Ok(cosine(&x, &y))
+        let e = self.embed_batch(&[a, b])?;
+        Ok(cosine(&e[0], &e[1]))
     }
 }
 

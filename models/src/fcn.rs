@@ -7,8 +7,12 @@
 //! - Export: `python models/export/fcn.py --out assets/models/fcn` (internet);
 //!   `--tiny-random --out models/fixtures/fcn` gives the test fixture (torchvision's FCN and
 //!   FCNHead over a narrow ResNet of Bottleneck blocks; same tensors).
-//! - Tensors: `fcn.onnx`: input `input` f32 `[1, 3, H, W]` (any H×W), output `out` f32
-//!   `[1, 21, H, W]`, class logits at the input's resolution.
+//! - Tensors: `fcn.onnx`: input `input` f32 `[B, 3, H, W]` (any H×W), output `out` f32
+//!   `[B, 21, H, W]`, class logits at the input's resolution. Exports made before the script
+//!   named the batch axis fix `B = 1`; [`Fcn::load`] opens it ([`crate::batchdim`]).
+//! - Batching: [`Fcn::segment_batch`] runs the frames whose model input has the same size
+//!   in one call (bit-identical to one at a time on the CPU, tested); frames of other sizes
+//!   form their own run.
 //!
 //! Pre-processing is torchvision's preset ([`preprocess`]): the shorter side resized to 520 px
 //! (bilinear with antialias, the longer side truncated as torchvision does; `None` keeps the
@@ -27,7 +31,7 @@ use serde::Deserialize;
 use crate::error::ModelError;
 use crate::isnet::{cut_out, salient_bbox, BBox, ObjectSlice, THRESHOLD};
 use crate::provider::{ActiveProvider, SessionOptions};
-use crate::session::{load_session, IoSpec, LoadedSession, TensorSpec};
+use crate::session::{load_session_batched, IoSpec, LoadedSession, TensorSpec};
 use crate::textgen::read_export_json;
 
 /// Where `dataflow` looks for the export, relative to the assets folder.
@@ -103,7 +107,7 @@ impl Fcn {
     pub fn load(dir: impl AsRef<Path>, options: &SessionOptions) -> Result<Self, ModelError> {
         let dir = dir.as_ref();
         let export: FcnExport = read_export_json(dir, EXPORT_COMMAND)?;
-        let session = load_session(dir.join(MODEL_FILE), options, &Self::io_spec(export.labels.len()))?;
+        let session = load_session_batched(dir.join(MODEL_FILE), options, &Self::io_spec(export.labels.len()))?;
         let resize_shorter = Some(export.resize_shorter);
         Ok(Fcn {
             session,
@@ -135,28 +139,89 @@ impl Fcn {
 
     /// Classes of every pixel of `image` and its main object.
     pub fn segment(&mut self, image: &RgbImage) -> Result<SemanticSegmentation, ModelError> {
-        let (width, height) = image.dimensions();
-        if width == 0 || height == 0 {
-            return Err(ModelError::Invalid(format!(
-                "cannot segment an empty image ({width}x{height})"
-            )));
+        self.segment_batch(&[image])
+            .pop()
+            .unwrap_or_else(|| Err(ModelError::Invalid("FCN returned no result".into())))
+    }
+
+    /// [`segment`](Self::segment) for each image of `images`, those of one model-input size
+    /// in one run. The result at `i` is image `i`'s (an empty image fails alone); each
+    /// `inference` is the image's share of its run's model time.
+    pub fn segment_batch(&mut self, images: &[&RgbImage]) -> Vec<Result<SemanticSegmentation, ModelError>> {
+        let mut results: Vec<Option<Result<SemanticSegmentation, ModelError>>> = Vec::with_capacity(images.len());
+        // (w, h) → (image indices, stacked input)
+        type Group = ((usize, usize), Vec<usize>, Vec<f32>);
+        let mut groups: Vec<Group> = Vec::new();
+        for (i, image) in images.iter().enumerate() {
+            let (width, height) = image.dimensions();
+            if width == 0 || height == 0 {
+                results.push(Some(Err(ModelError::Invalid(format!(
+                    "cannot segment an empty image ({width}x{height})"
+                )))));
+                continue;
+            }
+            results.push(None);
+            let (w, h, data) = preprocess(image, self.resize_shorter, self.export.mean, self.export.std);
+            match groups.iter_mut().find(|(size, _, _)| *size == (w, h)) {
+                Some((_, members, input)) => {
+                    members.push(i);
+                    input.extend(data);
+                }
+                None => groups.push(((w, h), vec![i], data)),
+            }
         }
-        let (w, h, data) = preprocess(image, self.resize_shorter, self.export.mean, self.export.std);
-        let plane = w * h;
+        for ((w, h), members, input) in groups {
+            match self.run_group(&input, members.len(), w, h) {
+                Ok((logits, inference)) => {
+                    let share = inference / members.len() as u32;
+                    let size = self.export.labels.len() * w * h;
+                    for (k, &i) in members.iter().enumerate() {
+                        let one = &logits[k * size..(k + 1) * size];
+                        results[i] = Some(self.finish(images[i], one, w, h, share));
+                    }
+                }
+                Err(e) => {
+                    for &i in &members {
+                        results[i] = Some(Err(ModelError::Invalid(e.to_string())));
+                    }
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(ModelError::Invalid("FCN did not run this image".into()))))
+            .collect()
+    }
+
+    /// One run over `n` preprocessed `w`×`h` images: their logits and the model time.
+    fn run_group(&mut self, input: &[f32], n: usize, w: usize, h: usize) -> Result<(Vec<f32>, Duration), ModelError> {
         let started = Instant::now();
-        let mut outputs = self.session.run_f32(&[("input", &[1, 3, h, w], &data)], &["out"])?;
+        let mut outputs = self.session.run_f32(&[("input", &[n, 3, h, w], input)], &["out"])?;
         let inference = started.elapsed();
         let logits = outputs
             .pop()
             .ok_or_else(|| ModelError::Invalid("FCN returned no output".into()))?;
         let classes_n = self.export.labels.len();
-        if logits.shape != [1, classes_n, h, w] {
+        if logits.shape != [n, classes_n, h, w] {
             return Err(ModelError::Invalid(format!(
-                "FCN output has shape {:?}, expected [1, {classes_n}, {h}, {w}]",
+                "FCN output has shape {:?}, expected [{n}, {classes_n}, {h}, {w}]",
                 logits.shape
             )));
         }
-        let map = argmax_classes(&logits.data, classes_n, plane);
+        Ok((logits.data, inference))
+    }
+
+    /// The segmentation of `image` from its `w`×`h` logits.
+    fn finish(
+        &self,
+        image: &RgbImage,
+        logits: &[f32],
+        w: usize,
+        h: usize,
+        inference: Duration,
+    ) -> Result<SemanticSegmentation, ModelError> {
+        let (width, height) = image.dimensions();
+        let map = argmax_classes(logits, self.export.labels.len(), w * h);
         let classes = if (w, h) == (width as usize, height as usize) {
             map
         } else {

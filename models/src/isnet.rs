@@ -9,6 +9,11 @@
 //! - Tensors: input `input` f32 `[1, 3, 1024, 1024]`, RGB, `(x - 128) / 256`; output
 //!   `output` f32 `[1, 1, 1024, 1024]`, saliency already in `[0, 1]`.
 //! - Cost: 2–4 s per image on two CPU cores.
+//! - Batching: the export fixes the batch to 1 although no operator depends on it;
+//!   [`Isnet::load`] opens it ([`crate::batchdim`]) and [`Isnet::segment_batch`] runs
+//!   `[B, 3, 1024, 1024]` in one call. On the CPU the outputs are bit-identical to one
+//!   image at a time (tested), and a batch of 2 costs what two single runs cost (11.5 s
+//!   against 11.4 s for two images, 2 cores); the gain is on an accelerator.
 //!
 //! Post-processing: the saliency map is resized back to the input resolution as a
 //! `GrayImage` mask (0..=255); the object is the bounding box of `mask > 127`, cut out as
@@ -22,7 +27,7 @@ use image::{GrayImage, Luma, RgbImage, Rgba, RgbaImage};
 
 use crate::error::ModelError;
 use crate::provider::{ActiveProvider, SessionOptions};
-use crate::session::{load_session, IoSpec, LoadedSession, TensorSpec};
+use crate::session::{load_session_batched, IoSpec, LoadedSession, TensorSpec};
 
 /// The default model, relative to the assets folder.
 pub const MEDIUM: &str = "models/isnet/isnet-medium.onnx";
@@ -103,9 +108,9 @@ impl Isnet {
             .output(TensorSpec::f32("output", &[1, 1, side, side]))
     }
 
-    /// Loads an ISNet export (e.g. `assets/` + [`MEDIUM`]).
+    /// Loads an ISNet export (e.g. `assets/` + [`MEDIUM`]), its batch dimension opened.
     pub fn load(path: impl AsRef<Path>, options: &SessionOptions) -> Result<Self, ModelError> {
-        let session = load_session(path, options, &Self::io_spec())?;
+        let session = load_session_batched(path, options, &Self::io_spec())?;
         Ok(Isnet { session })
     }
 
@@ -121,37 +126,78 @@ impl Isnet {
 
     /// Segments the salient object of `image`.
     pub fn segment(&mut self, image: &RgbImage) -> Result<Segmentation, ModelError> {
-        let (width, height) = image.dimensions();
-        if width == 0 || height == 0 {
-            return Err(ModelError::Invalid(format!(
-                "cannot segment an empty image ({width}x{height})"
-            )));
+        self.segment_batch(&[image])
+            .pop()
+            .unwrap_or_else(|| Err(ModelError::Invalid("ISNet returned no result".into())))
+    }
+
+    /// Segments each image of `images` in one `[B, 3, 1024, 1024]` run. The result at `i`
+    /// is image `i`'s: an empty image fails alone and the others still run. Each result's
+    /// `inference` is its share of the batch's model time (the batch time / B).
+    pub fn segment_batch(&mut self, images: &[&RgbImage]) -> Vec<Result<Segmentation, ModelError>> {
+        let mut results: Vec<Result<Segmentation, ModelError>> = Vec::with_capacity(images.len());
+        let mut input = Vec::new();
+        let mut batch = Vec::new();
+        for (i, image) in images.iter().enumerate() {
+            let (width, height) = image.dimensions();
+            if width == 0 || height == 0 {
+                results.push(Err(ModelError::Invalid(format!(
+                    "cannot segment an empty image ({width}x{height})"
+                ))));
+            } else {
+                input.extend(preprocess(image));
+                batch.push(i);
+                results.push(Err(ModelError::Invalid("not run".into())));
+            }
         }
-        let input = preprocess(image);
+        if batch.is_empty() {
+            return results;
+        }
+        match self.run_batch(&input, batch.len()) {
+            Ok((saliency, inference)) => {
+                let share = inference / batch.len() as u32;
+                let plane = (INPUT_SIZE * INPUT_SIZE) as usize;
+                for (k, &i) in batch.iter().enumerate() {
+                    let image = images[i];
+                    let mask = postprocess(&saliency[k * plane..(k + 1) * plane], image.width(), image.height());
+                    let bbox = salient_bbox(&mask, THRESHOLD);
+                    let object = bbox.map(|bbox| cut_out(image, &mask, bbox));
+                    results[i] = Ok(Segmentation {
+                        mask,
+                        bbox,
+                        object,
+                        inference: share,
+                    });
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                for &i in &batch {
+                    results[i] = Err(ModelError::Invalid(message.clone()));
+                }
+            }
+        }
+        results
+    }
+
+    /// One run over `n` preprocessed images: the saliency maps and the model time.
+    fn run_batch(&mut self, input: &[f32], n: usize) -> Result<(Vec<f32>, Duration), ModelError> {
         let side = INPUT_SIZE as usize;
         let started = Instant::now();
         let mut outputs = self
             .session
-            .run_f32(&[("input", &[1, 3, side, side], &input)], &["output"])?;
+            .run_f32(&[("input", &[n, 3, side, side], input)], &["output"])?;
         let inference = started.elapsed();
         let saliency = outputs
             .pop()
             .ok_or_else(|| ModelError::Invalid("ISNet returned no output".into()))?;
-        if saliency.data.len() != side * side {
+        if saliency.data.len() != n * side * side {
             return Err(ModelError::Invalid(format!(
-                "ISNet output has shape {:?}, expected [1, 1, {side}, {side}]",
+                "ISNet output has shape {:?}, expected [{n}, 1, {side}, {side}]",
                 saliency.shape
             )));
         }
-        let mask = postprocess(&saliency.data, width, height);
-        let bbox = salient_bbox(&mask, THRESHOLD);
-        let object = bbox.map(|bbox| cut_out(image, &mask, bbox));
-        Ok(Segmentation {
-            mask,
-            bbox,
-            object,
-            inference,
-        })
+        Ok((saliency.data, inference))
     }
 }
 

@@ -36,6 +36,7 @@
 
 pub mod assets;
 pub mod attributes;
+pub mod batchdim;
 pub mod bart;
 pub mod channel;
 pub mod clip;

@@ -128,6 +128,22 @@ pub struct Generation {
     pub decode: Duration,
     /// Decoder steps after the prefill.
     pub decode_steps: usize,
+    /// Bytes the decode steps (after the prefill) copied between the host and ONNX Runtime:
+    /// the new token's ids and embeddings, the attention mask and positions written in,
+    /// the embeddings and logits read out. The KV cache is not among them: each step's
+    /// `present.*` values are fed back as the next step's `past_key_values.*` as they are.
+    pub host_bytes: u64,
+    /// Size of the KV cache fed back at the last step, in bytes (it stays in ONNX
+    /// Runtime's values; a loop that copied it to the host and back would move twice this
+    /// per token).
+    pub kv_bytes: u64,
+}
+
+impl Generation {
+    /// [`host_bytes`](Self::host_bytes) per decode step (0 without decode steps).
+    pub fn host_bytes_per_step(&self) -> u64 {
+        self.host_bytes.checked_div(self.decode_steps as u64).unwrap_or(0)
+    }
 }
 
 /// A LLaVA export loaded into three sessions.
@@ -248,20 +264,45 @@ impl Llava {
             .ok_or_else(|| ModelError::Invalid("LLaVA returned no caption".into()))
     }
 
-    /// Captions of `images` for `query` in one batch (one row per image).
+    /// Captions of `images` for `query` in one batch (one row per image; sampling seeds
+    /// row `r` with the decoding's seed + `r`).
     pub fn generate(
         &mut self,
         images: &[&RgbImage],
         query: &str,
         options: &GenerateOptions,
     ) -> Result<Generation, ModelError> {
+        let base = match options.decoding {
+            Decoding::Greedy => 0,
+            Decoding::Sample { seed, .. } => seed,
+        };
+        let seeds: Vec<u64> = (0..images.len()).map(|r| base.wrapping_add(r as u64)).collect();
+        self.generate_seeded(images, query, options, &seeds)
+    }
+
+    /// [`generate`](Self::generate) with row `r` sampled from `seeds[r]`: a batch of tiles
+    /// gives each the caption it gets alone with its own seed. All rows share the prompt
+    /// (same query, the same number of image tokens), so no row needs padding; a row that
+    /// reached a stop token keeps its caption while the others decode.
+    pub fn generate_seeded(
+        &mut self,
+        images: &[&RgbImage],
+        query: &str,
+        options: &GenerateOptions,
+        seeds: &[u64],
+    ) -> Result<Generation, ModelError> {
         let b = images.len();
+        if seeds.len() != b {
+            return Err(ModelError::Invalid(format!("{b} images but {} seeds", seeds.len())));
+        }
         if b == 0 {
             return Ok(Generation {
                 captions: Vec::new(),
                 prefill: Duration::ZERO,
                 decode: Duration::ZERO,
                 decode_steps: 0,
+                host_bytes: 0,
+                kv_bytes: 0,
             });
         }
         if let Some(img) = images.iter().find(|i| i.width() == 0 || i.height() == 0) {
@@ -307,7 +348,7 @@ impl Llava {
             }
         }
 
-        let mut picker = Picker::new(options.decoding, b)?;
+        let mut picker = Picker::with_seeds(options.decoding, seeds)?;
         let mut generated: Vec<Vec<u32>> = vec![Vec::new(); b];
         let mut done = vec![false; b];
         let mut past = self.empty_past(b)?;
@@ -319,6 +360,7 @@ impl Llava {
         let mut prefill = Duration::ZERO;
         let mut decode_started = None;
         let mut steps = 0;
+        let (mut host_bytes, mut kv_bytes) = (0u64, 0u64);
         for step in 0..options.max_new_tokens {
             let (seq_embeds, seq_len, past_len) = if options.use_cache {
                 (std::mem::take(&mut step_embeds), step_len, total - step_len)
@@ -352,6 +394,14 @@ impl Llava {
             };
             for (name, value) in past_now {
                 inputs.push((name, value.into()));
+            }
+            if step > 0 {
+                // Written in: embeddings, mask, positions (8-byte ids); read out: the logits.
+                let written = 4 * b * seq_len * hidden + 8 * b * total + 8 * b * seq_len;
+                host_bytes += (written + 4 * b * e.vocab_size) as u64;
+            }
+            if options.use_cache {
+                kv_bytes = (2 * e.num_layers * b * e.num_key_value_heads * past_len * e.head_dim * 4) as u64;
             }
             let mut res = self.decoder.run(inputs)?;
             let (lshape, logits) = res.f32("logits")?;
@@ -403,6 +453,8 @@ impl Llava {
                 }
             }
             let new = self.embed_ids(&next, b, 1)?;
+            // The new token's ids in, its embeddings out.
+            host_bytes += (8 * b + 4 * b * hidden) as u64;
             total += 1;
             if options.use_cache {
                 step_embeds = new;
@@ -429,6 +481,8 @@ impl Llava {
             prefill,
             decode,
             decode_steps: steps,
+            host_bytes,
+            kv_bytes,
         })
     }
 

@@ -59,28 +59,71 @@ impl Lpips {
     /// The LPIPS distance of `a` and `b` (0 for identical images; `b` is resized to `a`'s size
     /// when they differ).
     pub fn distance(&mut self, a: &RgbImage, b: &RgbImage) -> Result<f64, ModelError> {
-        let (w, h) = a.dimensions();
-        if w < 32 || h < 32 {
-            return Err(ModelError::Invalid(format!(
-                "LPIPS needs images of at least 32×32 pixels, got {w}×{h}"
-            )));
+        self.distance_batch(&[(a, b)])
+            .pop()
+            .unwrap_or_else(|| Err(ModelError::Invalid("LPIPS returned no distance".into())))
+    }
+
+    /// [`distance`](Self::distance) of each pair, the pairs whose first image has one size in
+    /// one `[n, 3, H, W]` run; a pair below 32×32 fails alone.
+    pub fn distance_batch(&mut self, pairs: &[(&RgbImage, &RgbImage)]) -> Vec<Result<f64, ModelError>> {
+        let mut results: Vec<Option<Result<f64, ModelError>>> = Vec::with_capacity(pairs.len());
+        // (w, h) → (pair indices, in0, in1)
+        type Group = ((u32, u32), Vec<usize>, Vec<f32>, Vec<f32>);
+        let mut groups: Vec<Group> = Vec::new();
+        for (i, (a, b)) in pairs.iter().enumerate() {
+            let (w, h) = a.dimensions();
+            if w < 32 || h < 32 {
+                results.push(Some(Err(ModelError::Invalid(format!(
+                    "LPIPS needs images of at least 32×32 pixels, got {w}×{h}"
+                )))));
+                continue;
+            }
+            results.push(None);
+            let resized;
+            let b = if b.dimensions() == (w, h) {
+                *b
+            } else {
+                resized = imageops::resize(*b, w, h, FilterType::Triangle);
+                &resized
+            };
+            let at = match groups.iter().position(|g| g.0 == (w, h)) {
+                Some(at) => at,
+                None => {
+                    groups.push(((w, h), Vec::new(), Vec::new(), Vec::new()));
+                    groups.len() - 1
+                }
+            };
+            let g = &mut groups[at];
+            g.1.push(i);
+            g.2.extend(to_signed_nchw(a));
+            g.3.extend(to_signed_nchw(b));
         }
-        let resized;
-        let b = if b.dimensions() == (w, h) {
-            b
-        } else {
-            resized = imageops::resize(b, w, h, FilterType::Triangle);
-            &resized
-        };
-        let shape = [1, 3, h as usize, w as usize];
-        let (x0, x1) = (to_signed_nchw(a), to_signed_nchw(b));
-        let out = self
-            .session
-            .run_f32(&[("in0", &shape, &x0), ("in1", &shape, &x1)], &["distance"])?;
-        out.first()
-            .and_then(|t| t.data.first())
-            .map(|&d| f64::from(d))
-            .ok_or_else(|| ModelError::Invalid("LPIPS returned no distance".into()))
+        for ((w, h), members, x0, x1) in groups {
+            let shape = [members.len(), 3, h as usize, w as usize];
+            let out = self
+                .session
+                .run_f32(&[("in0", &shape, &x0), ("in1", &shape, &x1)], &["distance"]);
+            let distances = out.and_then(|o| {
+                o.into_iter()
+                    .next()
+                    .map(|t| t.data)
+                    .filter(|d| d.len() == members.len())
+                    .ok_or_else(|| {
+                        ModelError::Invalid(format!("LPIPS returned no distance per pair ({} pairs)", members.len()))
+                    })
+            });
+            for (k, &i) in members.iter().enumerate() {
+                results[i] = Some(match &distances {
+                    Ok(d) => Ok(f64::from(d[k])),
+                    Err(e) => Err(ModelError::Invalid(e.to_string())),
+                });
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(ModelError::Invalid("LPIPS did not run this pair".into()))))
+            .collect()
     }
 }
 

@@ -387,14 +387,50 @@ pub fn load_session(
             path: path.to_path_buf(),
         });
     }
+    load(path, None, options, expect)
+}
+
+/// [`load_session`] for a model that runs a batch of inputs in one call: an export that
+/// fixed its batch dimension to 1 is opened first ([`crate::batchdim::open_batch_dim`]) and
+/// loaded from memory; one with a dynamic batch is loaded as it is. Only for graphs known
+/// to hold no batch-1 constant inside (the caller tests batched against unbatched outputs).
+pub fn load_session_batched(
+    path: impl AsRef<Path>,
+    options: &SessionOptions,
+    expect: &IoSpec,
+) -> Result<LoadedSession, ModelError> {
+    let path = path.as_ref();
+    if !path.is_file() {
+        return Err(ModelError::ModelNotFound {
+            path: path.to_path_buf(),
+        });
+    }
+    let bytes = std::fs::read(path).map_err(|e| ModelError::Invalid(format!("reading {}: {e}", path.display())))?;
+    let opened = crate::batchdim::open_batch_dim(&bytes).map_err(|e| {
+        ModelError::Invalid(format!(
+            "{} is not an ONNX model this loader can read ({e}); re-run `scripts/setup-assets` or the export",
+            path.display()
+        ))
+    })?;
+    load(path, opened.as_deref(), options, expect)
+}
+
+/// Loads `path` (or `bytes`, a rewritten copy of it, when given).
+fn load(
+    path: &Path,
+    bytes: Option<&[u8]>,
+    options: &SessionOptions,
+    expect: &IoSpec,
+) -> Result<LoadedSession, ModelError> {
     let rt = runtime()?;
     let (session, provider, fallback) = match options.provider {
-        Provider::Cpu => (commit(rt, path, options, false)?, ActiveProvider::Cpu, None),
+        Provider::Cpu => (commit(rt, path, bytes, options, false)?, ActiveProvider::Cpu, None),
         Provider::Cuda => {
-            let session = cuda_session(rt, path, options).map_err(|reason| ModelError::CudaUnavailable { reason })?;
+            let session =
+                cuda_session(rt, path, bytes, options).map_err(|reason| ModelError::CudaUnavailable { reason })?;
             (session, ActiveProvider::Cuda, None)
         }
-        Provider::Auto => match cuda_session(rt, path, options) {
+        Provider::Auto => match cuda_session(rt, path, bytes, options) {
             Ok(session) => (session, ActiveProvider::Cuda, None),
             Err(reason) => {
                 if !CPU_FALLBACK_WARNED.swap(true, Ordering::Relaxed) {
@@ -405,7 +441,7 @@ pub fn load_session(
                          (logged once per process; `scripts/setup-assets --gpu` enables CUDA)"
                     );
                 }
-                let session = commit(rt, path, options, false)?;
+                let session = commit(rt, path, bytes, options, false)?;
                 (session, ActiveProvider::Cpu, Some(reason))
             }
         },
@@ -434,7 +470,7 @@ pub fn load_session(
 }
 
 /// A session on CUDA, or the reason there can't be one.
-fn cuda_session(rt: &Runtime, path: &Path, options: &SessionOptions) -> Result<Session, String> {
+fn cuda_session(rt: &Runtime, path: &Path, bytes: Option<&[u8]>, options: &SessionOptions) -> Result<Session, String> {
     if !rt.has_cuda() {
         return Err(format!(
             "the ONNX Runtime library at {} (version {}) has no CUDA execution provider \
@@ -449,10 +485,16 @@ fn cuda_session(rt: &Runtime, path: &Path, options: &SessionOptions) -> Result<S
             .map_err(|e| format!("loading CUDA libraries from {}: {e}", dir.display()))?;
     }
     // ONNX Runtime's messages end with a newline; the reason is embedded in a sentence.
-    commit(rt, path, options, true).map_err(|e| e.to_string().trim_end().to_string())
+    commit(rt, path, bytes, options, true).map_err(|e| e.to_string().trim_end().to_string())
 }
 
-fn commit(rt: &Runtime, path: &Path, options: &SessionOptions, cuda: bool) -> Result<Session, ModelError> {
+fn commit(
+    rt: &Runtime,
+    path: &Path,
+    bytes: Option<&[u8]>,
+    options: &SessionOptions,
+    cuda: bool,
+) -> Result<Session, ModelError> {
     let model = path.display().to_string();
     let ctx = |what: &str| format!("{what} for {model}");
     let mut builder: SessionBuilder =
@@ -471,9 +513,11 @@ fn commit(rt: &Runtime, path: &Path, options: &SessionOptions, cuda: bool) -> Re
             .with_execution_providers([cuda_ep.build().error_on_failure()])
             .map_err(|e| ModelError::ort(ctx("registering the CUDA execution provider"), e))?;
     }
-    builder
-        .commit_from_file(path)
-        .map_err(|e| ModelError::ort(format!("loading model {model}"), e))
+    match bytes {
+        Some(bytes) => builder.commit_from_memory(bytes),
+        None => builder.commit_from_file(path),
+    }
+    .map_err(|e| ModelError::ort(format!("loading model {model}"), e))
 }
 
 fn describe(outlets: &[ort::value::Outlet]) -> Vec<TensorSpec> {

@@ -115,16 +115,22 @@ pub struct Picker {
 }
 
 impl Picker {
-    /// A picker for `rows` rows.
+    /// A picker for `rows` rows; row `r` samples with the decoding's seed + `r`.
     pub fn new(decoding: Decoding, rows: usize) -> Result<Self, ModelError> {
-        let seed = match decoding {
+        let base = match decoding {
             Decoding::Greedy => 0,
-            Decoding::Sample {
-                temperature,
-                top_p,
-                seed,
-                ..
-            } => {
+            Decoding::Sample { seed, .. } => seed,
+        };
+        let seeds: Vec<u64> = (0..rows).map(|r| base.wrapping_add(r as u64)).collect();
+        Self::with_seeds(decoding, &seeds)
+    }
+
+    /// A picker whose row `r` samples with `seeds[r]` (a batch of inputs that each have
+    /// their own seed samples what each would alone; the decoding's own seed is unused).
+    pub fn with_seeds(decoding: Decoding, seeds: &[u64]) -> Result<Self, ModelError> {
+        match decoding {
+            Decoding::Greedy => {}
+            Decoding::Sample { temperature, top_p, .. } => {
                 if !(temperature > 0.0 && temperature.is_finite()) {
                     return Err(ModelError::Invalid(format!(
                         "temperature must be > 0, got {temperature}"
@@ -133,12 +139,9 @@ impl Picker {
                 if !(top_p > 0.0 && top_p <= 1.0) {
                     return Err(ModelError::Invalid(format!("top_p must be in (0, 1], got {top_p}")));
                 }
-                seed
             }
-        };
-        let rngs = (0..rows)
-            .map(|r| ChaCha8Rng::seed_from_u64(seed.wrapping_add(r as u64)))
-            .collect();
+        }
+        let rngs = seeds.iter().map(|&seed| ChaCha8Rng::seed_from_u64(seed)).collect();
         Ok(Picker { decoding, rngs })
     }
 

@@ -5,6 +5,7 @@
 //! sets it after running the set-up, so there they fail instead of skipping).
 
 mod assets;
+mod batch;
 mod isnet;
 mod paper;
 mod provider;
