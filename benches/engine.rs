@@ -168,7 +168,6 @@ async fn run_engine(payload: usize, n: usize, rate: Option<f64>, out: &Path) -> 
     let plan = dataflow_engine::plan(&src, &registry).unwrap_or_else(|d| panic!("{d}"));
     let mut opts = RunOptions::new(out.to_path_buf());
     opts.progress = false;
-    opts.handle_signals = false;
     let summary = dataflow_engine::run(&plan, opts).await.expect("engine run");
     assert!(!summary.failed(), "{}", summary.render());
     let s = std::mem::take(&mut *seen().lock().unwrap());

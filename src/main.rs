@@ -11,6 +11,7 @@ use dataflow_monitoring::LogFormat;
 
 mod bandwidth;
 mod doctor;
+mod link_watch;
 mod report;
 mod stats;
 mod sweep;
@@ -247,16 +248,24 @@ fn default_out(name: &str) -> PathBuf {
 }
 
 fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,dataflow=info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(colour_on_stderr())
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let fmt = match format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().boxed(),
+    };
+    // Refused TLS peers are counted whatever RUST_LOG says (link_watch.rs).
+    let refusals = tracing_subscriber::filter::Targets::new().with_target("zenoh_link_tls", tracing::Level::WARN);
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(link_watch::layer().with_filter(refusals))
+        .init();
 }
 
 /// Colour escapes only on a terminal, and never when `NO_COLOR` is set to anything
@@ -290,7 +299,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                     Ok(p) => match p
                         .machines
                         .keys()
-                        .map(|m| dataflow_actors::zenoh_link::zenoh_config(&p, m).map(|_| ()))
+                        .map(|m| dataflow_actors::zenoh_link::check_config(&p, m))
                         .find_map(Result::err)
                     {
                         None => println!("{}: ok ({} stages)", g.display(), p.stages.len()),

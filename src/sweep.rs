@@ -45,6 +45,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use dataflow_engine::SweepRole;
 use serde::{Deserialize, Serialize};
 
 use crate::report::{ReportCell, ReportGraph};
@@ -263,11 +264,11 @@ pub struct GraphInfo {
     /// The graph file.
     pub path: PathBuf,
     name: String,
-    /// `image_dir` stages (their `path` is replaced by `--images`).
-    sources: Vec<String>,
-    /// The metrics CSV of the first `csv_sink`, relative to the run folder.
+    /// Image sources and their folder key, which `--images` replaces (`SweepRole::Images`).
+    sources: Vec<(String, &'static str)>,
+    /// The metrics CSV of the first stage writing rows (`SweepRole::Rows`), relative to the run folder.
     pub csv: PathBuf,
-    /// Folder of the first `image_sink` writing `image` (the reconstructions).
+    /// Folder of the first stage writing the `image` field (`SweepRole::ImageFiles`): the reconstructions.
     recon_dir: Option<PathBuf>,
     /// The images of the source, when no `--images` is given.
     source_dir: Option<PathBuf>,
@@ -275,37 +276,43 @@ pub struct GraphInfo {
     notes: Vec<String>,
     /// Every stage id.
     stage_ids: BTreeSet<String>,
-    /// `codec_channel` stages and their `bpp` (the byte budget `--match-bandwidth` sets).
+    /// Stages sending at a byte budget and their bits per pixel (`SweepRole::Budget`;
+    /// `--match-bandwidth` sets it).
     pub codecs: Vec<(String, f64)>,
 }
 
-/// `codec_channel`'s default `bpp`.
-const DEFAULT_BPP: f64 = 0.1;
+/// What stands in for what in a graph's stages (codecs, models), as each kind describes
+/// its stages (`StageKind::describe`), in stage-id order; none when the graph does not
+/// validate without the sweep's overrides (the check of the systems reports it).
+fn notes(path: &Path, registry: &dataflow_engine::Registry) -> Vec<String> {
+    let Ok(src) = dataflow_engine::GraphSource::load(path, &[]) else {
+        return Vec::new();
+    };
+    let Ok(plan) = dataflow_engine::plan(&src, registry) else {
+        return Vec::new();
+    };
+    let described: BTreeMap<&str, String> = plan
+        .stages
+        .iter()
+        .filter_map(|s| s.config.describe().map(|d| (s.id.as_str(), d)))
+        .collect();
+    described.into_iter().map(|(id, d)| format!("{id}: {d}")).collect()
+}
 
-/// What stands in for what in a graph's stages (codecs, models), for the report.
-fn notes(stages: &toml::Table) -> Vec<String> {
-    let kind = |t: &toml::Value| t.get("kind").and_then(|k| k.as_str()).unwrap_or("").to_string();
-    let mut notes = Vec::new();
-    for (id, t) in stages {
-        let key = |k: &str| t.get(k).and_then(|v| v.as_str()).map(str::to_string);
-        match kind(t).as_str() {
-            "codec_channel" => {
-                let codec: dataflow_models::codec::Codec = key("codec")
-                    .and_then(|c| serde_json::from_value(serde_json::Value::String(c)).ok())
-                    .unwrap_or(dataflow_models::codec::Codec::Heif);
-                notes.push(format!("{id}: {} + 5G NR LDPC", codec.describe()));
-            }
-            "segment" | "caption" | "correct" | "reconstruct" | "jscc" => {
-                if let Some(m) = key("model") {
-                    notes.push(format!("{id}: {m}"));
-                } else if kind(t) == "jscc" {
-                    notes.push(format!("{id}: deep JSCC ({})", key("model_dir").unwrap_or_default()));
-                }
-            }
-            _ => {}
-        }
-    }
-    notes
+/// The stages of `stages` whose kind plays a part in sweeps, with that part (the kinds
+/// declare it: `StageKind::SWEEP`), in stage-id order.
+fn roles<'a>(
+    stages: &'a toml::Table,
+    registry: &dataflow_engine::Registry,
+) -> Vec<(&'a String, &'a toml::Value, SweepRole)> {
+    stages
+        .iter()
+        .filter_map(|(id, t)| {
+            let kind = t.get("kind").and_then(|k| k.as_str())?;
+            let role = registry.get(kind)?.sweep();
+            (role != SweepRole::None).then_some((id, t, role))
+        })
+        .collect()
 }
 
 fn graph_info(path: &Path) -> Result<GraphInfo> {
@@ -323,18 +330,24 @@ fn graph_info(path: &Path) -> Result<GraphInfo> {
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default()
         });
+    let registry = dataflow_actors::registry();
     let stages = doc.get("stage").and_then(|s| s.as_table()).cloned().unwrap_or_default();
-    let kind = |t: &toml::Value| t.get("kind").and_then(|k| k.as_str()).unwrap_or("").to_string();
-    let sources: Vec<String> = stages
+    let roles = roles(&stages, &registry);
+    let str_key = |t: &toml::Value, key: &str| t.get(key).and_then(|v| v.as_str()).map(str::to_string);
+    let sources: Vec<(String, &'static str)> = roles
         .iter()
-        .filter(|(_, t)| kind(t) == "image_dir")
-        .map(|(id, _)| id.clone())
+        .filter_map(|(id, _, r)| match r {
+            SweepRole::Images { key } => Some(((*id).clone(), *key)),
+            _ => None,
+        })
         .collect();
-    let csv = stages.iter().find(|(_, t)| kind(t) == "csv_sink").map(|(id, t)| {
-        t.get("path")
-            .and_then(|p| p.as_str())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(format!("{id}.csv")))
+    let csv = roles.iter().find_map(|(id, t, r)| match r {
+        SweepRole::Rows { key } => Some(
+            str_key(t, key)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(format!("{id}.csv"))),
+        ),
+        _ => None,
     });
     let Some(csv) = csv else {
         bail!(
@@ -342,15 +355,15 @@ fn graph_info(path: &Path) -> Result<GraphInfo> {
             path.display()
         );
     };
-    let recon_dir = stages
-        .iter()
-        .find(|(_, t)| kind(t) == "image_sink" && t.get("field").and_then(|f| f.as_str()).unwrap_or("image") == "image")
-        .map(|(id, _)| PathBuf::from(id));
+    let recon_dir = roles.iter().find_map(|(id, t, r)| match r {
+        SweepRole::ImageFiles { key, default } if str_key(t, key).as_deref().unwrap_or(default) == "image" => {
+            Some(PathBuf::from(id))
+        }
+        _ => None,
+    });
     let source_dir = sources
         .first()
-        .and_then(|id| stages.get(id))
-        .and_then(|t| t.get("path"))
-        .and_then(|p| p.as_str())
+        .and_then(|(id, key)| str_key(stages.get(id)?, key))
         .map(|p| {
             let p = PathBuf::from(p);
             if p.exists() {
@@ -359,14 +372,16 @@ fn graph_info(path: &Path) -> Result<GraphInfo> {
                 path.parent().unwrap_or(Path::new(".")).join(p)
             }
         });
-    let codecs = stages
+    let codecs = roles
         .iter()
-        .filter(|(_, t)| kind(t) == "codec_channel")
-        .map(|(id, t)| {
-            let bpp = t
-                .get("bpp")
-                .and_then(|v| v.as_float().or(v.as_integer().map(|i| i as f64)));
-            (id.clone(), bpp.unwrap_or(DEFAULT_BPP))
+        .filter_map(|(id, t, r)| match r {
+            SweepRole::Budget { key, default } => {
+                let bpp = t
+                    .get(*key)
+                    .and_then(|v| v.as_float().or(v.as_integer().map(|i| i as f64)));
+                Some(((*id).clone(), bpp.unwrap_or(*default)))
+            }
+            _ => None,
         })
         .collect();
     Ok(GraphInfo {
@@ -376,7 +391,7 @@ fn graph_info(path: &Path) -> Result<GraphInfo> {
         csv,
         recon_dir,
         source_dir,
-        notes: notes(&stages),
+        notes: notes(path, &registry),
         stage_ids: stages.keys().cloned().collect(),
         codecs,
     })
@@ -819,8 +834,8 @@ fn run_one(
     cmd.arg("--set").arg(format!("graph.seed={seed}"));
     if let Some(images) = &args.images {
         let abs = std::fs::canonicalize(images).unwrap_or_else(|_| images.clone());
-        for s in &info.sources {
-            cmd.arg("--set").arg(format!("stage.{s}.path={}", abs.display()));
+        for (s, key) in &info.sources {
+            cmd.arg("--set").arg(format!("stage.{s}.{key}={}", abs.display()));
         }
     }
     for s in sets_for(&args.set, info).chain(&sys.sets).chain(extra) {
@@ -1027,6 +1042,40 @@ fn report_cells(rows: &[Row]) -> Vec<ReportCell> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The sources, rows, reconstructions, budgets and notes of a graph come from what its
+    /// kinds declare (`StageKind::SWEEP`, `StageKind::describe`), not from kind names.
+    #[test]
+    fn what_a_sweep_knows_of_a_graph_its_kinds_declare() {
+        let codec = graph_info(Path::new("graphs/bpg-ldpc.toml")).unwrap();
+        assert_eq!(codec.sources, [("source".to_string(), "path")]);
+        assert_eq!(codec.csv, PathBuf::from("metrics.csv"));
+        assert_eq!(codec.recon_dir, Some(PathBuf::from("reconstructions")));
+        assert_eq!(codec.codecs, [("link".to_string(), 0.1)]);
+        assert_eq!(
+            codec.notes,
+            ["link: HEVC intra (x265) in HEIF via heif-enc (libheif), standing in for BPG + 5G NR LDPC"]
+        );
+        let jscc = graph_info(Path::new("graphs/deep-jscc.toml")).unwrap();
+        assert!(jscc.codecs.is_empty());
+        assert_eq!(jscc.notes, ["jscc: deep JSCC (../models/weights/deep_jscc/snr10)"]);
+        let lite = graph_info(Path::new("graphs/multisc-lite.toml")).unwrap();
+        assert_eq!(
+            lite.notes,
+            [
+                "caption: attributes",
+                "correct: noisy_channel",
+                "reconstruct: composite",
+                "segment: isnet"
+            ]
+        );
+        let registry = dataflow_actors::registry();
+        let stages: toml::Table = toml::from_str("[a]\nkind = \"null_sink\"\n[b]\nkind = \"nope\"\n").unwrap();
+        assert!(
+            roles(&stages, &registry).is_empty(),
+            "a kind without a part, or unknown, plays none"
+        );
+    }
 
     #[test]
     fn snr_specs_parse() {

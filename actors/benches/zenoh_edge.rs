@@ -119,7 +119,6 @@ fn run_part(g: &Path, machine: Option<&str>, out: &Path) {
     let plan = dataflow_engine::plan(&src, &reg).unwrap_or_else(|d| panic!("{d}"));
     let mut opts = RunOptions::new(out.to_path_buf());
     opts.progress = false;
-    opts.handle_signals = false;
     let (plan, bridges) = match machine {
         None => (plan, None),
         Some(m) => {

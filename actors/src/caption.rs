@@ -12,6 +12,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use dataflow_engine::tagged::Tagged;
 use dataflow_engine::{BuildContext, Built, Input, OutPort, Outputs, Ports, Role, Stage, StageError, StageKind, Value};
 use dataflow_models::attributes::{describe_tile_named, named_in_tile, Named, TilePosition};
 use dataflow_models::detect;
@@ -21,36 +22,55 @@ use dataflow_models::provider::SessionOptions;
 use dataflow_models::textgen::Decoding;
 use dataflow_monitoring::names;
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use crate::util::image_field;
 
-/// Captioning models.
-#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum CaptionModel {
-    /// Deterministic describer of colours, brightness and the object mask (offline tier).
-    Attributes,
+/// Keys of `caption`, by model.
+#[derive(Debug, JsonSchema)]
+#[serde(tag = "model", rename_all = "snake_case")]
+#[schemars(transform = dataflow_engine::tagged::mark_default::<CaptionConfig>)]
+pub enum CaptionConfig {
+    /// Deterministic describer of colours, brightness and the object mask (offline tier; the default).
+    Attributes(AttributesKeys),
     /// LLaVA-Interleave-Qwen-0.5B (paper tier, exported by `models/export/llava.py`).
-    Llava,
+    Llava(LlavaKeys),
 }
 
-/// Keys of `caption`.
+impl Tagged for CaptionConfig {
+    const DEFAULT: &'static str = "attributes";
+    const MODELS: &'static [&'static str] = &["attributes", "llava"];
+    fn model<'de, D: Deserializer<'de>>(model: &str, keys: D) -> Result<Self, D::Error> {
+        match model {
+            "llava" => LlavaKeys::deserialize(keys).map(Self::Llava),
+            _ => AttributesKeys::deserialize(keys).map(Self::Attributes),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for CaptionConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        dataflow_engine::tagged::deserialize(d)
+    }
+}
+
+/// Keys of `model = "attributes"`: none.
 #[derive(Debug, Deserialize, JsonSchema)]
-pub struct CaptionConfig {
-    /// Which captioner.
-    #[serde(default = "default_model")]
-    pub model: CaptionModel,
-    /// LLaVA: the export folder (default `assets/models/llava`).
+pub struct AttributesKeys {}
+
+/// Keys of `model = "llava"`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct LlavaKeys {
+    /// The export folder (default `assets/models/llava`).
     #[serde(default)]
     pub model_dir: Option<PathBuf>,
-    /// LLaVA: the question asked about each tile (default: the paper's query).
+    /// The question asked about each tile (default: the paper's query).
     #[serde(default)]
     pub query: Option<String>,
-    /// LLaVA: most new tokens per caption.
+    /// Most new tokens per caption.
     #[serde(default = "default_max_new_tokens")]
     pub max_new_tokens: usize,
-    /// LLaVA: `{ mode = "greedy" }` (default) or `{ mode = "sample", temperature = 0.7,
+    /// `{ mode = "greedy" }` (default) or `{ mode = "sample", temperature = 0.7,
     /// top_k = 50, top_p = 0.9 }`; sampling is seeded from the graph seed, frame and tile.
     #[serde(default)]
     pub decoding: Decoding,
@@ -61,10 +81,6 @@ pub struct CaptionConfig {
 
 fn default_max_new_tokens() -> usize {
     48
-}
-
-fn default_model() -> CaptionModel {
-    CaptionModel::Attributes
 }
 
 /// The `caption` kind.
@@ -84,35 +100,86 @@ struct LlavaRun {
     inference: metrics::Histogram,
 }
 
-impl Stage for LlavaRun {
-    fn process(&mut self, input: Input, out: &mut Outputs) -> Result<(), StageError> {
-        let Input::Message { msg, .. } = input else {
-            return Ok(());
-        };
-        let img = image_field(&msg, "image", &self.stage)?;
+impl LlavaRun {
+    /// The tile of `msg` as RGB, or why it cannot be captioned.
+    fn tile(&self, msg: &dataflow_engine::Message) -> Result<image::RgbImage, StageError> {
+        let img = image_field(msg, "image", &self.stage)?;
         if img.width == 0 || img.height == 0 {
             return Err(StageError::input(format!("frame {}: the tile is empty", msg.id)));
         }
-        let rgb = img.to_rgb();
-        let mut options = self.options;
-        if let Decoding::Sample { seed, .. } = &mut options.decoding {
-            // Reproducible per graph seed, frame and tile, whatever replica draws.
-            *seed = seed
+        Ok(img.to_rgb())
+    }
+
+    /// The sampling seed of this tile: reproducible per graph seed, frame and tile,
+    /// whatever replica or batch draws it.
+    fn seed_of(&self, msg: &dataflow_engine::Message) -> u64 {
+        match self.options.decoding {
+            Decoding::Greedy => 0,
+            Decoding::Sample { seed, .. } => seed
                 .wrapping_add(self.seed)
                 .wrapping_add(msg.id.seq.wrapping_mul(0x9E37_79B9_7F4A_7C15))
                 .wrapping_add(u64::from(msg.part.index).wrapping_mul(0xD1B5_4A32_D192_ED03))
-                .wrapping_add(u64::from(msg.id.stream) << 48);
+                .wrapping_add(u64::from(msg.id.stream) << 48),
         }
-        let gen = self
-            .model
-            .generate(&[&rgb], &self.query, &options)
-            .map_err(|e| StageError::new("model", format!("captioning frame {} failed: {e}", msg.id)))?;
-        self.inference.record((gen.prefill + gen.decode).as_secs_f64());
-        let text = gen.captions.into_iter().next().map(|c| c.text).unwrap_or_default();
-        let mut fields = msg.fields.clone();
-        fields.insert("text", Value::Text(Arc::from(text.as_str())));
-        out.emit(msg.derive(fields));
-        Ok(())
+    }
+}
+
+impl Stage for LlavaRun {
+    fn process(&mut self, input: Input, out: &mut Outputs) -> Result<(), StageError> {
+        self.process_batch(vec![input], std::slice::from_mut(out))
+            .pop()
+            .unwrap_or(Ok(()))
+    }
+
+    /// The tiles of the batch in one `generate` (one row each, own seed, own stop); a tile
+    /// without an image or an empty one fails alone.
+    fn process_batch(&mut self, inputs: Vec<Input>, outs: &mut [Outputs]) -> Vec<Result<(), StageError>> {
+        let mut results: Vec<Result<(), StageError>> = Vec::with_capacity(inputs.len());
+        let (mut members, mut tiles, mut seeds) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, input) in inputs.iter().enumerate() {
+            let Input::Message { msg, .. } = input else {
+                results.push(Ok(()));
+                continue;
+            };
+            match self.tile(msg) {
+                Ok(rgb) => {
+                    members.push(i);
+                    tiles.push(rgb);
+                    seeds.push(self.seed_of(msg));
+                    results.push(Ok(()));
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        if members.is_empty() {
+            return results;
+        }
+        let refs: Vec<&image::RgbImage> = tiles.iter().collect();
+        let gen = self.model.generate_seeded(&refs, &self.query, &self.options, &seeds);
+        let gen = match gen {
+            Ok(gen) => gen,
+            Err(e) => {
+                for &i in &members {
+                    let id = inputs[i].frame();
+                    results[i] = Err(StageError::new("model", format!("captioning frame {id} failed: {e}")));
+                }
+                return results;
+            }
+        };
+        // Each tile's share of the batch's model time.
+        let share = (gen.prefill + gen.decode).as_secs_f64() / members.len() as f64;
+        let mut captions = gen.captions.into_iter();
+        for &i in &members {
+            let Input::Message { msg, .. } = &inputs[i] else {
+                continue;
+            };
+            self.inference.record(share);
+            let text = captions.next().map(|c| c.text).unwrap_or_default();
+            let mut fields = msg.fields.clone();
+            fields.insert("text", Value::Text(Arc::from(text.as_str())));
+            outs[i].emit(msg.derive(fields));
+        }
+        results
     }
 }
 
@@ -156,6 +223,8 @@ impl StageKind for Caption {
     type Config = CaptionConfig;
     const NAME: &'static str = "caption";
     const ROLE: Role = Role::Transform;
+    /// LLaVA captions a batch of tiles in one `generate`; `attributes` goes one by one.
+    const BATCH: bool = true;
     const DOC: &'static str = "Describes each tile (or frame) in a few English sentences.";
 
     fn ports(_: &Self::Config) -> Ports {
@@ -168,18 +237,18 @@ impl StageKind for Caption {
     }
 
     fn check(c: &Self::Config, ctx: &BuildContext) -> Vec<String> {
-        match c.model {
-            CaptionModel::Attributes => Vec::new(),
-            CaptionModel::Llava => llava_dir(c, ctx).err().map(|e| vec![e.message]).unwrap_or_default(),
+        match c {
+            CaptionConfig::Attributes(_) => Vec::new(),
+            CaptionConfig::Llava(l) => llava_dir(l, ctx).err().map(|e| vec![e.message]).unwrap_or_default(),
         }
     }
 
     fn build(c: &Self::Config, ctx: &BuildContext) -> Result<Built, StageError> {
-        match c.model {
-            CaptionModel::Attributes => Ok(Built::Stage(Box::new(Run {
+        match c {
+            CaptionConfig::Attributes(_) => Ok(Built::Stage(Box::new(Run {
                 stage: ctx.stage.clone(),
             }))),
-            CaptionModel::Llava => {
+            CaptionConfig::Llava(c) => {
                 if c.max_new_tokens == 0 {
                     return Err(StageError::input("`max_new_tokens` must be at least 1"));
                 }
@@ -234,7 +303,79 @@ fn named_objects(msg: &dataflow_engine::Message, size: (u32, u32), stage: &str) 
     named_in_tile(&objects, main_box.as_ref(), &tile)
 }
 
-fn llava_dir(c: &CaptionConfig, ctx: &BuildContext) -> Result<PathBuf, StageError> {
+fn llava_dir(c: &LlavaKeys, ctx: &BuildContext) -> Result<PathBuf, StageError> {
     let explicit = c.model_dir.as_deref().map(|d| ctx.resolve(d));
     llava::locate_export(explicit.as_deref()).map_err(|e| StageError::io(format!("caption model = \"llava\": {e}")))
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+    use dataflow_engine::{Fields, FrameId, Image, Message, Part};
+
+    fn input(seq: u64, fields: Fields) -> Input {
+        Input::Message {
+            input: 0,
+            msg: Message {
+                id: FrameId { stream: 0, seq },
+                part: Part::WHOLE,
+                captured: std::time::SystemTime::now(),
+                born: std::time::Instant::now(),
+                fields,
+            },
+        }
+    }
+
+    fn tile(w: u32, h: u32) -> Fields {
+        let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7) as u8, (y * 3) as u8, 90]));
+        Fields::new().with("image", Value::Image(Image::from_rgb(img)))
+    }
+
+    /// LLaVA over a batch of four tiles where one has no image and one is empty: those two
+    /// fail alone as `input` errors, the other two get their caption.
+    #[test]
+    fn a_llava_batch_with_corrupt_tiles_fails_those_tiles_only() {
+        if let Err(e) = dataflow_models::runtime::runtime() {
+            assert!(!dataflow_models::assets::assets_required(), "{e}");
+            println!("skipped: {e}");
+            return;
+        }
+        let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/fixtures/llava");
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = BuildContext {
+            stage: "caption".into(),
+            kind: "caption".into(),
+            replica: 0,
+            replicas: 1,
+            graph: "t".into(),
+            seed: 1,
+            out_dir: dir.path().to_path_buf(),
+            graph_dir: dir.path().to_path_buf(),
+            inputs: vec!["src".into()],
+            restart: dataflow_engine::Restart::OnFailure,
+        };
+        let cfg: CaptionConfig = serde_json::from_value(serde_json::json!({
+            "model": "llava", "model_dir": fixture, "max_new_tokens": 4, "provider": "cpu", "intra_threads": 1
+        }))
+        .unwrap();
+        let Built::Stage(mut stage) = Caption::build(&cfg, &ctx).unwrap() else {
+            panic!("caption is a stage")
+        };
+        let inputs = vec![
+            input(0, tile(40, 30)),
+            input(1, Fields::new()),
+            input(2, tile(0, 5)),
+            input(3, tile(32, 32)),
+        ];
+        let mut outs: Vec<Outputs> = (0..4).map(|_| Outputs::default()).collect();
+        let results = stage.process_batch(inputs, &mut outs);
+        assert!(results[0].is_ok() && results[3].is_ok(), "{results:?}");
+        let missing = results[1].as_ref().unwrap_err();
+        assert_eq!(missing.class, "input");
+        assert!(missing.message.contains("has no image field `image`"), "{missing}");
+        let empty = results[2].as_ref().unwrap_err();
+        assert!(empty.message.contains("the tile is empty"), "{empty}");
+        let counts: Vec<usize> = outs.iter().map(Outputs::len).collect();
+        assert_eq!(counts, [1, 0, 0, 1]);
+    }
 }

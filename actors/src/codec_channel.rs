@@ -89,8 +89,10 @@ fn default_modulation() -> Modulation {
 fn default_codec() -> Codec {
     Codec::Heif
 }
+/// `bpp` when a stage does not say.
+const DEFAULT_BPP: f64 = 0.1;
 fn default_bpp() -> f64 {
-    0.1
+    DEFAULT_BPP
 }
 fn default_rate() -> f64 {
     0.5
@@ -200,6 +202,14 @@ impl StageKind for CodecChannel {
     const DOC: &'static str =
         "BPG-LDPC family baseline: image codec to a byte budget, 5G NR LDPC, QAM, fading and AWGN, BP decoding; a failed block loses the image.";
     const CHANNEL: bool = true;
+    const SWEEP: dataflow_engine::SweepRole = dataflow_engine::SweepRole::Budget {
+        key: "bpp",
+        default: DEFAULT_BPP,
+    };
+
+    fn describe(c: &Self::Config) -> Option<String> {
+        Some(format!("{} + 5G NR LDPC", c.codec.describe()))
+    }
 
     fn ports(_: &Self::Config) -> Ports {
         Ports {

@@ -21,64 +21,99 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use dataflow_engine::tagged::Tagged;
 use dataflow_engine::{BuildContext, Built, Input, OutPort, Outputs, Ports, Role, Stage, StageError, StageKind, Value};
 use dataflow_models::bart::{self, Bart, CorrectOptions};
 use dataflow_models::noisy_channel::{NoisyChannel, NoisyChannelOptions};
 use dataflow_models::provider::SessionOptions;
 use dataflow_models::symspell::Corrector;
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
-/// Correction models.
-#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum CorrectModel {
-    /// SymSpell compound correction (offline tier).
-    Symspell,
+/// Keys of `correct`, by model.
+#[derive(Debug, JsonSchema)]
+#[serde(tag = "model", rename_all = "snake_case")]
+#[schemars(transform = dataflow_engine::tagged::mark_default::<CorrectConfig>)]
+pub enum CorrectConfig {
+    /// SymSpell compound correction (offline tier; the default).
+    Symspell(SymspellKeys),
     /// No correction: `corrected` = received (for comparisons).
-    None,
+    None(NoKeys),
     /// A BART spelling corrector (paper tier, exported by `models/export/bart.py`).
-    Bart,
+    Bart(BartKeys),
     /// Channel-aware correction: bit-flip likelihoods and a bigram language model (offline tier).
-    NoisyChannel,
+    NoisyChannel(NoisyChannelKeys),
 }
 
-/// Keys of `correct`.
+impl Tagged for CorrectConfig {
+    const DEFAULT: &'static str = "symspell";
+    const MODELS: &'static [&'static str] = &["symspell", "none", "bart", "noisy_channel"];
+    fn model<'de, D: Deserializer<'de>>(model: &str, keys: D) -> Result<Self, D::Error> {
+        match model {
+            "none" => NoKeys::deserialize(keys).map(Self::None),
+            "bart" => BartKeys::deserialize(keys).map(Self::Bart),
+            "noisy_channel" => NoisyChannelKeys::deserialize(keys).map(Self::NoisyChannel),
+            _ => SymspellKeys::deserialize(keys).map(Self::Symspell),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for CorrectConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        dataflow_engine::tagged::deserialize(d)
+    }
+}
+
+/// Keys of `model = "none"`: none.
 #[derive(Debug, Deserialize, JsonSchema)]
-pub struct CorrectConfig {
-    /// Which corrector.
-    #[serde(default = "default_model")]
-    pub model: CorrectModel,
+pub struct NoKeys {}
+
+/// Keys of `model = "symspell"`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct SymspellKeys {
     /// Folder holding the SymSpell dictionaries (default: the set-up's `assets/symspell`).
     #[serde(default)]
     pub dictionary: Option<PathBuf>,
-    /// BART: the export folder (default `assets/models/bart`).
+}
+
+/// Keys of `model = "bart"`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct BartKeys {
+    /// The export folder (default `assets/models/bart`).
     #[serde(default)]
     pub model_dir: Option<PathBuf>,
-    /// BART: beam width (1 = greedy); default: the checkpoint's `num_beams` (export.json).
+    /// Beam width (1 = greedy); default: the checkpoint's `num_beams` (export.json).
     #[serde(default)]
     pub beams: Option<usize>,
-    /// BART: no n-gram of this many tokens repeats (0 = no rule); default: the checkpoint's.
+    /// No n-gram of this many tokens repeats (0 = no rule); default: the checkpoint's.
     #[serde(default)]
     pub no_repeat_ngram_size: Option<usize>,
-    /// BART: most new tokens per text, a fixed limit; default: sized from each text's length
+    /// Most new tokens per text, a fixed limit; default: sized from each text's length
     /// (`n + n/2 + 10` for `n` input tokens, capped by the checkpoint's `max_length`).
     #[serde(default)]
     pub max_new_tokens: Option<usize>,
-    /// noisy_channel: folder holding the wordsegment `unigrams.txt` and `bigrams.txt`
+    /// ONNX Runtime session options (provider, device_id, intra_threads, arena_limit_bytes).
+    #[serde(flatten)]
+    pub session: SessionOptions,
+}
+
+/// Keys of `model = "noisy_channel"`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct NoisyChannelKeys {
+    /// Folder holding the SymSpell dictionaries (default: the set-up's `assets/symspell`).
+    #[serde(default)]
+    pub dictionary: Option<PathBuf>,
+    /// Folder holding the wordsegment `unigrams.txt` and `bigrams.txt`
     /// (default: the set-up's `assets/ngram`).
     #[serde(default)]
     pub ngram_dir: Option<PathBuf>,
-    /// noisy_channel: the bit error rate to assume; default: the message's `ber_expected`
+    /// The bit error rate to assume; default: the message's `ber_expected`
     /// (set by `text_channel`), else 0.01.
     #[serde(default)]
     pub ber: Option<f64>,
-    /// noisy_channel: weight of the captioner's sentences in the language model (0–1).
+    /// Weight of the captioner's sentences in the language model (0–1).
     #[serde(default = "default_domain_weight")]
     pub domain_weight: f64,
-    /// ONNX Runtime session options for BART (provider, device_id, intra_threads, arena_limit_bytes).
-    #[serde(flatten)]
-    pub session: SessionOptions,
 }
 
 fn default_domain_weight() -> f64 {
@@ -87,10 +122,6 @@ fn default_domain_weight() -> f64 {
 
 /// Bit error rate assumed by `noisy_channel` when neither `ber` nor `ber_expected` says.
 const FALLBACK_BER: f64 = 0.01;
-
-fn default_model() -> CorrectModel {
-    CorrectModel::Symspell
-}
 
 /// The `correct` kind.
 pub struct Correct;
@@ -145,15 +176,85 @@ impl Stage for Run {
         out.emit(msg.derive(fields));
         Ok(())
     }
+
+    /// BART corrects every text of every frame of the batch in one padded greedy batch
+    /// (`Bart::correct_batch`); the other correctors go frame by frame. A frame without
+    /// text, or whose text BART fails on, fails alone.
+    fn process_batch(&mut self, inputs: Vec<Input>, outs: &mut [Outputs]) -> Vec<Result<(), StageError>> {
+        let Fixer::Bart(bart, options) = &mut self.corrector else {
+            return inputs
+                .into_iter()
+                .zip(outs.iter_mut())
+                .map(|(input, out)| self.process(input, out))
+                .collect();
+        };
+        // Every text of the batch, and per frame the slots its texts take (`None`: a missing
+        // entry of `texts`), or why it has none.
+        let mut flat: Vec<String> = Vec::new();
+        // (whether the frame has `texts`, the slot of each of its texts)
+        type Slots = (bool, Vec<Option<usize>>);
+        let mut frames: Vec<Result<Slots, StageError>> = Vec::with_capacity(inputs.len());
+        for input in &inputs {
+            let Input::Message { msg, .. } = input else {
+                frames.push(Ok((false, Vec::new())));
+                continue;
+            };
+            let mut slot = |t: &str| {
+                flat.push(t.to_string());
+                flat.len() - 1
+            };
+            frames.push(if let Some(texts) = msg.fields.texts("texts") {
+                Ok((true, texts.iter().map(|t| t.as_deref().map(&mut slot)).collect()))
+            } else if let Some(t) = msg.fields.text("text") {
+                Ok((false, vec![Some(slot(t))]))
+            } else {
+                Err(StageError::input(format!(
+                    "frame {} has neither `texts` nor `text` to correct",
+                    msg.id
+                )))
+            });
+        }
+        let refs: Vec<&str> = flat.iter().map(String::as_str).collect();
+        let fixed = bart.correct_batch(&refs, options);
+        inputs
+            .iter()
+            .zip(frames)
+            .zip(outs.iter_mut())
+            .map(|((input, frame), out)| {
+                let Input::Message { msg, .. } = input else {
+                    return Ok(());
+                };
+                let (many, slots) = frame?;
+                let mut texts = Vec::with_capacity(slots.len());
+                for slot in slots {
+                    texts.push(match slot {
+                        Some(k) => Some(fixed[k].as_ref().map(Clone::clone).map_err(|e| {
+                            StageError::new("model", format!("BART correction of frame {} failed: {e}", msg.id))
+                        })?),
+                        None => None,
+                    });
+                }
+                let mut fields = msg.fields.clone();
+                let value = if many {
+                    Value::Texts(Arc::from(texts))
+                } else {
+                    Value::Text(Arc::from(texts.pop().flatten().unwrap_or_default().as_str()))
+                };
+                fields.insert("corrected", value);
+                out.emit(msg.derive(fields));
+                Ok(())
+            })
+            .collect()
+    }
 }
 
-fn bart_dir(c: &CorrectConfig, ctx: &BuildContext) -> Result<PathBuf, StageError> {
+fn bart_dir(c: &BartKeys, ctx: &BuildContext) -> Result<PathBuf, StageError> {
     let explicit = c.model_dir.as_deref().map(|d| ctx.resolve(d));
     bart::locate_export(explicit.as_deref()).map_err(|e| StageError::io(format!("correct model = \"bart\": {e}")))
 }
 
-fn dictionary_dir(c: &CorrectConfig, ctx: &BuildContext) -> Result<PathBuf, StageError> {
-    let dir = match &c.dictionary {
+fn dictionary_dir(dictionary: &Option<PathBuf>, ctx: &BuildContext) -> Result<PathBuf, StageError> {
+    let dir = match dictionary {
         Some(d) => ctx.resolve(d),
         None => dataflow_models::assets::asset_path("symspell")
             .map_err(|e| StageError::io(format!("{e}; run `scripts/setup-assets` (or `make setup`)")))?,
@@ -168,7 +269,7 @@ fn dictionary_dir(c: &CorrectConfig, ctx: &BuildContext) -> Result<PathBuf, Stag
     Ok(dir)
 }
 
-fn ngram_dir(c: &CorrectConfig, ctx: &BuildContext) -> Result<PathBuf, StageError> {
+fn ngram_dir(c: &NoisyChannelKeys, ctx: &BuildContext) -> Result<PathBuf, StageError> {
     let dir = match &c.ngram_dir {
         Some(d) => ctx.resolve(d),
         None => dataflow_models::assets::asset_path("ngram")
@@ -184,7 +285,7 @@ fn ngram_dir(c: &CorrectConfig, ctx: &BuildContext) -> Result<PathBuf, StageErro
     Ok(dir)
 }
 
-fn build_noisy_channel(c: &CorrectConfig, ctx: &BuildContext) -> Result<Fixer, StageError> {
+fn build_noisy_channel(c: &NoisyChannelKeys, ctx: &BuildContext) -> Result<Fixer, StageError> {
     if !(0.0..=1.0).contains(&c.domain_weight) {
         return Err(StageError::input(format!(
             "`domain_weight` must be in 0–1, got {}",
@@ -196,7 +297,7 @@ fn build_noisy_channel(c: &CorrectConfig, ctx: &BuildContext) -> Result<Fixer, S
             return Err(StageError::input(format!("`ber` must be in 0–0.5, got {b}")));
         }
     }
-    let (ngrams, dict) = (ngram_dir(c, ctx)?, dictionary_dir(c, ctx)?);
+    let (ngrams, dict) = (ngram_dir(c, ctx)?, dictionary_dir(&c.dictionary, ctx)?);
     let t0 = std::time::Instant::now();
     let options = NoisyChannelOptions {
         domain_weight: c.domain_weight,
@@ -208,7 +309,7 @@ fn build_noisy_channel(c: &CorrectConfig, ctx: &BuildContext) -> Result<Fixer, S
     Ok(Fixer::NoisyChannel(Box::new(model)))
 }
 
-fn build_bart(c: &CorrectConfig, ctx: &BuildContext) -> Result<Fixer, StageError> {
+fn build_bart(c: &BartKeys, ctx: &BuildContext) -> Result<Fixer, StageError> {
     if c.beams == Some(0) || c.max_new_tokens == Some(0) {
         return Err(StageError::input(
             "correct: `beams` and `max_new_tokens` must be at least 1 (or left out for the export's settings)",
@@ -235,6 +336,8 @@ impl StageKind for Correct {
     type Config = CorrectConfig;
     const NAME: &'static str = "correct";
     const ROLE: Role = Role::Transform;
+    /// BART corrects a batch of frames in one padded greedy batch; the others go one by one.
+    const BATCH: bool = true;
     const DOC: &'static str =
         "Corrects the received texts (SymSpell compound correction, channel-aware noisy-channel decoding, or BART).";
 
@@ -247,28 +350,103 @@ impl StageKind for Correct {
     }
 
     fn check(c: &Self::Config, ctx: &BuildContext) -> Vec<String> {
-        let found = match c.model {
-            CorrectModel::None => return Vec::new(),
-            CorrectModel::Symspell => dictionary_dir(c, ctx).map(|_| ()),
-            CorrectModel::Bart => bart_dir(c, ctx).map(|_| ()),
-            CorrectModel::NoisyChannel => ngram_dir(c, ctx).and_then(|_| dictionary_dir(c, ctx)).map(|_| ()),
+        let found = match c {
+            CorrectConfig::None(_) => return Vec::new(),
+            CorrectConfig::Symspell(c) => dictionary_dir(&c.dictionary, ctx).map(|_| ()),
+            CorrectConfig::Bart(c) => bart_dir(c, ctx).map(|_| ()),
+            CorrectConfig::NoisyChannel(c) => ngram_dir(c, ctx)
+                .and_then(|_| dictionary_dir(&c.dictionary, ctx))
+                .map(|_| ()),
         };
         found.err().map(|e| vec![e.message]).unwrap_or_default()
     }
 
     fn build(c: &Self::Config, ctx: &BuildContext) -> Result<Built, StageError> {
-        let corrector = match c.model {
-            CorrectModel::None => Fixer::None,
-            CorrectModel::NoisyChannel => build_noisy_channel(c, ctx)?,
-            CorrectModel::Bart => build_bart(c, ctx)?,
-            CorrectModel::Symspell => {
-                let dir = dictionary_dir(c, ctx)?;
+        let corrector = match c {
+            CorrectConfig::None(_) => Fixer::None,
+            CorrectConfig::NoisyChannel(c) => build_noisy_channel(c, ctx)?,
+            CorrectConfig::Bart(c) => build_bart(c, ctx)?,
+            CorrectConfig::Symspell(c) => {
+                let dir = dictionary_dir(&c.dictionary, ctx)?;
                 let t0 = std::time::Instant::now();
                 let corr = Corrector::load_dir(&dir).map_err(|e| StageError::io(format!("{}: {e}", dir.display())))?;
                 tracing::info!(stage = %ctx.stage, words = corr.symspell().word_count(), seconds = t0.elapsed().as_secs_f64(), "SymSpell dictionaries loaded");
                 Fixer::Symspell(Box::new(corr))
             }
         };
-        Ok(Built::Stage(Box::new(Run { corrector, ber: c.ber })))
+        let ber = match c {
+            CorrectConfig::NoisyChannel(c) => c.ber,
+            _ => None,
+        };
+        Ok(Built::Stage(Box::new(Run { corrector, ber })))
+    }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+    use dataflow_engine::{Fields, FrameId, Message, Part};
+
+    fn input(seq: u64, fields: Fields) -> Input {
+        Input::Message {
+            input: 0,
+            msg: Message {
+                id: FrameId { stream: 0, seq },
+                part: Part::WHOLE,
+                captured: std::time::SystemTime::now(),
+                born: std::time::Instant::now(),
+                fields,
+            },
+        }
+    }
+
+    /// BART (greedy) over a batch of three frames, one with neither `text` nor `texts`: that
+    /// one fails alone as an `input` error, the others are emitted.
+    #[test]
+    fn a_bart_batch_with_a_frame_without_text_fails_that_frame_only() {
+        if let Err(e) = dataflow_models::runtime::runtime() {
+            assert!(!dataflow_models::assets::assets_required(), "{e}");
+            println!("skipped: {e}");
+            return;
+        }
+        let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/fixtures/bart");
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = BuildContext {
+            stage: "correct".into(),
+            kind: "correct".into(),
+            replica: 0,
+            replicas: 1,
+            graph: "t".into(),
+            seed: 1,
+            out_dir: dir.path().to_path_buf(),
+            graph_dir: dir.path().to_path_buf(),
+            inputs: vec!["src".into()],
+            restart: dataflow_engine::Restart::OnFailure,
+        };
+        let cfg: CorrectConfig = serde_json::from_value(serde_json::json!({
+            "model": "bart", "model_dir": fixture, "beams": 1, "max_new_tokens": 6,
+            "provider": "cpu", "intra_threads": 1
+        }))
+        .unwrap();
+        let Built::Stage(mut stage) = Correct::build(&cfg, &ctx).unwrap() else {
+            panic!("correct is a stage")
+        };
+        let texts: Arc<[Option<String>]> = Arc::from(vec![Some("teh cat".to_string()), None, Some("a dgo".into())]);
+        let inputs = vec![
+            input(0, Fields::new().with("texts", Value::Texts(texts))),
+            input(1, Fields::new().with("name", Value::Text(Arc::from("no text")))),
+            input(
+                2,
+                Fields::new().with("text", Value::Text(Arc::from("the huose is red"))),
+            ),
+        ];
+        let mut outs: Vec<Outputs> = (0..3).map(|_| Outputs::default()).collect();
+        let results = stage.process_batch(inputs, &mut outs);
+        assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+        let err = results[1].as_ref().unwrap_err();
+        assert_eq!(err.class, "input");
+        assert!(err.message.contains("has neither `texts` nor `text`"), "{err}");
+        let counts: Vec<usize> = outs.iter().map(Outputs::len).collect();
+        assert_eq!(counts, [1, 0, 1]);
     }
 }

@@ -214,6 +214,7 @@ impl StageKind for CsvSink {
     const ROLE: Role = Role::Sink;
     const DOC: &'static str = "One CSV row per frame with its numeric, text and record fields.";
     const ONE_REPLICA: Option<&'static str> = Some("its replicas would all write the same CSV file");
+    const SWEEP: dataflow_engine::SweepRole = dataflow_engine::SweepRole::Rows { key: "path" };
 
     fn ports(_: &Self::Config) -> Ports {
         Ports::default()

@@ -1,4 +1,6 @@
-//! `delay`: sleeps a set time per message, then forwards it (a slow stage for tests).
+//! `delay`: sleeps a set time per call, then forwards its messages (a slow stage for tests
+//! and benchmarks). Unbatched, a call is one message; with `batch = { max, wait_ms }` one
+//! call takes a whole batch and sleeps once, like a model whose cost is per call.
 
 use std::time::Duration;
 
@@ -13,7 +15,7 @@ use serde::Deserialize;
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DelayConfig {
-    /// Milliseconds to sleep per message (0 to one year).
+    /// Milliseconds to sleep per call: per message, or per batch under `batch` (0 to one year).
     #[serde(default)]
     pub ms: f64,
 }
@@ -33,13 +35,28 @@ impl Stage for Run {
         }
         Ok(())
     }
+
+    fn process_batch(&mut self, inputs: Vec<Input>, outs: &mut [Outputs]) -> Vec<Result<(), StageError>> {
+        std::thread::sleep(self.pause);
+        inputs
+            .into_iter()
+            .zip(outs.iter_mut())
+            .map(|(input, out)| {
+                if let Input::Message { msg, .. } = input {
+                    out.emit(msg);
+                }
+                Ok(())
+            })
+            .collect()
+    }
 }
 
 impl StageKind for Delay {
     type Config = DelayConfig;
     const NAME: &'static str = "delay";
     const ROLE: Role = Role::Transform;
-    const DOC: &'static str = "Sleeps `ms` milliseconds per message, then forwards it.";
+    const DOC: &'static str = "Sleeps `ms` milliseconds per call (one message, or one batch), then forwards.";
+    const BATCH: bool = true;
 
     fn ports(_: &Self::Config) -> Ports {
         // Sleeping is blocking work: it runs on the replica's own thread.

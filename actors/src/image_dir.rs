@@ -485,9 +485,20 @@ impl StageKind for ImageDir {
     const NAME: &'static str = "image_dir";
     const ROLE: Role = Role::Source;
     const DOC: &'static str = "Images of a folder (PNG, JPEG, WebP) in name order; `watch = true` follows new files.";
+    const SWEEP: dataflow_engine::SweepRole = dataflow_engine::SweepRole::Images { key: "path" };
 
     fn validate(c: &Self::Config) -> Vec<dataflow_engine::KeyProblem> {
-        dataflow_engine::check_duration_s(c.duration_s).into_iter().collect()
+        let mut problems: Vec<_> = dataflow_engine::check_duration_s(c.duration_s).into_iter().collect();
+        if c.watch && c.repeat != 1 {
+            problems.push(dataflow_engine::KeyProblem {
+                key: "repeat",
+                message: format!(
+                    "`repeat` = {} has no effect with `watch = true` (a watched folder is listed once, then followed); remove `repeat` or set `watch = false`",
+                    c.repeat
+                ),
+            });
+        }
+        problems
     }
 
     fn ports(_: &Self::Config) -> Ports {
@@ -535,5 +546,30 @@ impl StageKind for ImageDir {
             max_pixels: c.max_pixels,
             limits: Limits::new(c),
         })))
+    }
+}
+
+#[cfg(test)]
+mod validate_tests {
+    use dataflow_engine::StageKind;
+
+    use super::{ImageDir, ImageDirConfig};
+
+    fn problems(keys: serde_json::Value) -> Vec<String> {
+        let c: ImageDirConfig = serde_json::from_value(keys).unwrap();
+        ImageDir::validate(&c)
+            .into_iter()
+            .map(|p| format!("{}: {}", p.key, p.message))
+            .collect()
+    }
+
+    #[test]
+    fn repeat_is_refused_with_watch_which_would_ignore_it() {
+        assert_eq!(
+            problems(serde_json::json!({"path": "in", "watch": true, "repeat": 3})),
+            ["repeat: `repeat` = 3 has no effect with `watch = true` (a watched folder is listed once, then followed); remove `repeat` or set `watch = false`"]
+        );
+        assert!(problems(serde_json::json!({"path": "in", "repeat": 3})).is_empty());
+        assert!(problems(serde_json::json!({"path": "in", "watch": true})).is_empty());
     }
 }

@@ -81,6 +81,10 @@ impl StageKind for ImageSink {
     const NAME: &'static str = "image_sink";
     const ROLE: Role = Role::Sink;
     const DOC: &'static str = "Writes an image field of every frame as PNG under the run's output folder.";
+    const SWEEP: dataflow_engine::SweepRole = dataflow_engine::SweepRole::ImageFiles {
+        key: "field",
+        default: "image",
+    };
 
     fn ports(c: &Self::Config) -> Ports {
         // PNG encoding is CPU work: keep it off the async threads.

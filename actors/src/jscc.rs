@@ -126,6 +126,10 @@ impl StageKind for Jscc {
         "Deep JSCC baseline: CNN encoder, power-normalised symbols over fading and AWGN, equalisation, CNN decoder.";
     const CHANNEL: bool = true;
 
+    fn describe(c: &Self::Config) -> Option<String> {
+        Some(format!("deep JSCC ({})", c.model_dir.display()))
+    }
+
     fn ports(_: &Self::Config) -> Ports {
         Ports {
             outputs: vec![OutPort::passing(

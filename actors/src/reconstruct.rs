@@ -28,6 +28,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use dataflow_engine::tagged::Tagged;
 use dataflow_engine::{
     BuildContext, Built, Image, Input, OutPort, Outputs, Part, Ports, Role, Stage, StageError, StageKind, Value,
 };
@@ -40,65 +41,119 @@ use image::imageops::{self, FilterType};
 use image::RgbImage;
 use rand::RngCore;
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use crate::util::merge_joined;
 
-/// Reconstruction models.
-#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum ReconstructModel {
-    /// Background from the text's colour words, object slice on top (offline tier).
-    Composite,
+/// Keys of `reconstruct`, by model.
+#[derive(Debug, JsonSchema)]
+#[serde(tag = "model", rename_all = "snake_case")]
+#[schemars(transform = dataflow_engine::tagged::mark_default::<ReconstructConfig>)]
+pub enum ReconstructConfig {
+    /// Background from the text's colour words, object slice on top (offline tier; the default).
+    Composite(CompositeKeys),
     /// Stable Diffusion 1.5 + IP-Adapter (paper tier, exported by `models/export/sd_ip_adapter.py`).
-    SdIpAdapter,
+    SdIpAdapter(SdIpAdapterKeys),
     /// The received thumbnail upscaled by ESRGAN-slim, object slice on top (`thumbnail_sr.rs`).
-    ThumbnailSr,
+    ThumbnailSr(ThumbnailSrKeys),
 }
 
-/// Keys of `reconstruct`.
+impl Tagged for ReconstructConfig {
+    const DEFAULT: &'static str = "composite";
+    const MODELS: &'static [&'static str] = &["composite", "sd_ip_adapter", "thumbnail_sr"];
+    fn model<'de, D: Deserializer<'de>>(model: &str, keys: D) -> Result<Self, D::Error> {
+        match model {
+            "sd_ip_adapter" => SdIpAdapterKeys::deserialize(keys).map(Self::SdIpAdapter),
+            "thumbnail_sr" => ThumbnailSrKeys::deserialize(keys).map(Self::ThumbnailSr),
+            _ => CompositeKeys::deserialize(keys).map(Self::Composite),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ReconstructConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        dataflow_engine::tagged::deserialize(d)
+    }
+}
+
+impl ReconstructConfig {
+    /// The keys every model has.
+    pub fn common(&self) -> &ReconstructCommon {
+        match self {
+            ReconstructConfig::Composite(k) => &k.common,
+            ReconstructConfig::SdIpAdapter(k) => &k.common,
+            ReconstructConfig::ThumbnailSr(k) => &k.common,
+        }
+    }
+}
+
+/// Keys of `reconstruct` whatever the model.
 #[derive(Debug, Deserialize, JsonSchema)]
-pub struct ReconstructConfig {
-    /// Which reconstructor.
-    #[serde(default = "default_model")]
-    pub model: ReconstructModel,
+pub struct ReconstructCommon {
     /// How long to wait for the texts or the slice of a frame.
     #[serde(default = "default_timeout")]
     pub timeout_ms: u64,
     /// Output size when the frame does not say (`[width, height]`).
     #[serde(default = "default_size")]
     pub size: [u32; 2],
-    /// SD: the export folder (default `assets/models/sd15_ip`).
+}
+
+/// Keys of `model = "composite"`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct CompositeKeys {
+    /// Keys of every model.
+    #[serde(flatten)]
+    pub common: ReconstructCommon,
+}
+
+/// Keys of `model = "thumbnail_sr"`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ThumbnailSrKeys {
+    /// Keys of every model.
+    #[serde(flatten)]
+    pub common: ReconstructCommon,
+    /// ONNX Runtime session options of ESRGAN-slim (provider, device_id, intra_threads, arena_limit_bytes).
+    #[serde(flatten)]
+    pub session: SessionOptions,
+}
+
+/// Keys of `model = "sd_ip_adapter"`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct SdIpAdapterKeys {
+    /// Keys of every model.
+    #[serde(flatten)]
+    pub common: ReconstructCommon,
+    /// The export folder (default `assets/models/sd15_ip`).
     #[serde(default)]
     pub model_dir: Option<PathBuf>,
-    /// SD: denoising steps.
+    /// Denoising steps.
     #[serde(default = "default_steps")]
     pub steps: usize,
-    /// SD: classifier-free guidance scale (no guidance at 1 or less).
+    /// Classifier-free guidance scale (no guidance at 1 or less).
     #[serde(default = "default_guidance")]
     pub guidance_scale: f32,
-    /// SD: λ of eq. 10, the weight of the image prompt (0 = text to image).
+    /// λ of eq. 10, the weight of the image prompt (0 = text to image).
     #[serde(default = "default_ip_scale")]
     pub ip_scale: f32,
-    /// SD: `ddim` or `euler_ancestral`.
+    /// `ddim` or `euler_ancestral`.
     #[serde(default = "default_scheduler")]
     pub scheduler: SchedulerKind,
-    /// SD: img2img strength from the `composite` reconstruction (0 = from pure noise).
+    /// img2img strength from the `composite` reconstruction (0 = from pure noise).
     #[serde(default)]
     pub strength: f32,
-    /// SD: a fixed noise seed for every frame (default: from the graph seed, stage and frame).
+    /// A fixed noise seed for every frame (default: from the graph seed, stage and frame).
     #[serde(default)]
     pub seed: Option<u64>,
-    /// SD: generation size `[width, height]`, positive multiples of 8 (default: the export's,
+    /// Generation size `[width, height]`, positive multiples of 8 (default: the export's,
     /// 512×512; exports made before `size_multiple` in `export.json` need multiples of 64).
     #[serde(default)]
     pub generate_size: Option<[u32; 2]>,
-    /// SD: how the tile captions become the text prompt: `concat` (each caption encoded on its
+    /// How the tile captions become the text prompt: `concat` (each caption encoded on its
     /// own, states concatenated), `regional` (tile k's caption draws tile k's region) or
     /// `truncate` (joined and cut at 77 CLIP tokens, with a warning).
     #[serde(default)]
     pub prompt_mode: PromptMode,
-    /// SD, `prompt_mode = "regional"`: β in [0, 1], the global prompt's (all captions) share of
+    /// `prompt_mode = "regional"`: β in [0, 1], the global prompt's (all captions) share of
     /// the noise prediction inside a captioned tile.
     #[serde(default = "default_global_weight")]
     pub global_weight: f32,
@@ -123,9 +178,6 @@ fn default_scheduler() -> SchedulerKind {
     SchedulerKind::Ddim
 }
 
-fn default_model() -> ReconstructModel {
-    ReconstructModel::Composite
-}
 fn default_timeout() -> u64 {
     30_000
 }
@@ -232,50 +284,34 @@ impl StageKind for Reconstruct {
     const DOC: &'static str = "Rebuilds the frame from the corrected texts and the received object slice.";
 
     fn validate(c: &Self::Config) -> Vec<dataflow_engine::KeyProblem> {
-        dataflow_engine::check_timeout_ms("timeout_ms", c.timeout_ms)
+        let mut problems: Vec<_> = dataflow_engine::check_timeout_ms("timeout_ms", c.common().timeout_ms)
             .into_iter()
-            .chain(dataflow_engine::check_range(
-                "global_weight",
-                f64::from(c.global_weight),
-                0.0,
-                1.0,
-                "(the global prompt's share)",
-            ))
-            .chain(c.generate_size.and_then(|[w, h]| {
-                (w == 0 || h == 0 || !w.is_multiple_of(8) || !h.is_multiple_of(8)).then(|| {
-                    dataflow_engine::KeyProblem {
-                        key: "generate_size",
-                        message: format!(
-                            "`generate_size` = [{w}, {h}]: both sides must be positive multiples of 8 px \
-                         (SD's latent is 1/8 of the image), e.g. [{}, {}]",
-                            (w / 8 * 8).max(8),
-                            (h / 8 * 8).max(8)
-                        ),
-                    }
-                })
-            }))
-            .collect()
+            .collect();
+        if let ReconstructConfig::SdIpAdapter(c) = c {
+            problems.extend(validate_sd(c));
+        }
+        problems
     }
 
     fn ports(c: &Self::Config) -> Ports {
         Ports {
             outputs: vec![OutPort::passing("out", &["image"])],
-            requires: vec![if c.model == ReconstructModel::ThumbnailSr {
+            requires: vec![if matches!(c, ReconstructConfig::ThumbnailSr(_)) {
                 "thumbnail_lost"
             } else {
                 "corrected"
             }
             .into()],
-            join: Some(Duration::from_millis(c.timeout_ms.max(1))),
+            join: Some(Duration::from_millis(c.common().timeout_ms.max(1))),
             heavy: true,
         }
     }
 
     fn check(c: &Self::Config, ctx: &BuildContext) -> Vec<String> {
-        match c.model {
-            ReconstructModel::Composite => Vec::new(),
-            ReconstructModel::ThumbnailSr => crate::thumbnail_sr::check(ctx),
-            ReconstructModel::SdIpAdapter => match sd_dir(c, ctx) {
+        match c {
+            ReconstructConfig::Composite(_) => Vec::new(),
+            ReconstructConfig::ThumbnailSr(_) => crate::thumbnail_sr::check(ctx),
+            ReconstructConfig::SdIpAdapter(c) => match sd_dir(c, ctx) {
                 Err(e) => vec![e.message],
                 Ok(dir) => check_generate_size(c, &dir),
             },
@@ -283,10 +319,10 @@ impl StageKind for Reconstruct {
     }
 
     fn build(c: &Self::Config, ctx: &BuildContext) -> Result<Built, StageError> {
-        let diffusion = match c.model {
-            ReconstructModel::Composite => None,
-            ReconstructModel::ThumbnailSr => return crate::thumbnail_sr::build(c, ctx),
-            ReconstructModel::SdIpAdapter => {
+        let diffusion = match c {
+            ReconstructConfig::Composite(_) => None,
+            ReconstructConfig::ThumbnailSr(c) => return crate::thumbnail_sr::build(c, ctx),
+            ReconstructConfig::SdIpAdapter(c) => {
                 if c.steps == 0 || !(0.0..=1.0).contains(&c.strength) {
                     return Err(StageError::input("`steps` must be at least 1 and `strength` in [0, 1]"));
                 }
@@ -314,14 +350,14 @@ impl StageKind for Reconstruct {
             }
         };
         Ok(Built::Stage(Box::new(Run {
-            size: c.size,
+            size: c.common().size,
             diffusion,
         })))
     }
 }
 
 /// `generate_size` against the export's `size_multiple` (read from `export.json` only).
-fn check_generate_size(c: &ReconstructConfig, dir: &std::path::Path) -> Vec<String> {
+fn check_generate_size(c: &SdIpAdapterKeys, dir: &std::path::Path) -> Vec<String> {
     let checked = sd::read_export(dir).and_then(|e| e.check_size(c.generate_size.unwrap_or(e.size)));
     match checked {
         Ok(()) => Vec::new(),
@@ -332,7 +368,30 @@ fn check_generate_size(c: &ReconstructConfig, dir: &std::path::Path) -> Vec<Stri
     }
 }
 
-fn sd_dir(c: &ReconstructConfig, ctx: &BuildContext) -> Result<PathBuf, StageError> {
+/// The SD-only key values validation refuses.
+fn validate_sd(c: &SdIpAdapterKeys) -> impl Iterator<Item = dataflow_engine::KeyProblem> {
+    dataflow_engine::check_range(
+        "global_weight",
+        f64::from(c.global_weight),
+        0.0,
+        1.0,
+        "(the global prompt's share)",
+    )
+    .into_iter()
+    .chain(c.generate_size.and_then(|[w, h]| {
+        (w == 0 || h == 0 || !w.is_multiple_of(8) || !h.is_multiple_of(8)).then(|| dataflow_engine::KeyProblem {
+            key: "generate_size",
+            message: format!(
+                "`generate_size` = [{w}, {h}]: both sides must be positive multiples of 8 px \
+                 (SD's latent is 1/8 of the image), e.g. [{}, {}]",
+                (w / 8 * 8).max(8),
+                (h / 8 * 8).max(8)
+            ),
+        })
+    }))
+}
+
+fn sd_dir(c: &SdIpAdapterKeys, ctx: &BuildContext) -> Result<PathBuf, StageError> {
     let explicit = c.model_dir.as_deref().map(|d| ctx.resolve(d));
     sd::locate_export(explicit.as_deref())
         .map_err(|e| StageError::io(format!("reconstruct model = \"sd_ip_adapter\": {e}")))
@@ -343,6 +402,13 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    fn sd_keys(size: [u32; 2]) -> SdIpAdapterKeys {
+        match sd_config(size) {
+            ReconstructConfig::SdIpAdapter(k) => k,
+            other => panic!("not the SD model: {other:?}"),
+        }
+    }
 
     fn sd_config(size: [u32; 2]) -> ReconstructConfig {
         serde_json::from_value(serde_json::json!({"model": "sd_ip_adapter", "generate_size": size})).unwrap()
@@ -366,18 +432,18 @@ mod tests {
         let dir = export_dir(false);
         assert!(Reconstruct::validate(&sd_config([520, 520])).is_empty());
         assert_eq!(
-            check_generate_size(&sd_config([520, 520]), dir.path()),
+            check_generate_size(&sd_keys([520, 520]), dir.path()),
             Vec::<String>::new()
         );
         let old = export_dir(true);
-        let problems = check_generate_size(&sd_config([520, 520]), old.path());
+        let problems = check_generate_size(&sd_keys([520, 520]), old.path());
         assert_eq!(problems.len(), 1, "{problems:?}");
         let msg = &problems[0];
         for want in ["generate_size", "multiples of 64", "512 or 576", "sd_ip_adapter.py"] {
             assert!(msg.contains(want), "{want} in {msg}");
         }
         assert!(msg.contains(&old.path().display().to_string()), "{msg}");
-        assert!(check_generate_size(&sd_config([512, 576]), old.path()).is_empty());
+        assert!(check_generate_size(&sd_keys([512, 576]), old.path()).is_empty());
     }
 
     #[test]

@@ -23,7 +23,7 @@ use dataflow_models::esrgan::{self, Upscaler};
 use image::imageops::{self, FilterType};
 use image::RgbImage;
 
-use crate::reconstruct::ReconstructConfig;
+use crate::reconstruct::ThumbnailSrKeys;
 use crate::util::merge_joined;
 
 /// The ESRGAN-slim networks, by scale, and the output size of frames that do not say it.
@@ -43,7 +43,7 @@ pub fn check(ctx: &BuildContext) -> Vec<String> {
 }
 
 /// Loads the four networks; see the module docs.
-pub fn build(c: &ReconstructConfig, ctx: &BuildContext) -> Result<Built, StageError> {
+pub fn build(c: &ThumbnailSrKeys, ctx: &BuildContext) -> Result<Built, StageError> {
     let mut upscalers = BTreeMap::new();
     for scale in esrgan::SCALES {
         let path = crate::util::model_file(None, &esrgan::model_file(scale), ctx)?;
@@ -54,7 +54,7 @@ pub fn build(c: &ReconstructConfig, ctx: &BuildContext) -> Result<Built, StageEr
     tracing::info!(stage = %ctx.stage, scales = ?esrgan::SCALES, "ESRGAN-slim loaded");
     Ok(Built::Stage(Box::new(Run {
         upscalers,
-        size: c.size,
+        size: c.common.size,
         stage: ctx.stage.clone(),
     })))
 }

@@ -333,6 +333,7 @@ mod tests {
             out_dir: dir.path().to_path_buf(),
             graph_dir: dir.path().to_path_buf(),
             inputs: vec!["src".into()],
+            restart: dataflow_engine::Restart::OnFailure,
         };
         let cfg: VideoSinkConfig = serde_json::from_str("{}").unwrap();
         let Built::Stage(mut stage) = VideoSink::build(&cfg, &ctx).unwrap() else {

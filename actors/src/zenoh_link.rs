@@ -46,8 +46,8 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver as ChanRx, RecvTimeoutError, Sender as ChanTx};
 use dataflow_engine::registry::Configured;
 use dataflow_engine::{
-    Bridges, BuildContext, Built, CrossingEdge, Input, MachineSpec, Outputs, Plan, Ports, Source, SourceItem, Stage,
-    StageError, StopFlag, WhenFull,
+    BridgeError, Bridges, BuildContext, Built, CrossingEdge, Input, MachineSpec, Outputs, Plan, Ports, Source,
+    SourceItem, Stage, StageError, StopFlag, TlsSpec, WhenFull,
 };
 use dataflow_monitoring::names;
 use serde::{Deserialize, Serialize};
@@ -97,6 +97,9 @@ enum Control {
     Ack { rx: u64, epoch: u64, next: u64 },
     /// Ctrl-C on the receiving machine: end the sources.
     Stop { rx: u64 },
+    /// Under `block`, a sequence gap (zenoh lost samples when its connection dropped):
+    /// send everything not acknowledged again from `from` (go-back-N).
+    Resend { rx: u64, epoch: u64, from: u64 },
 }
 
 /// Reads a control message of the ack key; the error says what was ignored and why.
@@ -158,6 +161,16 @@ fn resolve(graph_dir: &Path, p: &Path) -> PathBuf {
 /// The zenoh configuration of `machine` in `plan`: explicit endpoints, no multicast
 /// scouting, reconnection with backoff, TLS files where given.
 pub fn zenoh_config(plan: &Plan, machine: &str) -> Result<zenoh::Config, LinkError> {
+    config(plan, machine, true)
+}
+
+/// What `dataflow validate` checks of `machine`: [`zenoh_config`] without looking for
+/// the TLS files, which only that machine holds (each has its own key).
+pub fn check_config(plan: &Plan, machine: &str) -> Result<(), LinkError> {
+    config(plan, machine, false).map(|_| ())
+}
+
+fn config(plan: &Plan, machine: &str, files: bool) -> Result<zenoh::Config, LinkError> {
     let file = plan.file.display().to_string();
     let err = |message: String| LinkError::Config {
         file: file.clone(),
@@ -215,32 +228,77 @@ pub fn zenoh_config(plan: &Plan, machine: &str) -> Result<zenoh::Config, LinkErr
         "connect/retry",
         "{ period_init_ms: 250, period_max_ms: 4000, period_increase_factor: 2 }".into(),
     )?;
+    check_tls_endpoints(machine, spec, &connect).map_err(err)?;
     if let Some(tls) = &spec.tls {
-        let path = |p: &Path| -> Result<String, LinkError> {
-            let r = resolve(&plan.graph_dir, p);
-            if !r.exists() {
-                return Err(err(format!("TLS file {} does not exist", r.display())));
-            }
-            Ok(serde_json::to_string(&r.display().to_string()).unwrap_or_default())
-        };
-        if let Some(ca) = &tls.root_ca {
-            set("transport/link/tls/root_ca_certificate", path(ca)?)?;
-        }
-        if let Some(cert) = &tls.cert {
-            let p = path(cert)?;
-            set("transport/link/tls/listen_certificate", p.clone())?;
-            set("transport/link/tls/connect_certificate", p)?;
-        }
-        if let Some(key) = &tls.key {
-            let p = path(key)?;
-            set("transport/link/tls/listen_private_key", p.clone())?;
-            set("transport/link/tls/connect_private_key", p)?;
-        }
-        if tls.mtls {
-            set("transport/link/tls/enable_mtls", "true".into())?;
+        for (key, value) in tls_settings(plan, tls, files).map_err(err)? {
+            set(key, value)?;
         }
     }
     Ok(c)
+}
+
+/// With `tls`, every endpoint of the machine is `tls/...` (a `tcp/` one would let in
+/// anyone who reaches the port); a `tls/` endpoint needs `tls`.
+fn check_tls_endpoints(machine: &str, spec: &MachineSpec, connect: &[String]) -> Result<(), String> {
+    for e in spec.listen.iter().chain(connect) {
+        let is_tls = e.starts_with("tls/");
+        if spec.tls.is_some() && !is_tls {
+            return Err(format!(
+                "endpoint `{e}` is not encrypted while this machine has `tls`: write it as `tls/{}` \
+                 (a plain endpoint would let in anyone who reaches the port)",
+                e.split_once('/').map(|(_, a)| a).unwrap_or(e)
+            ));
+        }
+        if spec.tls.is_none() && is_tls {
+            return Err(format!(
+                "endpoint `{e}` is TLS but [machines.{machine}] has no `tls`: add \
+                 tls = {{ root_ca = \"certs/ca.pem\", cert = \"certs/{machine}.pem\", key = \"certs/{machine}-key.pem\" }} \
+                 (scripts/make-certs makes them)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// zenoh's TLS keys for `tls`: always mutual — each side shows a certificate signed by
+/// `root_ca` and checks the other's, so only machines holding one get in.
+fn tls_settings(plan: &Plan, tls: &TlsSpec, files: bool) -> Result<Vec<(&'static str, String)>, String> {
+    let missing: Vec<&str> = [
+        ("root_ca", tls.root_ca.is_none()),
+        ("cert", tls.cert.is_none()),
+        ("key", tls.key.is_none()),
+    ]
+    .into_iter()
+    .filter_map(|(k, absent)| absent.then_some(k))
+    .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "`tls` lacks {}: mutual TLS needs the private CA's certificate (root_ca) and this machine's \
+             certificate and key; `scripts/make-certs` makes all three",
+            missing.join(", ")
+        ));
+    }
+    let path = |p: &Option<PathBuf>| -> Result<String, String> {
+        let r = resolve(&plan.graph_dir, p.as_deref().unwrap_or(Path::new("")));
+        if files && !r.is_file() {
+            let given = p.as_deref().unwrap_or(Path::new("")).display().to_string();
+            return Err(format!(
+                "TLS file `{given}` not found (looked in the current folder and at {}): make the \
+                 certificates with `scripts/make-certs` and copy this machine's to it",
+                r.display()
+            ));
+        }
+        Ok(serde_json::to_string(&r.display().to_string()).unwrap_or_default())
+    };
+    let (ca, cert, key) = (path(&tls.root_ca)?, path(&tls.cert)?, path(&tls.key)?);
+    Ok(vec![
+        ("transport/link/tls/root_ca_certificate", ca),
+        ("transport/link/tls/listen_certificate", cert.clone()),
+        ("transport/link/tls/connect_certificate", cert),
+        ("transport/link/tls/listen_private_key", key.clone()),
+        ("transport/link/tls/connect_private_key", key),
+        ("transport/link/tls/enable_mtls", "true".into()),
+    ])
 }
 
 /// The zenoh side of one process of a distributed run: one session, the bridges
@@ -315,10 +373,10 @@ impl Bridges for ZenohBridges {
     fn receiver_kind(&self) -> &'static str {
         "zenoh_recv"
     }
-    fn sender(&self, edge: &CrossingEdge) -> Result<Arc<dyn Configured>, String> {
+    fn sender(&self, edge: &CrossingEdge) -> Result<Arc<dyn Configured>, BridgeError> {
         Ok(Arc::new(self.link(edge, true)))
     }
-    fn receiver(&self, edge: &CrossingEdge) -> Result<Arc<dyn Configured>, String> {
+    fn receiver(&self, edge: &CrossingEdge) -> Result<Arc<dyn Configured>, BridgeError> {
         Ok(Arc::new(self.link(edge, false)))
     }
 }
@@ -499,6 +557,19 @@ impl LinkSender {
                     self.queue.pop_front();
                 }
                 self.acked = self.acked.max(next);
+            }
+            Control::Resend { rx, epoch, from } => {
+                if epoch != self.epoch || self.receiver != Some(rx) {
+                    return;
+                }
+                let mut n = 0u64;
+                for e in self.queue.iter_mut().filter(|e| e.seq >= from && e.sent) {
+                    e.sent = false;
+                    n += 1;
+                }
+                self.metrics.resent.increment(n);
+                tracing::warn!(link = %self.key, machine = %self.edge.to_machine, from, resend = n,
+                    "the receiver missed messages (the connection dropped?): sending them again");
             }
             Control::Stop { .. } => {
                 if !self.stop.is_set() {
@@ -693,6 +764,8 @@ enum AckEvent {
     Done { epoch: u64, seq: u64 },
     /// Ctrl-C here: ask the transmitter to end its sources.
     Stop,
+    /// A gap under `block`: ask for everything from `from` again.
+    Resend { epoch: u64, from: u64 },
 }
 
 /// Cumulative acknowledgement of one transmitter epoch.
@@ -764,6 +837,7 @@ fn ack_loop(
                     match events.try_recv() {
                         Ok(AckEvent::Done { epoch, seq }) => event = Some((epoch, seq)),
                         Ok(AckEvent::Stop) => stop = true,
+                        Ok(AckEvent::Resend { epoch, from }) => put(Control::Resend { rx, epoch, from }),
                         Ok(AckEvent::Start { epoch, base }) => {
                             tracker = Some(Tracker {
                                 epoch,
@@ -787,6 +861,7 @@ fn ack_loop(
                 }
             }
             Ok(AckEvent::Stop) => put(Control::Stop { rx }),
+            Ok(AckEvent::Resend { epoch, from }) => put(Control::Resend { rx, epoch, from }),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
         }
@@ -813,6 +888,8 @@ struct LinkReceiver {
     expected: Option<(u64, u64)>,
     /// Sequence numbers found missing, in case they arrive late (bounded).
     missing: BTreeSet<u64>,
+    /// Under `block`: the sequence number last asked for again, and when.
+    asked: Option<(u64, Instant)>,
     tx_present: Arc<AtomicBool>,
     /// The presence last reported in the log.
     tx_seen: bool,
@@ -871,6 +948,7 @@ impl LinkReceiver {
             events,
             expected: None,
             missing: BTreeSet::new(),
+            asked: None,
             tx_present,
             tx_seen: false,
             stop_sent: false,
@@ -902,6 +980,20 @@ impl LinkReceiver {
             }
             return false;
         }
+        if seq > next && self.edge.when_full == WhenFull::Block {
+            // Under `block` nothing may be lost: zenoh dropped samples with its connection,
+            // so ask for them again (at most every 300 ms) and skip what comes before them.
+            let due = self
+                .asked
+                .is_none_or(|(from, t)| from != next || t.elapsed() >= Duration::from_millis(300));
+            if due {
+                self.asked = Some((next, Instant::now()));
+                tracing::warn!(link = %self.key, from = next, got = seq,
+                    "sequence gap under `block`: asked the transmitter to send again from {next}");
+                let _ = self.events.send(AckEvent::Resend { epoch, from: next });
+            }
+            return false;
+        }
         if seq > next {
             let lost = seq - next;
             self.metrics.lost.increment(lost);
@@ -916,6 +1008,18 @@ impl LinkReceiver {
         }
         self.expected = Some((epoch, seq + 1));
         true
+    }
+
+    /// A request to send again may itself be lost with the connection: repeat it
+    /// every 300 ms while the gap stays open.
+    fn ask_again(&mut self) {
+        let (Some((from, t)), Some((epoch, next))) = (self.asked, self.expected) else {
+            return;
+        };
+        if from == next && t.elapsed() >= Duration::from_millis(300) {
+            self.asked = Some((from, Instant::now()));
+            let _ = self.events.send(AckEvent::Resend { epoch, from });
+        }
     }
 
     fn notice_waiting(&mut self) {
@@ -996,7 +1100,10 @@ impl Source for LinkReceiver {
                     tracing::info!(link = %self.key, frames = seq, "end of stream from machine `{}`", self.edge.from_machine);
                     return SourceItem::End;
                 }
-                Err(RecvTimeoutError::Timeout) => self.notice_waiting(),
+                Err(RecvTimeoutError::Timeout) => {
+                    self.ask_again();
+                    self.notice_waiting();
+                }
                 Err(RecvTimeoutError::Disconnected) => return SourceItem::End,
             }
         }

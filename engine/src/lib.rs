@@ -5,6 +5,8 @@
 //! - [`message`]: frames, parts and shared payloads.
 //! - [`stage`]: the [`stage::StageKind`], [`stage::Stage`] and [`stage::Source`] traits.
 //! - [`registry`]: stage kinds by name, type-erased.
+//! - [`sweep_role`]: what a kind's stages mean to `dataflow sweep`, declared by the kind.
+//! - [`tagged`]: configs with one set of keys per model (`model = "..."`).
 //! - [`graph`]: graph files with positions, overrides and diagnostics.
 //! - [`plan`]: validation into a [`plan::Plan`].
 //! - [`partition`]: one machine's part of a distributed graph, with bridges for the
@@ -22,12 +24,15 @@ pub mod registry;
 pub mod render;
 pub mod runtime;
 pub mod stage;
+pub mod sweep_role;
+pub mod tagged;
 
 pub use graph::{Diagnostic, Diagnostics, GraphSource, Override};
 pub use message::{Fields, FrameId, Image, Message, Part, PixelFormat, Rect, Value};
-pub use partition::{Bridges, CrossingEdge, PartitionError};
+pub use partition::{BridgeError, Bridges, CrossingEdge, PartitionError};
 pub use plan::{plan, MachineSpec, Plan, Restart, TlsSpec, WhenFull};
 pub use registry::Registry;
+pub use sweep_role::SweepRole;
 pub use runtime::{run, RunError, RunEvent, RunOptions, RunSummary};
 pub use stage::{
     check_duration_s, check_range, check_range_opt, check_timeout_ms, BuildContext, Built, Input, Joined, KeyProblem,

@@ -52,10 +52,31 @@ pub trait Bridges {
     fn receiver_kind(&self) -> &'static str;
     /// The sink that takes the producer's messages and sends them to the other machine.
     /// Its ports must mark it `heavy` when sending may block (it usually does).
-    fn sender(&self, edge: &CrossingEdge) -> Result<Arc<dyn Configured>, String>;
+    fn sender(&self, edge: &CrossingEdge) -> Result<Arc<dyn Configured>, BridgeError>;
     /// The source that receives them on the consumer's machine; it yields
     /// [`crate::SourceItem::Forward`] messages.
-    fn receiver(&self, edge: &CrossingEdge) -> Result<Arc<dyn Configured>, String>;
+    fn receiver(&self, edge: &CrossingEdge) -> Result<Arc<dyn Configured>, BridgeError>;
+}
+
+/// Why a transport could not make one end of a crossing edge.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{what}")]
+pub struct BridgeError {
+    /// What went wrong and what to do, for the user.
+    pub what: String,
+    /// The transport's own error, when there is one.
+    #[source]
+    pub source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl BridgeError {
+    /// An error with the transport's `source`.
+    pub fn new(what: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        BridgeError {
+            what: what.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
 }
 
 /// Why a graph could not be cut for a machine.
@@ -92,7 +113,7 @@ pub enum PartitionError {
         placed: String,
     },
     /// The transport could not make a bridge.
-    #[error("{file}: edge `{edge}` ({from_machine} -> {to_machine}): {message}")]
+    #[error("{file}: edge `{edge}` ({from_machine} -> {to_machine}): {source}")]
     Bridge {
         /// Graph file.
         file: String,
@@ -103,7 +124,8 @@ pub enum PartitionError {
         /// Consumer's machine.
         to_machine: String,
         /// What the transport said.
-        message: String,
+        #[source]
+        source: Box<BridgeError>,
     },
 }
 
@@ -199,12 +221,12 @@ impl Plan {
             .map(|s| s.machine.as_deref() == Some(machine))
             .collect();
         let crossing = self.crossing_edges();
-        let bridge_err = |e: &CrossingEdge, message: String| PartitionError::Bridge {
+        let bridge_err = |e: &CrossingEdge, source: BridgeError| PartitionError::Bridge {
             file: file.clone(),
             edge: e.stage_id(),
             from_machine: e.from_machine.clone(),
             to_machine: e.to_machine.clone(),
-            message,
+            source: Box::new(source),
         };
 
         // New order: receiving bridges (sources), the local stages in plan order,
@@ -239,6 +261,7 @@ impl Plan {
                 replicas: 1,
                 restart: crate::plan::Restart::Never,
                 machine: Some(machine.into()),
+                batch: None,
                 stream: u32::MAX - k as u32,
             });
         }
@@ -280,6 +303,7 @@ impl Plan {
                 replicas: 1,
                 restart: crate::plan::Restart::Never,
                 machine: Some(machine.into()),
+                batch: None,
                 stream: 0,
             });
         }

@@ -1,10 +1,14 @@
 //! The registry of stage kinds, type-erased so a graph can name any of them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+use serde::de::value::MapDeserializer;
+
 use crate::stage::{BuildContext, Built, KeyProblem, Ports, Role, StageError, StageKind};
+use crate::sweep_role::SweepRole;
+use crate::tagged::{Models, TAG};
 
 /// A config that has been deserialised for its kind; it can describe its ports and build replicas.
 pub trait Configured: Send + Sync {
@@ -18,6 +22,10 @@ pub trait Configured: Send + Sync {
     fn check(&self, ctx: &BuildContext) -> Vec<String>;
     /// Builds one replica.
     fn build(&self, ctx: &BuildContext) -> Result<Built, StageError>;
+    /// What stands in for what, for a sweep's report ([`StageKind::describe`]).
+    fn describe(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Why a stage's keys did not deserialise.
@@ -44,10 +52,14 @@ pub trait ErasedKind: Send + Sync {
     fn one_replica(&self) -> Option<&'static str>;
     /// Whether the kind takes the reserved `batch` key ([`StageKind::BATCH`]).
     fn batch(&self) -> bool;
+    /// The part its stages play in `dataflow sweep` ([`StageKind::SWEEP`]).
+    fn sweep(&self) -> SweepRole;
     /// JSON Schema of the kind's own keys.
     fn schema(&self) -> serde_json::Value;
-    /// Names of the kind's own keys.
+    /// Names of the kind's own keys (of every model, for a [`crate::tagged::Tagged`] config).
     fn keys(&self) -> Vec<String>;
+    /// Each model's keys, for a kind whose config is [`crate::tagged::Tagged`] on `model`.
+    fn models(&self) -> Option<Models>;
     /// Deserialises the kind's keys strictly.
     fn configure(&self, table: toml::Table) -> Result<Arc<dyn Configured>, ConfigError>;
 }
@@ -56,6 +68,8 @@ struct Adapter<K>(PhantomData<fn() -> K>);
 
 struct ConfiguredAdapter<K: StageKind> {
     config: K::Config,
+    /// The model of a tagged config.
+    model: Option<String>,
 }
 
 impl<K: StageKind> Configured for ConfiguredAdapter<K> {
@@ -70,6 +84,9 @@ impl<K: StageKind> Configured for ConfiguredAdapter<K> {
     }
     fn build(&self, ctx: &BuildContext) -> Result<Built, StageError> {
         K::build(&self.config, ctx)
+    }
+    fn describe(&self) -> Option<String> {
+        K::describe(&self.config).or_else(|| self.model.clone())
     }
 }
 
@@ -92,20 +109,44 @@ impl<K: StageKind> ErasedKind for Adapter<K> {
     fn batch(&self) -> bool {
         K::BATCH
     }
+    fn sweep(&self) -> SweepRole {
+        K::SWEEP
+    }
     fn schema(&self) -> serde_json::Value {
         serde_json::to_value(schemars::schema_for!(K::Config)).unwrap_or_default()
     }
     fn keys(&self) -> Vec<String> {
-        self.schema()
+        let schema = self.schema();
+        if let Some(models) = Models::of_schema(&schema) {
+            let all: BTreeSet<String> = models.keys.into_values().flatten().collect();
+            return all.into_iter().collect();
+        }
+        schema
             .get("properties")
             .and_then(|p| p.as_object())
             .map(|p| p.keys().cloned().collect())
             .unwrap_or_default()
     }
+    fn models(&self) -> Option<Models> {
+        Models::of_schema(&self.schema())
+    }
     fn configure(&self, table: toml::Table) -> Result<Arc<dyn Configured>, ConfigError> {
-        let de = toml::Value::Table(table);
-        match serde_path_to_error::deserialize::<_, K::Config>(de) {
-            Ok(config) => Ok(Arc::new(ConfiguredAdapter::<K> { config })),
+        let (result, model) = match self.models() {
+            None => (
+                serde_path_to_error::deserialize::<_, K::Config>(toml::Value::Table(table)),
+                None,
+            ),
+            Some(models) => {
+                let model = match table.get(TAG) {
+                    Some(toml::Value::String(m)) => m.clone(),
+                    _ => models.default.clone(),
+                };
+                let de = tag_first(table, &models.default);
+                (serde_path_to_error::deserialize::<_, K::Config>(de), Some(model))
+            }
+        };
+        match result {
+            Ok(config) => Ok(Arc::new(ConfiguredAdapter::<K> { config, model })),
             Err(e) => {
                 let path = e.path().to_string();
                 let path = if path == "." { String::new() } else { path };
@@ -116,6 +157,21 @@ impl<K: StageKind> ErasedKind for Adapter<K> {
             }
         }
     }
+}
+
+/// The keys of a tagged config with `model` first (the default when the stage does not
+/// say), so [`crate::tagged::deserialize`] reads the others in place and an error keeps
+/// its key.
+fn tag_first(
+    mut table: toml::Table,
+    default: &str,
+) -> MapDeserializer<'static, std::vec::IntoIter<(String, toml::Value)>, toml::de::Error> {
+    let model = table
+        .remove(TAG)
+        .unwrap_or_else(|| toml::Value::String(default.to_string()));
+    let mut keys = vec![(TAG.to_string(), model)];
+    keys.extend(table);
+    MapDeserializer::new(keys.into_iter())
 }
 
 /// Every stage kind a graph may name.

@@ -102,27 +102,49 @@ pub fn schema(registry: &Registry) -> serde_json::Value {
         "when_full": {"enum": ["block", "drop_newest", "drop_oldest"], "description": "What a producer does when the edge is full."},
         "replicas": {"type": "integer", "minimum": 1, "description": "Number of replicas, each with its own state (e.g. model session)."},
         "restart": {"enum": ["never", "on_failure"], "description": "What happens when the stage panics."},
-        "machine": {"type": "string", "description": "Placement: the machine this stage runs on."}
+        "machine": {"type": "string", "description": "Placement: the machine this stage runs on."},
+        "batch": {"type": "object", "additionalProperties": false, "required": ["max"],
+            "description": "Kinds that batch only: up to `max` messages per call, or what arrived `wait_ms` after the first.",
+            "properties": {
+                "max": {"type": "integer", "minimum": 1, "maximum": crate::plan::MAX_BATCH, "description": "The most messages in one call (1 = no batching); at most the stage's `mailbox`."},
+                "wait_ms": {"type": "integer", "minimum": 0, "maximum": crate::plan::MAX_BATCH_WAIT_MS, "description": "Milliseconds to wait after a batch's first message for more (default 0: take what is waiting)."}}}
     });
     let mut defs = serde_json::Map::new();
     let mut variants = Vec::new();
     for k in registry.kinds() {
         let ks = hoist_defs(k.schema(), k.name(), &mut defs);
-        let mut props = ks.get("properties").cloned().unwrap_or_else(|| json!({}));
-        if let (Some(p), Some(r)) = (props.as_object_mut(), reserved.as_object()) {
-            for (key, v) in r {
-                p.insert(key.clone(), v.clone());
+        let resolve = |r: &str| r.strip_prefix("#/$defs/").and_then(|name| defs.get(name)).cloned();
+        // A kind tagged on `model` gets one variant per model (crate::tagged).
+        let per_model = crate::tagged::branches(&ks, &resolve);
+        let models = match per_model {
+            Some(b) => b
+                .into_iter()
+                .map(|(m, p)| (Some(m), serde_json::Value::Object(p)))
+                .collect(),
+            None => vec![(None, ks.get("properties").cloned().unwrap_or_else(|| json!({})))],
+        };
+        let default = k.models().map(|m| m.default);
+        for (model, mut props) in models {
+            if let (Some(p), Some(r)) = (props.as_object_mut(), reserved.as_object()) {
+                for (key, v) in r {
+                    p.insert(key.clone(), v.clone());
+                }
+                p.insert("kind".into(), json!({"const": k.name(), "description": k.doc()}));
             }
-            p.insert("kind".into(), json!({"const": k.name(), "description": k.doc()}));
+            let (title, required) = match &model {
+                None => (k.name().to_string(), json!(["kind"])),
+                Some(m) if Some(m) == default.as_ref() => (format!("{} (model = \"{m}\")", k.name()), json!(["kind"])),
+                Some(m) => (format!("{} (model = \"{m}\")", k.name()), json!(["kind", "model"])),
+            };
+            variants.push(json!({
+                "title": title,
+                "description": k.doc(),
+                "type": "object",
+                "properties": props,
+                "required": required,
+                "additionalProperties": false
+            }));
         }
-        variants.push(json!({
-            "title": k.name(),
-            "description": k.doc(),
-            "type": "object",
-            "properties": props,
-            "required": ["kind"],
-            "additionalProperties": false
-        }));
     }
     let machine = hoist_defs(
         serde_json::to_value(schemars::schema_for!(crate::plan::MachineSpec)).unwrap_or_default(),

@@ -92,6 +92,9 @@ pub struct BuildContext {
     pub graph_dir: PathBuf,
     /// Input references as written in the graph (`stage` or `stage.port`).
     pub inputs: Vec<String>,
+    /// The stage's reserved `restart` key: a kind that can recover by itself (a
+    /// `python` stage replacing a dead worker process) reads it instead of panicking.
+    pub restart: crate::plan::Restart,
 }
 
 impl BuildContext {
@@ -119,6 +122,10 @@ pub struct StageError {
     pub class: &'static str,
     /// What happened and what to do about it.
     pub message: String,
+    /// The stage replaced something that died while it held this frame (a worker
+    /// process) and carries on: the runtime counts a restart of the stage, in the run
+    /// summary and `dataflow_stage_restarts_total`, as for a rebuilt replica.
+    pub restarted: bool,
 }
 
 impl StageError {
@@ -127,7 +134,15 @@ impl StageError {
         StageError {
             class,
             message: message.into(),
+            restarted: false,
         }
+    }
+
+    /// The same error, marked as one where the stage replaced a dead part of itself
+    /// ([`StageError::restarted`]).
+    pub fn with_restart(mut self) -> Self {
+        self.restarted = true;
+        self
     }
 
     /// An input the stage cannot use (missing field, wrong shape).
@@ -434,6 +449,15 @@ pub trait StageKind: Send + Sync + 'static {
 
     /// Builds one replica (loads models, opens files).
     fn build(config: &Self::Config, ctx: &BuildContext) -> Result<Built, StageError>;
+
+    /// The part the kind's stages play in `dataflow sweep` (none by default).
+    const SWEEP: crate::sweep_role::SweepRole = crate::sweep_role::SweepRole::None;
+
+    /// What stands in for what in a stage of this kind, for a sweep's report ("HEIF + 5G NR
+    /// LDPC"); by default the model of a [`crate::tagged::Tagged`] config, else nothing.
+    fn describe(_config: &Self::Config) -> Option<String> {
+        None
+    }
 }
 
 /// A value of a stage's own key that validation refuses.

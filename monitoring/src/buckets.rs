@@ -11,6 +11,18 @@ pub const PROCESSING_SECONDS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
+/// Messages in one call of a batched stage: 1 to 4096 (`batch.max` at most), every
+/// size up to 8, then powers of two and the steps between them.
+pub const BATCH_SIZE: &[f64] = &[
+    1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
+];
+
+/// The hand-over of one frame to a Python worker and back (`python` stages): 10 µs
+/// (a small frame's pipes and headers) to 1 s (hundreds of MiB through shared memory).
+pub const IPC_SECONDS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
 /// Source-to-sink latency of a frame: 1 ms to 5 min (a diffusion reconstruction on a
 /// CPU takes minutes).
 pub const LATENCY_SECONDS: &[f64] = &[
@@ -47,6 +59,8 @@ mod tests {
 
     const ALL_SETS: &[(&str, &[f64])] = &[
         ("PROCESSING_SECONDS", PROCESSING_SECONDS),
+        ("BATCH_SIZE", BATCH_SIZE),
+        ("IPC_SECONDS", IPC_SECONDS),
         ("LATENCY_SECONDS", LATENCY_SECONDS),
         ("INFERENCE_SECONDS", INFERENCE_SECONDS),
         ("PSNR_DB", PSNR_DB),

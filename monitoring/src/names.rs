@@ -11,6 +11,10 @@ pub const STAGE_ERRORS: &str = "dataflow_stage_errors_total";
 pub const STAGE_DROPPED: &str = "dataflow_stage_dropped_total";
 /// Time a stage spent on one input. Labels: `stage`, `kind`.
 pub const STAGE_PROCESSING_SECONDS: &str = "dataflow_stage_processing_seconds";
+/// Messages a batched stage took in one call (`batch = { max, wait_ms }`). Labels: `stage`.
+pub const STAGE_BATCH_SIZE: &str = "dataflow_stage_batch_size";
+/// Time from the first message of a batch to the call that takes the batch. Labels: `stage`.
+pub const STAGE_BATCH_WAIT_SECONDS: &str = "dataflow_stage_batch_wait_seconds";
 /// Busy fraction of a stage over the last second. Labels: `stage`.
 pub const STAGE_UTILIZATION: &str = "dataflow_stage_utilization";
 /// Times a stage was restarted after a panic. Labels: `stage`.
@@ -31,10 +35,16 @@ pub const LINK_REORDERED: &str = "dataflow_link_reordered_total";
 pub const LINK_RESENT: &str = "dataflow_link_resent_total";
 /// Payload bytes published over an edge between machines. Labels: `from`, `to`.
 pub const LINK_SENT_BYTES: &str = "dataflow_link_sent_bytes_total";
+/// Connections refused on a machine's TLS endpoints (no certificate, or one not signed by
+/// the graph's `root_ca`, or not TLS at all). Labels: `reason`.
+pub const LINK_REFUSED: &str = "dataflow_link_refused_total";
 /// Source-to-sink latency of a frame. Labels: `graph`.
 pub const PIPELINE_LATENCY_SECONDS: &str = "dataflow_pipeline_latency_seconds";
 /// Time of one model inference. Labels: `model`, `provider`.
 pub const MODEL_INFERENCE_SECONDS: &str = "dataflow_model_inference_seconds";
+/// Time a `python` stage spent handing one frame to its worker process and reading the
+/// result back, less the worker's own `process` time. Labels: `stage`.
+pub const PYTHON_IPC_SECONDS: &str = "dataflow_python_ipc_seconds";
 /// Bits sent over a channel. Labels: `stage`, `modulation`.
 pub const CHANNEL_BITS: &str = "dataflow_channel_bits_total";
 /// Bit errors after demodulation. Labels: `stage`, `modulation`.
@@ -124,7 +134,7 @@ use MetricKind::{Counter, Gauge, Histogram};
 /// [`crate::describe_all`] registers these; [`ALL`] is the list of their names.
 pub const METRICS: &[MetricSpec] = &METRIC_TABLE;
 
-const METRIC_TABLE: [MetricSpec; 30] = [
+const METRIC_TABLE: [MetricSpec; 34] = [
     spec(
         STAGE_MESSAGES_RECEIVED,
         Counter,
@@ -161,6 +171,24 @@ const METRIC_TABLE: [MetricSpec; 30] = [
         Some(metrics::Unit::Seconds),
         &[LABEL_STAGE, LABEL_KIND],
         "Time a stage spent on one input.",
+    ),
+    spec(
+        STAGE_BATCH_SIZE,
+        Histogram {
+            buckets: buckets::BATCH_SIZE,
+        },
+        Some(metrics::Unit::Count),
+        &[LABEL_STAGE],
+        "Messages a batched stage took in one call.",
+    ),
+    spec(
+        STAGE_BATCH_WAIT_SECONDS,
+        Histogram {
+            buckets: buckets::PROCESSING_SECONDS,
+        },
+        Some(metrics::Unit::Seconds),
+        &[LABEL_STAGE],
+        "Time from the first message of a batch to the call that takes it.",
     ),
     spec(
         STAGE_UTILIZATION,
@@ -235,6 +263,13 @@ const METRIC_TABLE: [MetricSpec; 30] = [
         "Payload bytes published over an edge between machines.",
     ),
     spec(
+        LINK_REFUSED,
+        Counter,
+        Some(metrics::Unit::Count),
+        &[LABEL_REASON],
+        "Connections refused on this machine's TLS endpoints (peer without a valid certificate).",
+    ),
+    spec(
         PIPELINE_LATENCY_SECONDS,
         Histogram {
             buckets: buckets::LATENCY_SECONDS,
@@ -251,6 +286,15 @@ const METRIC_TABLE: [MetricSpec; 30] = [
         Some(metrics::Unit::Seconds),
         &[LABEL_MODEL, LABEL_PROVIDER],
         "Time of one model inference.",
+    ),
+    spec(
+        PYTHON_IPC_SECONDS,
+        Histogram {
+            buckets: buckets::IPC_SECONDS,
+        },
+        Some(metrics::Unit::Seconds),
+        &[LABEL_STAGE],
+        "Time a python stage spent handing a frame to its worker and reading the result back, less the worker's process time.",
     ),
     spec(
         CHANNEL_BITS,

@@ -1,10 +1,11 @@
 """One frame as a Python stage sees it: an id and named fields.
 
 Field values: ``str`` (texts), ``float`` (numbers), numpy ``uint8`` arrays (images:
-HxWx3 RGB, HxWx4 RGBA, HxW gray or mask), ``bytes`` (inputs arrive as read-only
+HxWx3 RGB, HxWx4 RGBA, HxW gray or mask), numpy ``float32`` arrays of any shape
+(tensors: an embedding, a feature map), ``bytes`` (inputs arrive as read-only
 ``memoryview`` of shared memory), ``list`` of ``str | None`` (texts
 of several parts), ``dict`` of numbers (records), ``tuple`` of four ints (rectangles).
-Input images and bytes are read-only views of shared memory that the next frame overwrites:
+Input images, tensors and bytes are read-only views of shared memory that the next frame overwrites:
 copy one (``img.copy()``) to keep it past :meth:`Stage.process`.
 """
 
@@ -31,6 +32,12 @@ class Frame:
         #: Output port to send this frame on (``None``: the stage's first port).
         self.port = port
 
+    @property
+    def lost_inputs(self) -> int:
+        """Parts that did not arrive in time (a stage with ``join_timeout_ms``; else 0)."""
+        v = self.fields.get("lost_inputs", 0)
+        return int(v) if isinstance(v, (int, float)) else 0
+
     def __repr__(self) -> str:
         return f"Frame({self.id}, {sorted(self.fields)})"
 
@@ -39,6 +46,14 @@ class Frame:
         v = self._get(name)
         if not isinstance(v, np.ndarray):
             raise TypeError(f"field `{name}` of frame {self.id} is {type(v).__name__}, not an image")
+        return v
+
+    def tensor(self, name: str) -> np.ndarray:
+        """The float32 tensor field ``name`` (any shape); raises if absent."""
+        v = self._get(name)
+        if not isinstance(v, np.ndarray) or v.dtype != np.float32:
+            kind = f"a {v.dtype} array" if isinstance(v, np.ndarray) else type(v).__name__
+            raise TypeError(f"field `{name}` of frame {self.id} is {kind}, not a float32 tensor")
         return v
 
     def text(self, name: str = "text") -> str:
@@ -81,6 +96,14 @@ class Frame:
             raise ValueError(f"mask `{name}` must be HxW, got shape {arr.shape}")
         return self.set_image(name, arr)
 
+    def set_tensor(self, name: str, value: np.ndarray) -> "Frame":
+        """Sets a float32 tensor field (any shape; other float types are converted)."""
+        arr = np.asarray(value)
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise TypeError(f"tensor `{name}` must hold floats, got {arr.dtype}")
+        self.fields[name] = arr.astype(np.float32, copy=False)
+        return self
+
     def drop(self, name: str) -> "Frame":
         """Removes a field (it is not sent on)."""
         self.fields.pop(name, None)
@@ -103,6 +126,7 @@ def check_image(name: str, arr: np.ndarray) -> None:
     """Raises unless ``arr`` is a uint8 image the engine can carry."""
     if arr.dtype != np.uint8:
         raise TypeError(f"image `{name}` must be uint8, got {arr.dtype}; convert with "
-                        "np.clip(a, 0, 255).astype(np.uint8)")
+                        "np.clip(a, 0, 255).astype(np.uint8), or, for a tensor, use float32 "
+                        "(Frame.set_tensor)")
     if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (1, 3, 4))):
         raise ValueError(f"image `{name}` must be HxW, HxWx3 or HxWx4, got shape {arr.shape}")

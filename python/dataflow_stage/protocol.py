@@ -10,7 +10,8 @@ true, "outputs": [{"port": null, "set": {...}, "drop": [...]}], "busy_s": S}`` (
 
 A field is ``{"t": "text" | "number" | "texts" | "record" | "rect", "v": value}`` or,
 with its bytes in a shared-memory segment, ``{"t": "image", "h": H, "w": W, "c": C,
-"offset": O}`` / ``{"t": "bytes", "offset": O, "len": N}``.
+"offset": O}`` / ``{"t": "tensor", "shape": [D0, D1, ...], "offset": O}`` (float32,
+little-endian, row-major) / ``{"t": "bytes", "offset": O, "len": N}``.
 """
 
 from __future__ import annotations
@@ -55,6 +56,12 @@ def encode(name: str, value: Any, seg: OutputSegment, at: list[int], pending: li
         return {"t": "text", "v": value}
     if isinstance(value, (bool, int, float, np.integer, np.floating)):
         return {"t": "number", "v": float(value)}
+    if isinstance(value, np.ndarray) and value.dtype == np.float32:
+        arr = np.ascontiguousarray(value, dtype="<f4")
+        pending.append((at[0], arr.reshape(-1).view(np.uint8)))
+        f = {"t": "tensor", "shape": [int(d) for d in value.shape], "offset": at[0]}
+        at[0] += aligned(arr.nbytes)
+        return f
     if isinstance(value, np.ndarray):
         check_image(name, value)
         h, w = value.shape[:2]
@@ -76,8 +83,8 @@ def encode(name: str, value: Any, seg: OutputSegment, at: list[int], pending: li
     if isinstance(value, dict) and all(isinstance(v, (int, float)) for v in value.values()):
         return {"t": "record", "v": {str(k): float(v) for k, v in value.items()}}
     raise TypeError(f"field `{name}` is a {type(value).__name__}, which cannot cross to the engine; "
-                    "use str, a number, a uint8 numpy image, bytes, a list of str, a dict of numbers "
-                    "or an (x, y, w, h) tuple")
+                    "use str, a number, a uint8 numpy image, a float32 numpy array, bytes, a list of str, "
+                    "a dict of numbers or an (x, y, w, h) tuple")
 
 
 def flush(seg: OutputSegment, end: int, pending: list) -> int:

@@ -1,6 +1,6 @@
 """The two shared-memory segments of a worker: pixels cross without encoding.
 
-The engine writes each frame's images and byte fields into the *input* segment (a
+The engine writes each frame's images, float32 tensors and byte fields into the *input* segment (a
 file under ``/dev/shm``, grown when needed, never shrunk) and sends their offsets in
 the frame's header; the worker maps it read-only and wraps numpy views around it. The
 worker writes the images it returns into the *output* segment, growing it itself, and
@@ -41,7 +41,7 @@ class InputSegment:
         return self._map
 
     def decode(self, fields: dict[str, Any], size: int) -> dict[str, Any]:
-        """Field values from a frame header (images as read-only numpy views)."""
+        """Field values from a frame header (images and tensors as read-only numpy views)."""
         out: dict[str, Any] = {}
         buf = self.view(size) if size > 0 else None
         for name, f in fields.items():
@@ -50,6 +50,14 @@ class InputSegment:
                 h, w, c = f["h"], f["w"], f["c"]
                 arr = np.frombuffer(buf, dtype=np.uint8, count=h * w * c, offset=f["offset"])
                 out[name] = arr.reshape((h, w) if c == 1 else (h, w, c))
+            elif t == "tensor":
+                shape = tuple(f["shape"])
+                count = int(np.prod(shape, dtype=np.int64))
+                if count == 0:
+                    out[name] = np.zeros(shape, dtype=np.float32)
+                else:
+                    arr = np.frombuffer(buf, dtype="<f4", count=count, offset=f["offset"])
+                    out[name] = arr.reshape(shape)
             elif t == "bytes":
                 # A read-only view, no copy; bytes(v) keeps a copy past this frame.
                 out[name] = memoryview(buf)[f["offset"]:f["offset"] + f["len"]] if f["len"] else b""

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crate::support::{bin, diagnostics, root};
 
 /// A loopback port nobody listens on (now).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -24,19 +24,19 @@ fn free_port() -> u16 {
 }
 
 /// A `dataflow run` child whose stderr goes to a file (read with [`Proc::log`]).
-struct Proc {
-    child: Child,
-    log: PathBuf,
-    what: String,
+pub(crate) struct Proc {
+    pub(crate) child: Child,
+    pub(crate) log: PathBuf,
+    pub(crate) what: String,
 }
 
 impl Proc {
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Waits for the exit code, killing the process (and failing) after `limit`.
-    fn wait(&mut self, limit: Duration) -> i32 {
+    pub(crate) fn wait(&mut self, limit: Duration) -> i32 {
         let t0 = Instant::now();
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
@@ -53,7 +53,7 @@ impl Proc {
     }
 
     /// Waits until the log contains `text`.
-    fn wait_for_log(&mut self, text: &str, limit: Duration) {
+    pub(crate) fn wait_for_log(&mut self, text: &str, limit: Duration) {
         let t0 = Instant::now();
         while !self.log().contains(text) {
             if let Some(s) = self.child.try_wait().unwrap() {
@@ -74,7 +74,7 @@ impl Proc {
         }
     }
 
-    fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .args([&format!("-{sig}"), &self.child.id().to_string()])
             .status()
@@ -93,7 +93,7 @@ impl Drop for Proc {
 
 /// Starts `dataflow run <graph> --machine <machine> --out <out> --no-progress --metrics off <args>`,
 /// optionally inside network namespace `netns`.
-fn start(graph: &Path, machine: Option<&str>, out: &Path, args: &[&str], netns: Option<&str>) -> Proc {
+pub(crate) fn start(graph: &Path, machine: Option<&str>, out: &Path, args: &[&str], netns: Option<&str>) -> Proc {
     let log = out.with_extension(format!("{}.log", machine.unwrap_or("all")));
     std::fs::create_dir_all(log.parent().unwrap()).unwrap();
     let mut cmd = match netns {
@@ -126,7 +126,7 @@ fn start(graph: &Path, machine: Option<&str>, out: &Path, args: &[&str], netns: 
 }
 
 /// Files in `dir` (names only), or none when it does not exist.
-fn files(dir: &Path) -> BTreeSet<String> {
+pub(crate) fn files(dir: &Path) -> BTreeSet<String> {
     std::fs::read_dir(dir)
         .map(|d| {
             d.filter_map(|e| e.ok())
@@ -136,13 +136,13 @@ fn files(dir: &Path) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-fn summary(out: &Path) -> serde_json::Value {
+pub(crate) fn summary(out: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(out.join("summary.json")).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
     serde_json::from_str(&text).unwrap()
 }
 
 /// `(received, dropped)` of stage `id` in a summary.
-fn counts(s: &serde_json::Value, id: &str) -> (u64, u64) {
+pub(crate) fn counts(s: &serde_json::Value, id: &str) -> (u64, u64) {
     let st = s["stages"]
         .as_array()
         .unwrap()

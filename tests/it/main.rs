@@ -1,6 +1,7 @@
 //! Integration tests of dataflow: one binary, one module per area.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod batching;
 mod cli;
 mod detect;
 mod distributed;
@@ -23,3 +24,4 @@ mod sweep;
 mod sweep_bandwidth;
 mod sweep_seeds;
 mod thumbnail;
+mod tls;

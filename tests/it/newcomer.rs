@@ -46,6 +46,36 @@ fn every_shipped_graph_passes_the_editor_schema_and_a_wrong_key_fails_it() {
     );
 }
 
+/// A kind with several models has one alternative per model: a key of another model
+/// fails the schema as it fails validation, and `model` may be left out for the default.
+#[test]
+fn the_schema_keeps_each_models_keys_to_that_model() {
+    let validator = jsonschema::validator_for(&schema()).unwrap();
+    let stage = |keys: serde_json::Value| serde_json::json!({"stage": {"c": keys}});
+    let ok = [
+        serde_json::json!({"kind": "caption"}),
+        serde_json::json!({"kind": "caption", "model": "llava", "query": "what?", "provider": "cpu"}),
+        serde_json::json!({"kind": "segment", "model": "fcn", "resize": 0}),
+        serde_json::json!({"kind": "segment", "variant": "small"}),
+    ];
+    for keys in ok {
+        let errors = schema_errors(&validator, &stage(keys.clone()));
+        assert!(errors.is_empty(), "{keys}: {errors:#?}");
+    }
+    let bad = [
+        serde_json::json!({"kind": "caption", "query": "what?"}),
+        serde_json::json!({"kind": "caption", "model": "attributes", "max_new_tokens": 4}),
+        serde_json::json!({"kind": "segment", "model": "fcn", "variant": "small"}),
+        serde_json::json!({"kind": "segment", "model": "unet"}),
+    ];
+    for keys in bad {
+        assert!(
+            !schema_errors(&validator, &stage(keys.clone())).is_empty(),
+            "{keys} passed"
+        );
+    }
+}
+
 /// Every reserved key the engine accepts is in each kind's alternative of the schema.
 #[test]
 fn the_schema_offers_every_reserved_key_on_every_kind() {

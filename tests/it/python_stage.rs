@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::Ordering;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use dataflow_engine::GraphSource;
@@ -103,6 +104,28 @@ fn run(text: &str, out: &Path) -> dataflow_engine::RunSummary {
     rt.block_on(dataflow_engine::run(&plan, opts)).unwrap()
 }
 
+/// The process's metrics, as a scrape would see them: a recorder installed on first
+/// use (nextest runs each test in a process of its own; each test reads only its own
+/// stage ids).
+fn scrape() -> Vec<dataflow_monitoring::top::Sample> {
+    type Render = Box<dyn Fn() -> String + Send + Sync>;
+    static RENDER: OnceLock<Render> = OnceLock::new();
+    let render = RENDER.get_or_init(|| {
+        let h = dataflow_monitoring::install_recorder()
+            .expect("a metrics recorder is already installed: run the `it` tests with nextest");
+        Box::new(move || h.render())
+    });
+    dataflow_monitoring::top::parse_exposition(&render()).unwrap()
+}
+
+/// The value of series `name` with `stage` = `stage` in `samples`.
+fn series(samples: &[dataflow_monitoring::top::Sample], name: &str, stage: &str) -> Option<f64> {
+    samples
+        .iter()
+        .find(|x| x.name == name && x.label("stage") == Some(stage))
+        .map(|x| x.value)
+}
+
 /// The lines of the run's `errors.jsonl`.
 fn errors(out: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(out.join("errors.jsonl"))
@@ -114,6 +137,7 @@ fn errors(out: &Path) -> Vec<serde_json::Value> {
 
 #[test]
 fn python_passthrough_delivers_1000_frames_once_in_order_within_the_bound() {
+    scrape(); // the recorder must be there before the stages register their series
     let dir = tempfile::tempdir().unwrap();
     let pid_dir = dir.path().join("pids");
     std::fs::create_dir(&pid_dir).unwrap();
@@ -160,6 +184,23 @@ probe = "py_pass"
     assert!(max <= bound, "{max} frames alive at once, over the bound {bound}");
     assert_eq!(p.now.load(Ordering::SeqCst), 0, "no frame leaked");
     assert_eq!(s.failed, 0);
+    let samples = scrape();
+    use dataflow_monitoring::spec::{missing_stage_metrics, StageRole};
+    let missing = missing_stage_metrics(&samples, "py", StageRole::Transform);
+    assert!(missing.is_empty(), "the python stage misses {missing:?}");
+    let ipc_count = series(&samples, "dataflow_python_ipc_seconds_count", "py");
+    let ipc_sum = series(&samples, "dataflow_python_ipc_seconds_sum", "py").unwrap_or(0.0);
+    assert_eq!(
+        ipc_count,
+        Some(1000.0),
+        "one hand-over time per frame, both replicas together"
+    );
+    let processing = series(&samples, "dataflow_stage_processing_seconds_sum", "py").unwrap();
+    println!("python hand-over: {:.1} µs per frame", ipc_sum / 1000.0 * 1e6);
+    assert!(
+        ipc_sum > 0.0 && ipc_sum < processing,
+        "hand-over time {ipc_sum} s is part of the processing time {processing} s"
+    );
     let workers = pids(&pid_dir);
     assert_eq!(workers.len(), 2, "one worker per replica: {workers:?}");
     for pid in workers {
@@ -270,6 +311,7 @@ probe = "py_kill"
         pid_dir.display()
     );
     let out = dir.path().to_path_buf();
+    let before = series(&scrape(), "dataflow_stage_restarts_total", "pyk").unwrap_or(0.0);
     let runner = std::thread::spawn(move || run(&text, &out));
     let t0 = Instant::now();
     while pids(&pid_dir).is_empty() {
@@ -288,24 +330,24 @@ probe = "py_kill"
     let seen = probe("py_kill").seen.lock().unwrap().clone();
     let errs = errors(dir.path());
     assert_eq!(errs.len(), 1, "the frame in flight is reported: {errs:?}");
-    let failed: u64 = errs[0]["frame"]
-        .as_str()
-        .unwrap()
-        .split(':')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let text = errs[0]["error"].as_str().unwrap();
-    assert!(
-        text.contains(&format!("pid {first}")) && text.contains("SIGKILL"),
-        "{text}"
+    let frame = errs[0]["frame"].as_str().unwrap().to_string();
+    let failed: u64 = frame.split(':').nth(1).unwrap().parse().unwrap();
+    let workers = pids(&pid_dir);
+    assert_eq!(workers.len(), 2, "a fresh worker after the kill: {workers:?}");
+    let second = *workers.iter().find(|&&p| p != first).unwrap();
+    assert_eq!(errs[0]["class"], "python", "{errs:?}");
+    assert_eq!(
+        errs[0]["error"].as_str().unwrap(),
+        format!(
+            "the python worker (pid {first}) of stage `pyk` was killed by signal 9 (SIGKILL: `kill -9`, or the out-of-memory killer) while frame {frame} was in flight; restarted it as pid {second} (restart = \"on_failure\")"
+        )
     );
     let expected: Vec<u64> = (0..400).filter(|&i| i != failed).collect();
     assert_eq!(seen, expected, "every other frame delivered, in order");
-    assert_eq!(stage(&s, "pyk").restarts, 1);
-    let workers = pids(&pid_dir);
-    assert_eq!(workers.len(), 2, "a fresh worker after the kill: {workers:?}");
+    assert_eq!(stage(&s, "pyk").errors, 1);
+    let after = series(&scrape(), "dataflow_stage_restarts_total", "pyk").unwrap_or(0.0);
+    assert_eq!(after - before, 1.0, "the replaced worker is counted as a restart");
+    assert_eq!(stage(&s, "pyk").restarts, 1, "and the run summary counts it");
     for pid in workers {
         assert!(!alive(pid), "worker {pid} outlived the run");
     }
@@ -501,6 +543,7 @@ class Hang(Stage):
         return frame
 "#;
     let t0 = Instant::now();
+    let before = series(&scrape(), "dataflow_stage_restarts_total", "py").unwrap_or(0.0);
     let s = run(
         &format!(
             r#"
@@ -527,13 +570,18 @@ probe = "py_hang"
     assert!(t0.elapsed() < Duration::from_secs(20), "the hung worker held the run");
     let seen = probe("py_hang").seen.lock().unwrap().clone();
     assert_eq!(seen, vec![0, 1, 2, 4, 5, 6, 7, 8, 9]);
-    assert_eq!(stage(&s, "py").restarts, 1);
+    assert_eq!(stage(&s, "py").errors, 1);
+    let after = series(&scrape(), "dataflow_stage_restarts_total", "py").unwrap_or(0.0);
+    assert_eq!(after - before, 1.0, "the replaced worker is counted as a restart");
+    assert_eq!(stage(&s, "py").restarts, 1, "and the run summary counts it");
     let errs = errors(dir.path());
     assert_eq!(errs.len(), 1);
     assert_eq!(errs[0]["frame"], "0:3");
+    assert_eq!(errs[0]["class"], "python");
+    let text = errs[0]["error"].as_str().unwrap();
     assert!(
-        errs[0]["error"].as_str().unwrap().contains("timeout_s = 0.5"),
-        "{errs:?}"
+        text.contains("of stage `py` did not answer within timeout_s = 0.5 and was killed while frame 0:3 was in flight; restarted it as pid "),
+        "{text}"
     );
 }
 
@@ -655,4 +703,234 @@ path = "side.csv"
         side.iter().all(|r| r["label"] == format!("side of {}", r["frame"])),
         "{side:?}"
     );
+}
+
+#[test]
+fn python_float_tensors_cross_both_ways_between_stages() {
+    let dir = tempfile::tempdir().unwrap();
+    // `expected(seq)` is computed on both sides: what `Embed` sends must be what
+    // `Check` receives after the engine carried it (Python -> Rust -> Python).
+    let code = r#"
+import numpy as np
+from dataflow_stage import Stage
+
+def expected(seq):
+    t = np.arange(32, dtype=np.float32).reshape(4, 8) * np.float32(0.5) + np.float32(seq)
+    t[0, 0], t[1, 1], t[2, 2], t[3, 3] = -0.0, 1e-7, 3.0e38, -np.inf
+    return t
+
+class Embed(Stage):
+    def process(self, frame):
+        frame.set_tensor("emb", expected(frame.seq))
+        frame.fields["vec"] = np.array([frame.seq, 0.25, -2.5], dtype=np.float32)
+        return frame
+
+class Check(Stage):
+    def process(self, frame):
+        emb, vec = frame.tensor("emb"), frame.tensor("vec")
+        assert emb.dtype == np.float32 and emb.shape == (4, 8), (emb.dtype, emb.shape)
+        assert not emb.flags.writeable, "inputs are read-only views"
+        ok = np.array_equal(emb, expected(frame.seq)) and np.signbit(emb[0, 0])
+        ok = ok and vec.tolist() == [float(frame.seq), 0.25, -2.5]
+        frame.set_number("tensor_ok", float(ok))
+        frame.set_tensor("emb2", emb * 2)
+        return frame
+
+class Again(Stage):
+    def process(self, frame):
+        emb2 = frame.tensor("emb2")
+        frame.set_number("again_ok", float(np.array_equal(emb2, expected(frame.seq) * 2)))
+        return frame
+"#;
+    let path = script(dir.path(), "tensor.py", code);
+    let py = python().display().to_string();
+    let stage = |id: &str, class: &str, input: &str, adds: &str| {
+        format!(
+            "[stage.{id}]\nkind = \"python\"\ninputs = [\"{input}\"]\nscript = \"{path}\"\nclass = \"{class}\"\npython = \"{py}\"\noutputs = {{ out = [{adds}] }}\n"
+        )
+    };
+    let text = format!(
+        "[stage.src]\nkind = \"synthetic\"\nframes = 12\nwidth = 8\nheight = 8\n{}{}{}[stage.sink]\nkind = \"csv_sink\"\ninputs = [\"again\"]\npath = \"t.csv\"\n",
+        stage("embed", "Embed", "src", "\"emb\", \"vec\""),
+        stage("check", "Check", "embed", "\"tensor_ok\", \"emb2\""),
+        stage("again", "Again", "check", "\"again_ok\""),
+    );
+    let s = run(&text, dir.path());
+    assert_eq!(s.failed, 0, "{:?}", errors(dir.path()));
+    let rows = read_csv(&dir.path().join("t.csv"));
+    assert_eq!(rows.len(), 12);
+    for r in &rows {
+        assert_eq!(r["tensor_ok"], "1", "the tensors crossed intact: {r:?}");
+        assert_eq!(r["again_ok"], "1", "a tensor a stage made crossed intact: {r:?}");
+    }
+}
+
+/// A stage whose worker exits on frame 3 and segfaults on frame 6.
+const CRASHY: &str = r#"
+import ctypes, os
+from dataflow_stage import Stage
+
+class Crashy(Stage):
+    def process(self, frame):
+        if frame.seq == 3:
+            os._exit(3)
+        if frame.seq == 6:
+            ctypes.string_at(0)
+        return frame
+"#;
+
+/// The graph of the crash tests: 10 frames through `Crashy` under `restart`.
+fn crashy_graph(dir: &Path, restart: &str, probe: &str) -> String {
+    format!(
+        r#"
+[stage.src]
+kind = "synthetic"
+frames = 10
+width = 8
+height = 8
+[stage.py]
+kind = "python"
+inputs = ["src"]
+script = "{}"
+class = "Crashy"
+python = "{}"
+restart = "{restart}"
+[stage.sink]
+kind = "record"
+inputs = ["py"]
+probe = "{probe}"
+"#,
+        script(dir, "crashy.py", CRASHY),
+        python().display()
+    )
+}
+
+#[test]
+fn python_worker_that_exits_or_segfaults_fails_its_frame_as_python_and_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = run(&crashy_graph(dir.path(), "on_failure", "py_crash"), dir.path());
+    let seen = probe("py_crash").seen.lock().unwrap().clone();
+    assert_eq!(seen, vec![0, 1, 2, 4, 5, 7, 8, 9], "only the frames in flight are lost");
+    assert!(s.fatal.is_none(), "{:?}", s.fatal);
+    let errs = errors(dir.path());
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    let how = [
+        (
+            "0:3",
+            "exited with status 3 while frame 0:3 was in flight; restarted it as pid ",
+        ),
+        (
+            "0:6",
+            "crashed with signal 11 (SIGSEGV) while frame 0:6 was in flight; restarted it as pid ",
+        ),
+    ];
+    for (e, (frame, text)) in errs.iter().zip(how) {
+        assert_eq!(e["frame"], frame);
+        assert_eq!(e["class"], "python");
+        let got = e["error"].as_str().unwrap();
+        assert!(
+            got.starts_with("the python worker (pid ") && got.contains(&format!("of stage `py` {text}")),
+            "{got}"
+        );
+    }
+}
+
+#[test]
+fn python_worker_death_under_restart_never_ends_the_run_naming_stage_and_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = run(&crashy_graph(dir.path(), "never", "py_crash_never"), dir.path());
+    let fatal = s.fatal.clone().expect("the run must stop with an error");
+    assert!(
+        fatal.contains("stage `py`") && fatal.contains("exited with status 3 while frame 0:3 was in flight"),
+        "{fatal}"
+    );
+    assert!(fatal.contains("restart = \"never\""), "{fatal}");
+    let seen = probe("py_crash_never").seen.lock().unwrap().clone();
+    assert!(!seen.contains(&3), "{seen:?}");
+}
+
+#[test]
+fn python_stage_with_join_timeout_gets_every_input_of_a_frame_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let code = r#"
+from dataflow_stage import Stage
+
+class Square(Stage):
+    def process(self, frame):
+        return frame.set_number("sq", float(frame.seq * frame.seq))
+
+class Both(Stage):
+    def process(self, frame):
+        img = frame.image("image")
+        frame.set_text("both", f"{img.shape[1]}x{img.shape[0]} sq={frame.number('sq'):.0f} lost={frame.lost_inputs}")
+        return frame
+"#;
+    let path = script(dir.path(), "join.py", code);
+    let py = python().display().to_string();
+    let s = run(
+        &format!(
+            r#"
+[stage.src]
+kind = "synthetic"
+frames = 10
+width = 12
+height = 6
+[stage.plain]
+kind = "passthrough"
+inputs = ["src"]
+[stage.square]
+kind = "python"
+inputs = ["src"]
+script = "{path}"
+class = "Square"
+python = "{py}"
+outputs = {{ out = ["sq"] }}
+[stage.both]
+kind = "python"
+inputs = ["plain", "square"]
+script = "{path}"
+class = "Both"
+python = "{py}"
+join_timeout_ms = 10000
+requires = ["image", "sq"]
+outputs = {{ out = ["both", "lost_inputs"] }}
+[stage.sink]
+kind = "csv_sink"
+inputs = ["both"]
+path = "both.csv"
+texts = true
+"#
+        ),
+        dir.path(),
+    );
+    assert_eq!(s.failed, 0, "{:?}", errors(dir.path()));
+    assert_eq!(stage(&s, "both").received, 20, "one part from each input per frame");
+    let rows = read_csv(&dir.path().join("both.csv"));
+    assert_eq!(rows.len(), 10, "one output per frame");
+    for r in &rows {
+        let seq: u64 = r["frame"].split(':').nth(1).unwrap().parse().unwrap();
+        assert_eq!(r["both"], format!("12x6 sq={} lost=0", seq * seq), "{r:?}");
+    }
+}
+
+#[test]
+fn python_stage_needs_are_checked_before_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = script(dir.path(), "pass.py", PASS);
+    let py = python().display().to_string();
+    let missing = check_problems(
+        dir.path(),
+        &format!("script = \"{good}\"\nclass = \"Pass\"\npython = \"{py}\"\nneeds = [\"numpy\", \"no_such_mod_xyz\"]"),
+    );
+    assert!(
+        missing.contains("`needs` = 'no_such_mod_xyz'")
+            && missing.contains("cannot import it")
+            && !missing.contains("'numpy'"),
+        "{missing}"
+    );
+    let fine = check_problems(
+        dir.path(),
+        &format!("script = \"{good}\"\nclass = \"Pass\"\npython = \"{py}\"\nneeds = [\"numpy\", \"json\"]"),
+    );
+    assert_eq!(fine, "");
 }

@@ -171,7 +171,6 @@ pub fn in_process(out: impl AsRef<Path>) -> (tokio::runtime::Runtime, RunOptions
         .unwrap();
     let mut opts = RunOptions::new(out.as_ref().to_path_buf());
     opts.progress = false;
-    opts.handle_signals = false;
     (rt, opts)
 }
 

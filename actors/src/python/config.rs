@@ -10,7 +10,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use dataflow_engine::{check_range, BuildContext, KeyProblem, MAX_DURATION_S};
+use dataflow_engine::{check_range, check_timeout_ms, BuildContext, KeyProblem, MAX_DURATION_S};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -49,6 +49,15 @@ pub struct PythonConfig {
     /// Seconds `setup` may take (model loading).
     #[serde(default = "default_setup_timeout")]
     pub setup_timeout_s: f64,
+    /// Join the inputs by frame: the class gets one frame holding the fields of every
+    /// input's parts (later inputs win) and `lost_inputs` (parts that did not arrive
+    /// within this many milliseconds).
+    #[serde(default)]
+    pub join_timeout_ms: Option<u64>,
+    /// Modules the interpreter must be able to import (`["torch", "diffusers"]`), checked
+    /// before the run like numpy.
+    #[serde(default)]
+    pub needs: Vec<String>,
 }
 
 fn default_python() -> String {
@@ -84,6 +93,13 @@ pub(super) fn validate(c: &PythonConfig) -> Vec<KeyProblem> {
         MAX_DURATION_S,
         "seconds",
     ));
+    problems.extend(c.join_timeout_ms.and_then(|ms| check_timeout_ms("join_timeout_ms", ms)));
+    if let Some(bad) = c.needs.iter().find(|m| !m.split('.').all(is_identifier)) {
+        problems.push(KeyProblem {
+            key: "needs",
+            message: format!("`needs` lists {bad:?}, which is not a Python module name"),
+        });
+    }
     problems
 }
 
@@ -155,6 +171,7 @@ pub(super) fn check(c: &PythonConfig, ctx: &BuildContext) -> Vec<String> {
         .args(["-c", CHECK_PY, kind])
         .arg(what)
         .arg(&c.class_name)
+        .args(&c.needs)
         .env("PYTHONPATH", pythonpath())
         .output();
     let out = match out {
@@ -177,11 +194,12 @@ pub(super) fn check(c: &PythonConfig, ctx: &BuildContext) -> Vec<String> {
     }
 }
 
-/// Checks run inside the interpreter: `argv` = kind (`script`|`module`), target, class.
+/// Checks run inside the interpreter: `argv` = kind (`script`|`module`), target, class,
+/// then the modules of `needs`.
 /// Prints a JSON list of problems.
 const CHECK_PY: &str = r#"
 import ast, importlib.util, json, sys
-kind, target, cls = sys.argv[1:4]
+kind, target, cls, needs = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 problems = []
 def parse(path):
     try:
@@ -220,5 +238,12 @@ for mod, fix in (("numpy", f"{sys.executable} -m pip install numpy"),
                  ("dataflow_stage", "run from the repository's root or set DATAFLOW_PYTHON_DIR to its python/ folder")):
     if importlib.util.find_spec(mod) is None:
         problems.append(f"`python` = {sys.executable!r} cannot import {mod}: {fix}")
+for mod in needs:
+    try:
+        found = importlib.util.find_spec(mod) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        problems.append(f"`needs` = {mod!r}: {sys.executable} cannot import it; install it into that interpreter (for torch stages: scripts/setup-torch) or point `python` at one that has it")
 print(json.dumps(problems))
 "#;

@@ -15,26 +15,33 @@
 //! inputs = ["src"]
 //! ```
 //!
+//! `join_timeout_ms = N` makes it a joining stage (the class gets one frame holding the
+//! fields of every input's parts and `lost_inputs`); `needs = ["torch"]` adds modules to
+//! the pre-run check.
+//!
 //! # Metrics
-//! The engine's stage metrics (`monitoring/SPEC.md`) apply as to any stage; worker
-//! restarts are the stage's `dataflow_stage_restarts_total` (a dead or hung worker
-//! restarts the replica, see `stage.rs`). The time in the class's `process` is observed as
+//! The engine's stage metrics (`monitoring/SPEC.md`) apply as to any stage; a dead or
+//! hung worker that the replica replaces counts as a restart of the stage (run
+//! summary and `dataflow_stage_restarts_total`, see `stage.rs`). The time in the class's `process` is observed as
 //! `dataflow_model_inference_seconds{model = <class>, provider = "python"}`; the
-//! hand-over cost per frame (processing time less that) is logged when the stream ends
-//! (`ipc_us_per_frame`), as the metric names have no place for it yet.
+//! hand-over cost per frame (the call's time less that) as
+//! `dataflow_python_ipc_seconds{stage}`, and its mean is logged when the stream ends
+//! (`ipc_us_per_frame`).
 //!
 //! # Layout
 //! - `config`: the keys, validation and the pre-run check (interpreter, script,
 //!   syntax, class, numpy).
 //! - `worker`: the worker process (start, one call at a time, stderr to the log, kill).
 //! - `protocol`: length-prefixed JSON headers on the worker's stdin/stdout.
-//! - `shm`: the shared-memory segments pixels cross by, without encoding.
+//! - `shm`: the shared-memory segments pixels and tensors cross by, without encoding.
+//! - `tensor`: [`TensorF32`], how a float tensor (an embedding) rides on a message.
 //! - `stage`: the replica's [`dataflow_engine::Stage`] and its failure semantics.
 
 mod config;
 mod protocol;
 mod shm;
 mod stage;
+mod tensor;
 mod worker;
 
 use std::time::Duration;
@@ -43,6 +50,7 @@ use dataflow_engine::{BuildContext, Built, KeyProblem, OutPort, Ports, Role, Sta
 use dataflow_monitoring::names;
 
 pub use config::PythonConfig;
+pub use tensor::TensorF32;
 
 /// The `python` kind.
 pub struct Python;
@@ -76,12 +84,14 @@ impl StageKind for Python {
                 OutPort::passing(n, &adds)
             })
             .collect();
-        Ports {
+        let mut ports = Ports {
             outputs,
             requires: c.requires.clone(),
             heavy: true,
             ..Ports::default()
-        }
+        };
+        ports.join = c.join_timeout_ms.map(|ms| Duration::from_millis(ms.max(1)));
+        ports
     }
 
     fn validate(c: &Self::Config) -> Vec<KeyProblem> {
@@ -111,7 +121,9 @@ impl StageKind for Python {
             worker,
             ports: port_names(c),
             timeout: Duration::from_secs_f64(c.timeout_s),
+            restart: ctx.restart,
             inference,
+            ipc_seconds: metrics::histogram!(names::PYTHON_IPC_SECONDS, names::LABEL_STAGE => ctx.stage.clone()),
             ipc: (0, 0.0),
         })))
     }

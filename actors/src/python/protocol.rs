@@ -1,8 +1,8 @@
 //! Messages between a `python` stage and its worker process.
 //!
 //! Each message is a 4-byte little-endian length followed by that many bytes of JSON,
-//! on the worker's stdin (engine to worker) and stdout (worker to engine). Pixels and
-//! byte fields never travel in a header: they sit in the shared-memory segments
+//! on the worker's stdin (engine to worker) and stdout (worker to engine). Pixels,
+//! `f32` tensors ([`TensorF32`]) and byte fields never travel in a header: they sit in the shared-memory segments
 //! ([`super::shm`]) and the header gives their offsets. The Python side of this file
 //! is `python/dataflow_stage/protocol.py`; the two change together.
 
@@ -15,6 +15,7 @@ use dataflow_engine::{Fields, Image, Message, PixelFormat, Rect, Value};
 use serde::{Deserialize, Serialize};
 
 use super::shm::{aligned, Segment};
+use super::tensor::TensorF32;
 
 /// Largest header accepted from a worker (pixels never travel in headers).
 const MAX_HEADER: u32 = 64 << 20;
@@ -35,6 +36,8 @@ pub(super) enum WireField {
     Rect { v: [u32; 4] },
     /// An image of `c` channels whose pixels start at `offset` in a segment.
     Image { h: u32, w: u32, c: u32, offset: u64 },
+    /// A row-major little-endian `f32` tensor of `shape` starting at `offset` in a segment.
+    Tensor { shape: Vec<u64>, offset: u64 },
     /// Bytes at `offset` in a segment.
     Bytes { offset: u64, len: u64 },
 }
@@ -134,7 +137,11 @@ pub(super) fn encode<'a>(msg: &'a Message, seg: &mut Segment) -> io::Result<Requ
         match v {
             Value::Image(img) => need += aligned(img.data.len() as u64),
             Value::Bytes(b) => need += aligned(b.len() as u64),
-            _ => {}
+            v => {
+                if let Some(t) = TensorF32::of(v) {
+                    need += aligned(t.le_bytes().len() as u64);
+                }
+            }
         }
     }
     seg.reserve(need)?;
@@ -169,8 +176,19 @@ pub(super) fn encode<'a>(msg: &'a Message, seg: &mut Segment) -> io::Result<Requ
                 at += aligned(b.len() as u64);
                 f
             }
-            // Engine-private values stay on the Rust side and travel on with the frame.
-            Value::Opaque(_) => continue,
+            Value::Opaque(_) => match TensorF32::of(v) {
+                Some(t) => {
+                    seg.write_at(t.le_bytes(), at)?;
+                    let f = WireField::Tensor {
+                        shape: t.shape().iter().map(|&d| d as u64).collect(),
+                        offset: at,
+                    };
+                    at += aligned(t.le_bytes().len() as u64);
+                    f
+                }
+                // Engine-private values stay on the Rust side and travel on with the frame.
+                None => continue,
+            },
         };
         fields.insert(name, f);
     }
@@ -215,6 +233,7 @@ pub(super) fn decode(input: &Fields, out: WireOutput, seg: &Segment) -> Result<F
                     data: Bytes::from(data),
                 })
             }
+            WireField::Tensor { shape, offset } => decode_tensor(&name, shape, offset, seg)?,
             WireField::Bytes { offset, len } => Value::Bytes(Bytes::from(
                 seg.read_at(offset, len).map_err(|e| format!("bytes `{name}`: {e}"))?,
             )),
@@ -222,4 +241,21 @@ pub(super) fn decode(input: &Fields, out: WireOutput, seg: &Segment) -> Result<F
         fields.insert(name, v);
     }
     Ok(fields)
+}
+
+/// A tensor field of an output frame, its elements read from the output segment.
+fn decode_tensor(name: &str, shape: Vec<u64>, offset: u64, seg: &Segment) -> Result<Value, String> {
+    let shape: Vec<usize> = shape
+        .into_iter()
+        .map(usize::try_from)
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("tensor `{name}` has a dimension too large for this machine"))?;
+    let len = shape
+        .iter()
+        .try_fold(4u64, |n, &d| n.checked_mul(d as u64))
+        .ok_or_else(|| format!("tensor `{name}` of shape {shape:?} is too large"))?;
+    let data = seg.read_at(offset, len).map_err(|e| format!("tensor `{name}`: {e}"))?;
+    TensorF32::from_le_bytes(shape, Bytes::from(data))
+        .map(TensorF32::into_value)
+        .ok_or_else(|| format!("tensor `{name}`: its size does not match its shape"))
 }

@@ -9,20 +9,26 @@
 //! # Failures
 //! - The stage raised: the frame fails with class `python` and the traceback's last
 //!   lines; the worker goes on with the next frame.
-//! - The worker died (EOF on its pipe: segfault, out-of-memory kill, `kill -9`) or did
-//!   not answer within `timeout_s` (then it is killed): the replica panics with what
-//!   happened. The engine records the frame in flight under class `panic` and, as for
-//!   any crashed stage, applies the graph's `restart` key: `on_failure` (the default)
-//!   builds the replica again — a fresh worker, counted in `stage_restarts` — and
-//!   `never` ends the run. This is how the reserved `restart` key reaches this kind
-//!   without the kind seeing it.
+//! - The worker died (EOF on its pipe: segfault, out-of-memory kill, `kill -9`, `exit`)
+//!   or did not answer within `timeout_s` (then it is killed): under the stage's
+//!   `restart = "on_failure"` (the default, read from [`BuildContext::restart`]) the
+//!   replica starts a fresh worker itself and fails the frame in flight with class
+//!   `python`, naming both pids, how the old one ended and the frame; the error is
+//!   marked [`StageError::with_restart`], so the engine counts a restart of the stage
+//!   (run summary and `dataflow_stage_restarts_total`). Under `restart = "never"` the replica panics with that
+//!   text instead, and the engine ends the run as for any stage. A fresh worker that
+//!   cannot start (its `setup` now raises) is a panic too: the engine then applies
+//!   `restart` to the whole replica.
+//!
+//! [`BuildContext::restart`]: dataflow_engine::BuildContext
 
 use std::time::{Duration, Instant};
 
-use dataflow_engine::{Input, Outputs, Stage, StageError};
+use dataflow_engine::{FrameId, Input, Outputs, Part, Restart, Stage, StageError, Value};
 
 use super::protocol;
 use super::worker::{CallError, Spawn, Worker};
+use crate::util::merge_joined;
 
 /// How long a worker has to run the stage's `close()` at the end of the stream.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
@@ -34,48 +40,88 @@ pub(super) struct Run {
     /// Output port names, in port order.
     pub(super) ports: Vec<String>,
     pub(super) timeout: Duration,
+    /// The stage's `restart` key: whether a dead worker is replaced or ends the run.
+    pub(super) restart: Restart,
     /// `dataflow_model_inference_seconds{model = <class>, provider = "python"}`: time in `process`.
     pub(super) inference: metrics::Histogram,
-    /// Frames handed over and the seconds spent outside `process` (headers, pipes,
-    /// shared memory, decoding the outputs), reported when the stream ends.
+    /// `dataflow_python_ipc_seconds{stage}`: per frame, the call's time outside `process`
+    /// (headers, pipes, shared memory, decoding the outputs).
+    pub(super) ipc_seconds: metrics::Histogram,
+    /// Frames handed over and the sum of their hand-over seconds, logged when the stream ends.
     pub(super) ipc: (u64, f64),
+}
+
+impl Run {
+    /// After the worker died or hung on `frame`: under `on_failure`, a fresh worker
+    /// and the frame's error (class `python`); under `never`, a panic that ends the run.
+    fn replace_worker(&mut self, frame: FrameId, how: &str) -> StageError {
+        let old = self.worker.pid;
+        self.worker.kill();
+        let what = format!(
+            "the python worker (pid {old}) of stage `{}` {how} while frame {frame} was in flight",
+            self.spawn.stage
+        );
+        if self.restart == Restart::Never {
+            panic!("{what}");
+        }
+        match Worker::start(&self.spawn) {
+            Ok(w) => {
+                self.worker = w;
+                tracing::warn!(stage = %self.spawn.stage, replica = self.spawn.replica, frame = %frame,
+                    old_pid = old, pid = self.worker.pid, "python worker replaced: {how}");
+                StageError::new(
+                    "python",
+                    format!(
+                        "{what}; restarted it as pid {} (restart = \"on_failure\")",
+                        self.worker.pid
+                    ),
+                )
+                .with_restart()
+            }
+            Err(e) => panic!("{what}, and a fresh worker did not start: {e}"),
+        }
+    }
 }
 
 impl Stage for Run {
     fn process(&mut self, input: Input, out: &mut Outputs) -> Result<(), StageError> {
-        let Input::Message { msg, .. } = input else {
-            return Ok(());
+        let msg = match input {
+            Input::Message { msg, .. } => msg,
+            Input::Joined(j) => {
+                let Some(first) = j.any() else { return Ok(()) };
+                let mut fields = merge_joined(&j);
+                fields.insert("lost_inputs", Value::Number(j.lost() as f64));
+                first.derive_part(Part::WHOLE, fields)
+            }
         };
-        let stage = &self.spawn.stage;
         let t0 = Instant::now();
-        let outputs = match self.worker.call(&msg, self.timeout) {
+        let (outputs, busy) = match self.worker.call(&msg, self.timeout) {
             Ok((o, busy)) => {
                 self.inference.record(busy);
-                self.ipc.0 += 1;
-                self.ipc.1 -= busy;
-                o
+                (o, busy)
             }
             Err(CallError::Raised(tb)) => {
                 return Err(StageError::new(
                     "python",
-                    format!("stage `{stage}`: `{}` raised on frame {}:\n{tb}", self.spawn.class, msg.id),
+                    format!(
+                        "stage `{}`: `{}` raised on frame {}:\n{tb}",
+                        self.spawn.stage, self.spawn.class, msg.id
+                    ),
                 ))
             }
-            Err(CallError::Io(e)) => return Err(StageError::io(format!("stage `{stage}`, frame {}: {e}", msg.id))),
-            Err(CallError::Died(how)) => {
-                self.worker.kill();
-                panic!(
-                    "the python worker (pid {}) of stage `{stage}` {how} while frame {} was in flight",
-                    self.worker.pid, msg.id
-                );
+            Err(CallError::Io(e)) => {
+                return Err(StageError::io(format!(
+                    "stage `{}`, frame {}: {e}",
+                    self.spawn.stage, msg.id
+                )))
             }
-            Err(CallError::Timeout(t)) => panic!(
-                "the python worker (pid {}) of stage `{stage}` did not answer frame {} within timeout_s = {}; it was killed",
-                self.worker.pid,
-                msg.id,
-                t.as_secs_f64()
-            ),
+            Err(CallError::Died(how)) => return Err(self.replace_worker(msg.id, &how)),
+            Err(CallError::Timeout(t)) => {
+                let how = format!("did not answer within timeout_s = {} and was killed", t.as_secs_f64());
+                return Err(self.replace_worker(msg.id, &how));
+            }
         };
+        let stage = &self.spawn.stage;
         for o in outputs {
             let port = match &o.port {
                 None => 0,
@@ -94,7 +140,10 @@ impl Stage for Run {
                 .map_err(|e| StageError::new("python", format!("stage `{stage}`, frame {}: {e}", msg.id)))?;
             out.send(port, msg.derive(fields));
         }
-        self.ipc.1 += t0.elapsed().as_secs_f64();
+        let ipc = (t0.elapsed().as_secs_f64() - busy).max(0.0);
+        self.ipc_seconds.record(ipc);
+        self.ipc.0 += 1;
+        self.ipc.1 += ipc;
         Ok(())
     }
 

@@ -8,9 +8,10 @@
 //! 1. [`tables`]: the graph-level tables (`[graph]`, `[defaults]`, `[metrics]`,
 //!    `[machines]`, `[channel]`) and the top-level names.
 //! 2. [`reserved`]: the keys every stage may carry (`mailbox`, `when_full`, `replicas`,
-//!    `restart`, `machine`, `inputs`), with `[defaults]` filled in.
+//!    `restart`, `machine`, `inputs`, `batch`), with `[defaults]` filled in.
 //! 3. [`kinds`]: each stage's kind and its own keys, deserialised by the kind
-//!    (`[channel]` keys inherited by channel kinds).
+//!    (`[channel]` keys inherited by channel kinds); `batch` only where the kind
+//!    batches and the stage does not join ([`batch`]).
 //! 4. [`placement`]: `machine` names a `[machines.<name>]` table; once one stage is
 //!    placed, all are.
 //! 5. [`inputs`]: every input names a stage and one of its output ports.
@@ -21,6 +22,7 @@
 //! Only a graph without errors is assembled into a [`Plan`] (stages in topological
 //! order, sources numbered).
 
+mod batch;
 mod fields;
 mod inputs;
 mod kinds;
@@ -40,6 +42,8 @@ use serde::{Deserialize, Serialize};
 use crate::graph::{did_you_mean, Diagnostic, Diagnostics, GraphSource};
 use crate::registry::{Configured, Registry};
 use crate::stage::{BuildContext, Ports, Role};
+
+pub use batch::{Batch, MAX_BATCH, MAX_BATCH_WAIT_MS};
 
 /// What a producer does when a consumer's edge is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -72,6 +76,7 @@ pub const RESERVED_KEYS: &[&str] = &[
     "replicas",
     "restart",
     "machine",
+    "batch",
 ];
 pub(super) const TOP_LEVEL: &[&str] = &["graph", "defaults", "metrics", "channel", "stage", "machines"];
 pub(super) const GRAPH_KEYS: &[&str] = &["name", "seed", "description"];
@@ -157,6 +162,8 @@ pub struct PlannedStage {
     pub restart: Restart,
     /// Placement (DESIGN §7): the stage's `machine`, else `[defaults] machine`.
     pub machine: Option<String>,
+    /// `batch = { max, wait_ms }`, when the stage batches (`max` > 1).
+    pub batch: Option<Batch>,
     /// Stream number of a source (the `stream` of its frame ids): the same in a whole
     /// graph and in each machine's part of it, so frame ids and seeded noise agree.
     pub stream: u32,
@@ -197,6 +204,7 @@ impl Plan {
             out_dir: out_dir.to_path_buf(),
             graph_dir: self.graph_dir.clone(),
             inputs: s.inputs.iter().map(|e| e.text.clone()).collect(),
+            restart: s.restart,
         }
     }
 
@@ -224,6 +232,8 @@ struct Raw {
     replicas: usize,
     restart: Restart,
     machine: Option<String>,
+    /// `batch` as read (by [`reserved`]), refused by [`kinds`] where the kind cannot batch.
+    batch: Option<Batch>,
 }
 
 /// The graph being validated and the diagnostics found so far.
@@ -364,6 +374,7 @@ fn assemble(
             replicas: r.replicas,
             restart: r.restart,
             machine: r.machine.clone(),
+            batch: r.batch.filter(|b| b.max > 1),
             stream: if r.role == Some(Role::Source) {
                 next_stream = next_stream.saturating_sub(1);
                 next_stream

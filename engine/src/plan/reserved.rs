@@ -1,5 +1,5 @@
 //! Pass 2: the reserved keys every stage may carry (`mailbox`, `when_full`, `replicas`,
-//! `restart`, `machine`, `inputs`) and their `[defaults]`.
+//! `restart`, `machine`, `inputs`, `batch`) and their `[defaults]`.
 
 use serde::Deserialize;
 
@@ -87,6 +87,7 @@ pub(super) fn stage(cx: &mut Ctx, id: &str, t: &toml::Table, defaults: &Defaults
         )
         .unwrap_or(defaults.restart),
         machine: defaults.machine.clone(),
+        batch: super::batch::read(cx, id, t),
     };
     match t.get("machine") {
         None => {}
@@ -100,6 +101,47 @@ pub(super) fn stage(cx: &mut Ctx, id: &str, t: &toml::Table, defaults: &Defaults
     }
     raw.inputs = inputs(cx, id, t.get("inputs"));
     raw
+}
+
+/// The reserved keys a source does not read, and what to do instead: a source has no
+/// input edge (`mailbox`, `when_full` size and govern a stage's inputs) and runs as one
+/// thread that is not restarted (`replicas`, `restart`).
+const NOT_FOR_SOURCES: [(&str, &str, &str); 4] = [
+    (
+        "mailbox",
+        "a source has no input edge for `mailbox` to size",
+        "set `mailbox` on the stages that read from it",
+    ),
+    (
+        "when_full",
+        "a source has no input edge for `when_full` to govern",
+        "set `when_full` on the stages that read from it",
+    ),
+    (
+        "replicas",
+        "a source runs as one thread, so `replicas` would be ignored",
+        "remove `replicas`; to read more frames at once, add replicas to the stages that read from it",
+    ),
+    (
+        "restart",
+        "a source is not restarted, so `restart` would be ignored",
+        "remove `restart`; a failing source ends its stream",
+    ),
+];
+
+/// Refuses the reserved keys of source stage `id` (kind `kind`, table `t`) that a
+/// source ignores; `[defaults]` still may set them for the other stages.
+pub(super) fn source_keys(cx: &mut Ctx, id: &str, kind: &str, t: &toml::Table) {
+    for (key, why, what) in NOT_FOR_SOURCES {
+        if t.contains_key(key) {
+            cx.err(
+                &["stage", id, key],
+                Some(id),
+                format!("`{key}` on source kind `{kind}`: {why}"),
+                Some(what.to_string()),
+            );
+        }
+    }
 }
 
 /// `inputs` as written: an array of strings.
@@ -173,6 +215,36 @@ fn reserved_enum<T: for<'de> Deserialize<'de>>(
 mod tests {
     use super::super::testkit::{errors_of, source};
     use super::super::{table_of, Restart, WhenFull};
+
+    #[test]
+    fn a_source_refuses_the_reserved_keys_it_would_ignore() {
+        let src = source("[stage.a]\nkind = \"src\"\nmailbox = 4\nwhen_full = \"block\"\nreplicas = 2\nrestart = \"never\"\nmachine = \"m\"\n");
+        let mut helps = Vec::new();
+        let errors = errors_of(&src, |cx| {
+            let stages = table_of(&src.values, "stage");
+            let t = stages.get("a").and_then(|t| t.as_table()).expect("a table");
+            super::source_keys(cx, "a", "src", t);
+            helps = cx.errors.iter().map(|d| d.help.clone().unwrap_or_default()).collect();
+        });
+        assert_eq!(
+            errors,
+            [
+                "`mailbox` on source kind `src`: a source has no input edge for `mailbox` to size",
+                "`when_full` on source kind `src`: a source has no input edge for `when_full` to govern",
+                "`replicas` on source kind `src`: a source runs as one thread, so `replicas` would be ignored",
+                "`restart` on source kind `src`: a source is not restarted, so `restart` would be ignored",
+            ]
+        );
+        assert_eq!(
+            helps,
+            [
+                "set `mailbox` on the stages that read from it",
+                "set `when_full` on the stages that read from it",
+                "remove `replicas`; to read more frames at once, add replicas to the stages that read from it",
+                "remove `restart`; a failing source ends its stream",
+            ]
+        );
+    }
 
     #[test]
     fn wrong_reserved_values_are_reported_and_defaults_fill_in() {

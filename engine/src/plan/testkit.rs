@@ -140,6 +140,77 @@ impl StageKind for Noise {
     }
 }
 
+/// Keys of `describe`'s `model = "plain"` (the default).
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PlainKeys {
+    /// Most words.
+    #[allow(dead_code)]
+    #[serde(default)]
+    words: Option<u32>,
+}
+
+/// Keys of `describe`'s `model = "neural"`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NeuralKeys {
+    /// Export folder.
+    #[allow(dead_code)]
+    #[serde(default)]
+    model_dir: Option<String>,
+    /// Most new tokens.
+    #[allow(dead_code)]
+    #[serde(default)]
+    max_tokens: Option<u32>,
+}
+
+/// Keys of `describe`, by model.
+#[allow(dead_code)]
+#[derive(JsonSchema)]
+#[serde(tag = "model", rename_all = "snake_case")]
+#[schemars(transform = crate::tagged::mark_default::<DescribeConfig>)]
+pub(super) enum DescribeConfig {
+    /// Plain words.
+    Plain(PlainKeys),
+    /// A network.
+    Neural(NeuralKeys),
+}
+
+impl crate::tagged::Tagged for DescribeConfig {
+    const DEFAULT: &'static str = "plain";
+    const MODELS: &'static [&'static str] = &["plain", "neural"];
+    fn model<'de, D: serde::Deserializer<'de>>(model: &str, keys: D) -> Result<Self, D::Error> {
+        match model {
+            "neural" => NeuralKeys::deserialize(keys).map(Self::Neural),
+            _ => PlainKeys::deserialize(keys).map(Self::Plain),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for DescribeConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        crate::tagged::deserialize(d)
+    }
+}
+
+/// A kind with two models, whose keys differ.
+pub(super) struct Describe;
+impl StageKind for Describe {
+    type Config = DescribeConfig;
+    const NAME: &'static str = "describe";
+    const ROLE: Role = Role::Transform;
+    const DOC: &'static str = "describes a frame";
+    fn ports(_: &DescribeConfig) -> Ports {
+        Ports {
+            outputs: vec![OutPort::passing("out", &["text"])],
+            ..Ports::default()
+        }
+    }
+    fn build(_: &DescribeConfig, _: &BuildContext) -> Result<Built, StageError> {
+        never_built()
+    }
+}
+
 /// The kinds above.
 pub(super) fn registry() -> Registry {
     let mut r = Registry::new();
@@ -147,7 +218,8 @@ pub(super) fn registry() -> Registry {
         .register::<Map>()
         .register::<Join>()
         .register::<Sink>()
-        .register::<Noise>();
+        .register::<Noise>()
+        .register::<Describe>();
     r
 }
 

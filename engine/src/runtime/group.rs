@@ -29,6 +29,9 @@ pub(crate) enum StageMsg {
     Eos,
     /// Time to expire incomplete joins.
     Tick,
+    /// `wait_ms` has passed since the first message of batch number `batch` (batched
+    /// stages only; stale when that batch was already called).
+    Flush { batch: u64 },
 }
 
 /// All replicas of one stage, as seen by producers and by the replicas themselves.

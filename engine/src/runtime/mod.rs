@@ -7,6 +7,7 @@
 //! - [`stage_actor`]: the actor of one transform or sink replica.
 //! - [`joins`]: joining stages gather the parts of a frame from every input.
 //! - [`worker`]: heavy stages on a thread of their own; panics caught.
+//! - [`batch`]: batched stages gather messages into one call of the stage.
 //! - [`source`]: sources, each on a thread of its own.
 //! - [`shutdown`]: the shutdown protocol, the wait for the end and the joins.
 //! - [`shared`], [`stats`], [`summary`]: the run's shared state, counters and summary.
@@ -24,6 +25,7 @@
 //!
 //! How a run ends (end of stream, a stop request, an abort) is in [`shutdown`].
 
+mod batch;
 mod group;
 mod joins;
 mod sequencer;
@@ -77,10 +79,6 @@ pub struct RunOptions {
     pub progress: bool,
     /// How long a drain after a stop request may take before the run is aborted.
     pub drain_timeout: Duration,
-    /// Kept so that callers written for the library's former Ctrl-C handler compile:
-    /// the library listens for no signal; whoever wants Ctrl-C to stop a run calls
-    /// [`StopFlag::interrupt`] (the `dataflow` binary does).
-    pub handle_signals: bool,
     /// The run's stop token: set from outside to stop the run (see [`StopFlag`]).
     pub stop: StopFlag,
     /// Where [`RunEvent`]s go, if anywhere. A closed receiver is ignored.
@@ -94,7 +92,6 @@ impl RunOptions {
             out_dir,
             progress: true,
             drain_timeout: Duration::from_secs(30),
-            handle_signals: true,
             stop: StopFlag::default(),
             events: None,
         }
@@ -120,7 +117,7 @@ pub async fn run(plan: &Plan, opts: RunOptions) -> Result<RunSummary, RunError> 
     let stats: Vec<Arc<StageStats>> = plan
         .stages
         .iter()
-        .map(|s| Arc::new(StageStats::new(&s.id, &s.kind, s.role, s.replicas)))
+        .map(|s| Arc::new(StageStats::new(&s.id, &s.kind, s.role, s.replicas, s.batch.is_some())))
         .collect();
     let shared = Arc::new(RunShared::new(
         &plan.name,

@@ -92,6 +92,10 @@ impl RunShared {
     pub(super) fn record_error(&self, stage: usize, frame: Option<FrameId>, err: &StageError) {
         let st = &self.stats[stage];
         st.errors.fetch_add(1, Ordering::Relaxed);
+        if err.restarted {
+            st.restarts.fetch_add(1, Ordering::Relaxed);
+            st.m_restarts.increment(1);
+        }
         match frame {
             Some(f) => {
                 if let Ok(mut failed) = self.failed_frames.lock() {

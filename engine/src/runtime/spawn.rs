@@ -68,6 +68,7 @@ pub(super) async fn spawn_all(
                 join: s.ports.join,
                 n_inputs: s.inputs.len(),
                 mailbox: s.mailbox,
+                batch: s.batch,
             };
             match Actor::spawn(None, StageActor, args).await {
                 Ok((a, task)) => {

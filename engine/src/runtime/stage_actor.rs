@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
+use super::batch::Gathering;
 use super::group::{route, Group, StageMsg};
 use super::sequencer::complete;
 use super::shared::RunShared;
@@ -14,7 +15,7 @@ use super::worker::{build_stage, spawn_worker, Outcome, Runner};
 use crate::edge::Permit;
 use crate::join::JoinTable;
 use crate::message::Message;
-use crate::plan::Restart;
+use crate::plan::{Batch, Restart};
 use crate::registry::Configured;
 use crate::stage::{BuildContext, Input, Role, StageError};
 
@@ -31,6 +32,8 @@ pub(super) struct ActorArgs {
     pub(super) n_inputs: usize,
     /// Places of each input edge.
     pub(super) mailbox: usize,
+    /// `batch = { max, wait_ms }`, when the stage batches.
+    pub(super) batch: Option<Batch>,
 }
 
 pub(super) struct ActorState {
@@ -41,6 +44,8 @@ pub(super) struct ActorState {
     pub(super) eos_seen: usize,
     /// Frames a joining stage is gathering (empty for other stages).
     pub(super) joins: JoinTable<Permit>,
+    /// The batch a batched stage is gathering (`None` for other stages).
+    pub(super) gathering: Option<Gathering>,
 }
 
 impl Actor for StageActor {
@@ -77,6 +82,7 @@ impl Actor for StageActor {
             ticker,
             eos_seen: 0,
             joins: JoinTable::new(args.n_inputs, args.join.unwrap_or_default(), args.mailbox),
+            gathering: args.batch.map(Gathering::new),
             args,
         })
     }
@@ -84,6 +90,9 @@ impl Actor for StageActor {
     async fn post_stop(&self, _myself: ActorRef<StageMsg>, state: &mut ActorState) -> Result<(), ActorProcessingErr> {
         if let Some(t) = state.ticker.take() {
             t.abort();
+        }
+        if let Some(g) = state.gathering.as_mut() {
+            g.stop_timer();
         }
         Ok(())
     }
@@ -118,6 +127,10 @@ impl Actor for StageActor {
                     shared.latency.record(msg.born.elapsed().as_secs_f64());
                     shared.at_sink(msg.id);
                 }
+                if state.gathering.is_some() {
+                    state.gather(&myself, input, order, msg, permit).await;
+                    return Ok(());
+                }
                 let (frame, part) = (msg.id, msg.part);
                 let outs = state.run_input(Some(Input::Message { input, msg })).await;
                 if outs.is_none() {
@@ -128,9 +141,12 @@ impl Actor for StageActor {
             }
             StageMsg::Gap { input, frame, part } => state.on_gap(input, frame, part).await,
             StageMsg::Tick => state.expire_joins(false).await,
+            StageMsg::Flush { batch } => state.on_flush(batch).await,
             StageMsg::Eos => {
                 state.eos_seen += 1;
                 if state.eos_seen >= state.args.group.input_edges {
+                    // End of stream (also after a stop request): the partial batch goes first.
+                    state.flush_batch().await;
                     state.expire_joins(true).await;
                     let group = state.args.group.clone();
                     let shared = state.args.shared.clone();
@@ -169,26 +185,33 @@ impl ActorState {
                 let frame_s = frame.map(|f| f.to_string()).unwrap_or_else(|| "end of stream".into());
                 let err = StageError::new("panic", format!("stage panicked on frame {frame_s}: {text}"));
                 self.args.shared.record_error(self.args.group.index, frame, &err);
-                match self.args.restart {
-                    Restart::Never => {
-                        self.args.shared.set_fatal(format!(
-                            "stage `{}` (kind `{}`) panicked on frame {frame_s}: {text}; the graph says restart = \"never\" (use restart = \"on_failure\" to keep the stream going)",
-                            stats.id, stats.kind
-                        ));
-                    }
-                    Restart::OnFailure => {
-                        stats.restarts.fetch_add(1, Ordering::Relaxed);
-                        stats.m_restarts.increment(1);
-                        tracing::warn!(stage = %stats.id, frame = %frame_s, "restarting the stage after a panic");
-                        if let Err(e) = self.runner.rebuild(&self.args.config, &self.args.ctx).await {
-                            self.args.shared.set_fatal(format!(
-                                "stage `{}` could not be restarted after a panic on frame {frame_s}: {e}",
-                                stats.id
-                            ));
-                        }
-                    }
-                }
+                self.after_panic(&format!("frame {frame_s}"), &text).await;
                 None
+            }
+        }
+    }
+
+    /// After the stage panicked `on` a frame (or a batch): the run stops under
+    /// `restart = "never"`, else the stage is rebuilt.
+    pub(super) async fn after_panic(&mut self, on: &str, text: &str) {
+        let stats = self.args.shared.stats[self.args.group.index].clone();
+        match self.args.restart {
+            Restart::Never => {
+                self.args.shared.set_fatal(format!(
+                    "stage `{}` (kind `{}`) panicked on {on}: {text}; the graph says restart = \"never\" (use restart = \"on_failure\" to keep the stream going)",
+                    stats.id, stats.kind
+                ));
+            }
+            Restart::OnFailure => {
+                stats.restarts.fetch_add(1, Ordering::Relaxed);
+                stats.m_restarts.increment(1);
+                tracing::warn!(stage = %stats.id, on = %on, "restarting the stage after a panic");
+                if let Err(e) = self.runner.rebuild(&self.args.config, &self.args.ctx).await {
+                    self.args.shared.set_fatal(format!(
+                        "stage `{}` could not be restarted after a panic on {on}: {e}",
+                        stats.id
+                    ));
+                }
             }
         }
     }

@@ -39,10 +39,19 @@ pub struct StageStats {
     pub(super) m_restarts: Counter,
     /// Parts a join refused because their frame was already emitted (reason `late`).
     pub(super) m_late: Counter,
+    /// Batched stages only: messages per call, and the wait from a batch's first message to its call.
+    pub(super) m_batch: Option<BatchMetrics>,
+}
+
+/// The histograms of a batched stage.
+pub(super) struct BatchMetrics {
+    pub(super) size: Histogram,
+    pub(super) wait: Histogram,
 }
 
 impl StageStats {
-    pub(super) fn new(id: &str, kind: &str, role: Role, replicas: usize) -> Self {
+    /// Counters of stage `id`; `batched` when it has `batch` (its batch histograms are made).
+    pub(super) fn new(id: &str, kind: &str, role: Role, replicas: usize, batched: bool) -> Self {
         let sk = [
             (names::LABEL_STAGE, id.to_string()),
             (names::LABEL_KIND, kind.to_string()),
@@ -65,6 +74,10 @@ impl StageStats {
             m_utilization: metrics::gauge!(names::STAGE_UTILIZATION, names::LABEL_STAGE => id.to_string()),
             m_restarts: metrics::counter!(names::STAGE_RESTARTS, names::LABEL_STAGE => id.to_string()),
             m_late: metrics::counter!(names::STAGE_DROPPED, names::LABEL_STAGE => id.to_string(), names::LABEL_REASON => "late"),
+            m_batch: batched.then(|| BatchMetrics {
+                size: metrics::histogram!(names::STAGE_BATCH_SIZE, names::LABEL_STAGE => id.to_string()),
+                wait: metrics::histogram!(names::STAGE_BATCH_WAIT_SECONDS, names::LABEL_STAGE => id.to_string()),
+            }),
         }
     }
 

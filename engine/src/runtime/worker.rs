@@ -38,6 +38,40 @@ pub(super) fn run_guarded(stage: &mut dyn Stage, input: Option<Input>) -> Outcom
     }
 }
 
+/// What one call of [`Stage::process_batch`] gave: each input's outputs or error, in
+/// the inputs' order, or the panic that ended the call (every input of it failed).
+pub(super) enum BatchOutcome {
+    Done(Vec<Result<Outputs, StageError>>),
+    Panicked(String),
+}
+
+/// Runs one batch through the stage, panics caught. A stage that returns the wrong
+/// number of results fails the inputs left without one (and drops extra results).
+pub(super) fn run_guarded_batch(stage: &mut dyn Stage, inputs: Vec<Input>) -> BatchOutcome {
+    let n = inputs.len();
+    let mut outs: Vec<Outputs> = (0..n).map(|_| Outputs::default()).collect();
+    let r = std::panic::catch_unwind(AssertUnwindSafe(|| stage.process_batch(inputs, &mut outs)));
+    match r {
+        Ok(results) => {
+            let got = results.len();
+            let mut results = results.into_iter();
+            let each = outs
+                .into_iter()
+                .map(|out| match results.next() {
+                    Some(Ok(())) => Ok(out),
+                    Some(Err(e)) => Err(e),
+                    None => Err(StageError::new(
+                        "batch",
+                        format!("the stage returned {got} results for a batch of {n} inputs; this one got none (a bug in the kind's process_batch)"),
+                    )),
+                })
+                .collect();
+            BatchOutcome::Done(each)
+        }
+        Err(p) => BatchOutcome::Panicked(panic_text(p)),
+    }
+}
+
 pub(super) fn build_stage(config: &dyn Configured, ctx: &BuildContext) -> Result<Box<dyn Stage>, StageError> {
     match config.build(ctx)? {
         Built::Stage(s) => Ok(s),
@@ -50,6 +84,7 @@ pub(super) fn build_stage(config: &dyn Configured, ctx: &BuildContext) -> Result
 
 pub(super) enum Job {
     Process(Option<Input>, oneshot::Sender<Outcome>),
+    Batch(Vec<Input>, oneshot::Sender<BatchOutcome>),
     Rebuild(oneshot::Sender<Result<(), StageError>>),
 }
 
@@ -74,6 +109,21 @@ impl Runner {
                 }
                 orx.await
                     .unwrap_or_else(|_| Outcome::Panicked("worker thread is gone".into()))
+            }
+        }
+    }
+
+    /// Runs one batch (on the worker thread for heavy stages).
+    pub(super) async fn exec_batch(&mut self, inputs: Vec<Input>) -> BatchOutcome {
+        match self {
+            Runner::Inline(s) => run_guarded_batch(s.as_mut(), inputs),
+            Runner::Worker(tx) => {
+                let (otx, orx) = oneshot::channel();
+                if tx.send(Job::Batch(inputs, otx)).is_err() {
+                    return BatchOutcome::Panicked("worker thread is gone".into());
+                }
+                orx.await
+                    .unwrap_or_else(|_| BatchOutcome::Panicked("worker thread is gone".into()))
             }
         }
     }
@@ -123,6 +173,9 @@ pub(super) fn spawn_worker(
                     Job::Process(input, reply) => {
                         let _ = reply.send(run_guarded(stage.as_mut(), input));
                     }
+                    Job::Batch(inputs, reply) => {
+                        let _ = reply.send(run_guarded_batch(stage.as_mut(), inputs));
+                    }
                     Job::Rebuild(reply) => match build_stage(config.as_ref(), &ctx) {
                         Ok(s) => {
                             stage = s;
@@ -146,5 +199,96 @@ pub(super) fn spawn_worker(
             let _ = thread.join();
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Instant, SystemTime};
+
+    use super::{run_guarded_batch, BatchOutcome};
+    use crate::message::{Fields, FrameId, Message, Part};
+    use crate::stage::{Input, Outputs, Stage, StageError};
+
+    fn input(seq: u64) -> Input {
+        Input::Message {
+            input: 0,
+            msg: Message {
+                id: FrameId { stream: 0, seq },
+                part: Part::WHOLE,
+                captured: SystemTime::now(),
+                born: Instant::now(),
+                fields: Fields::new(),
+            },
+        }
+    }
+
+    /// Forwards odd frames, fails even ones; returns `keep` results at most; panics on frame 99.
+    struct Picky {
+        keep: usize,
+    }
+    impl Stage for Picky {
+        fn process(&mut self, _: Input, _: &mut Outputs) -> Result<(), StageError> {
+            unreachable!("batches only")
+        }
+        fn process_batch(&mut self, inputs: Vec<Input>, outs: &mut [Outputs]) -> Vec<Result<(), StageError>> {
+            let mut results = Vec::new();
+            for (i, out) in inputs.into_iter().zip(outs.iter_mut()) {
+                let Input::Message { msg, .. } = i else { unreachable!() };
+                assert_ne!(msg.id.seq, 99, "frame 99 is poison");
+                results.push(if msg.id.seq % 2 == 1 {
+                    out.emit(msg);
+                    Ok(())
+                } else {
+                    Err(StageError::input(format!("frame {} is even", msg.id)))
+                });
+            }
+            results.truncate(self.keep);
+            results
+        }
+    }
+
+    fn outcome(keep: usize, seqs: &[u64]) -> Vec<Result<Vec<u64>, String>> {
+        match run_guarded_batch(&mut Picky { keep }, seqs.iter().map(|&s| input(s)).collect()) {
+            BatchOutcome::Done(each) => each
+                .into_iter()
+                .map(|r| match r {
+                    Ok(out) => Ok(out.items.iter().map(|(_, m)| m.id.seq).collect()),
+                    Err(e) => Err(e.message),
+                })
+                .collect(),
+            BatchOutcome::Panicked(text) => vec![Err(format!("panic: {text}"))],
+        }
+    }
+
+    #[test]
+    fn a_batch_keeps_outputs_and_errors_per_input() {
+        assert_eq!(
+            outcome(usize::MAX, &[1, 2, 3]),
+            [Ok(vec![1]), Err("frame 0:2 is even".into()), Ok(vec![3])]
+        );
+    }
+
+    #[test]
+    fn a_batch_with_missing_results_fails_the_inputs_left_without_one() {
+        assert_eq!(
+            outcome(1, &[1, 3]),
+            [
+                Ok(vec![1]),
+                Err("the stage returned 1 results for a batch of 2 inputs; this one got none (a bug in the kind's process_batch)".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_panicking_batch_is_caught() {
+        let got = outcome(usize::MAX, &[1, 99]);
+        assert_eq!(got.len(), 1);
+        assert!(
+            got[0]
+                .as_ref()
+                .is_err_and(|e| e.starts_with("panic: ") && e.contains("frame 99 is poison")),
+            "{got:?}"
+        );
     }
 }
