@@ -18,6 +18,7 @@ mod noisy_channel;
 mod outcomes;
 mod paper;
 mod python_stage;
+mod python_torch;
 mod receiver;
 mod support;
 mod sweep;
