@@ -36,8 +36,8 @@
 
 pub mod assets;
 pub mod attributes;
-pub mod batchdim;
 pub mod bart;
+pub mod batchdim;
 pub mod channel;
 pub mod clip;
 pub mod codec;

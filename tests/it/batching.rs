@@ -479,5 +479,9 @@ fn batched_stages_export_their_batch_sizes_and_waits() {
     assert_eq!(series("dataflow_stage_batch_wait_seconds_count", "b"), calls);
     let waited = series("dataflow_stage_batch_wait_seconds_sum", "b").unwrap();
     assert!((0.0..60.0).contains(&waited), "{waited}");
-    assert_eq!(series("dataflow_stage_batch_size_count", "sink"), None, "only batched stages have them");
+    assert_eq!(
+        series("dataflow_stage_batch_size_count", "sink"),
+        None,
+        "only batched stages have them"
+    );
 }
