@@ -279,6 +279,34 @@ fn ranges(pts: &[Pt], zero: bool, bounds: (f64, f64)) -> ((f64, f64), (f64, f64)
     ((x0, x1), (y0, y1))
 }
 
+/// The corner of the plot where the legend covers the fewest points and band edges:
+/// a legend box is about a quarter of the width and one line per series high.
+fn legend_corner(pts: &[Pt], n_series: usize, x: (f64, f64), y: (f64, f64)) -> SeriesLabelPosition {
+    let (w, h) = (0.3, (0.06 * n_series as f64 + 0.04).min(0.6));
+    let fx = |v: f64| (v - x.0) / (x.1 - x.0);
+    let fy = |v: f64| (v - y.0) / (y.1 - y.0);
+    let covered = |right: bool, upper: bool| {
+        pts.iter()
+            .flat_map(|p| [(p.x, p.y), (p.x, p.low), (p.x, p.high)])
+            .filter(|&(px, py)| px.is_finite() && py.is_finite())
+            .filter(|&(px, py)| {
+                let (u, v) = (fx(px), fy(py));
+                (if right { u >= 1.0 - w } else { u <= w }) && (if upper { v >= 1.0 - h } else { v <= h })
+            })
+            .count()
+    };
+    [
+        (SeriesLabelPosition::LowerRight, covered(true, false)),
+        (SeriesLabelPosition::UpperRight, covered(true, true)),
+        (SeriesLabelPosition::LowerLeft, covered(false, false)),
+        (SeriesLabelPosition::UpperLeft, covered(false, true)),
+    ]
+    .into_iter()
+    .min_by_key(|(_, n)| *n)
+    .map(|(pos, _)| pos)
+    .unwrap_or(SeriesLabelPosition::LowerRight)
+}
+
 fn draw(file: &Path, look: &Look, pts: &[Pt], all: &[String]) -> Result<()> {
     let e = |e: &dyn std::fmt::Display| anyhow!("{e}");
     let ((x0, x1), (y0, y1)) = ranges(pts, look.zero, look.bounds);
@@ -356,7 +384,7 @@ fn draw(file: &Path, look: &Look, pts: &[Pt], all: &[String]) -> Result<()> {
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 15))
-        .position(SeriesLabelPosition::LowerRight)
+        .position(legend_corner(pts, series.len(), (x0, x1), (y0, y1)))
         .draw()
         .map_err(|x| e(&x))?;
     root.present().map_err(|x| e(&x))?;

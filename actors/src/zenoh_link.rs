@@ -693,7 +693,9 @@ impl LinkSender {
     }
 
     /// Waits a little for acknowledgements and for the receiver; fails when the run
-    /// is stopped while no receiver is there (nobody would ever take the messages).
+    /// is stopped while no receiver is there and messages are still held (nobody would
+    /// ever take them). A receiver that acknowledged everything and left (it ended its
+    /// run after our end of stream) is a clean end, not a failure.
     fn wait_step(&mut self, what: &str) -> Result<(), StageError> {
         match self.acks.recv_timeout(Duration::from_millis(100)) {
             Ok(c) => self.on_control(c),
@@ -702,9 +704,13 @@ impl LinkSender {
                 return Err(link_error(&self.key, "acknowledgements stopped", "subscriber closed"))
             }
         }
+        // Every acknowledgement already here counts before the receiver's presence does.
+        while let Ok(c) = self.acks.try_recv() {
+            self.on_control(c);
+        }
         self.pump();
         self.check_presence();
-        if self.stop.is_set() && self.receiver.is_none() {
+        if self.stop.is_set() && self.receiver.is_none() && !self.queue.is_empty() {
             return Err(StageError::new(
                 "link",
                 format!(
