@@ -56,6 +56,17 @@
 //!   and noise, so blending ε equals MultiDiffusion's blending of the per-region updates.
 //!   Cost: `tiles + 2` UNet rows per step instead of 2, in one call per distinct text length.
 //!
+//! # Several images: [`SdIpAdapter::generate_batch`]
+//!
+//! Images of the same size, scheduler, steps, img2img start and λ (the UNet takes one
+//! timestep and one `ip_scale` per call) share their UNet calls: each step runs once per text
+//! length on the rows of all of them (frames × guidance branches × prompts), each image with
+//! its own prompts, image prompt, seed and guidance scale; other images form groups of their
+//! own. The rows are independent, so a batched image equals the image generated alone: bit for
+//! bit on this machine's CPU (`tests/it/sd_batch.rs` allows 1e-5 on the noise prediction and one
+//! 8-bit level on the image, for kernels that sum in another order at another batch size). A
+//! request the model cannot take fails alone, and a failed shared call is re-run image by image.
+//!
 //! Repeating a row's states k times changes nothing mathematically (softmax over k copies of
 //! each key divides each weight by k and sums k equal values), which is why the empty prompt
 //! can be repeated to any chunk count.
@@ -290,6 +301,9 @@ pub struct Generated {
     pub unet_evals: usize,
     /// CLIP tokens cut off by [`PromptMode::Truncate`].
     pub tokens_dropped: usize,
+    /// Images whose UNet calls this image shared in [`SdIpAdapter::generate_batch`], itself
+    /// included (1 when it ran alone).
+    pub batched_with: usize,
 }
 
 /// An SD 1.5 + IP-Adapter export: six sessions, a tokenizer, and the two unconditional inputs.
@@ -307,8 +321,6 @@ pub struct SdIpAdapter {
     zero_ip: Vec<f32>,
     /// The UNet's text length when the export fixes it (77 before `prompt_mode`), else `None`.
     fixed_text_len: Option<usize>,
-    /// UNet session runs and batch rows so far (for [`Generated`]).
-    unet_counts: (usize, usize),
 }
 
 impl SdIpAdapter {
@@ -383,7 +395,6 @@ impl SdIpAdapter {
             empty_text: Vec::new(),
             zero_ip: Vec::new(),
             fixed_text_len,
-            unet_counts: (0, 0),
         };
         sd.empty_text = sd.encode_text("")?;
         sd.zero_ip = sd.project(&vec![0.0; sd.export.image_embed_dim])?;
@@ -626,63 +637,94 @@ impl SdIpAdapter {
         t: f32,
         hw: (usize, usize),
     ) -> Result<Vec<f32>, ModelError> {
-        let d = self.export.cross_attention_dim;
-        let guide = c.guidance_scale > 1.0;
-        let (zero_ip, cond_ip) = c.ip.split_at(if guide { c.ip.len() / 2 } else { 0 });
-        let mut lens: Vec<usize> = Vec::new();
-        for text in &c.texts {
-            if !lens.contains(&(text.len() / d.max(1))) {
-                lens.push(text.len() / d.max(1));
-            }
-        }
-        // The empty prompt rides with the shortest rows (its repeats cost attention).
-        let uncond_len = lens.iter().copied().min().unwrap_or(0);
-        let mut cond: Vec<Vec<f32>> = vec![Vec::new(); c.texts.len()];
-        let mut uncond = Vec::new();
-        for &len in &lens {
-            let members: Vec<usize> = (0..c.texts.len()).filter(|&i| c.texts[i].len() == len * d).collect();
-            let with_uncond = guide && len == uncond_len;
-            let (mut text, mut ip) = (Vec::new(), Vec::new());
-            if with_uncond {
-                let l = self.export.max_length;
-                if len % l != 0 || c.empty_text.len() != l * d {
-                    return Err(ModelError::Invalid(format!(
-                        "text states of {len} tokens are not whole {l}-token chunks"
-                    )));
-                }
-                (0..len / l).for_each(|_| text.extend_from_slice(&c.empty_text));
-                ip.extend_from_slice(zero_ip);
-            }
-            for &i in &members {
-                text.extend_from_slice(&c.texts[i]);
-                ip.extend_from_slice(cond_ip);
-            }
-            let eps = self.unet_run(sample, t, hw, len, text, ip, c.ip_scale)?;
-            let mut rows = eps.chunks(sample.len().max(1));
-            if with_uncond {
-                uncond = rows.next().map(<[f32]>::to_vec).unwrap_or_default();
-            }
-            for (&i, e) in members.iter().zip(rows) {
-                cond[i] = e.to_vec();
-            }
-        }
-        if guide {
-            let g = c.guidance_scale;
-            for e in &mut cond {
-                e.iter_mut().zip(&uncond).for_each(|(c, &u)| *c = u + g * (*c - u));
-            }
-        }
-        if cond.len() == 1 {
-            return Ok(cond.pop().unwrap_or_default());
-        }
-        Ok(blend(&cond, &c.areas, hw))
+        let mut out = self.guided_noise_batch(&[(c, sample)], t, hw)?;
+        Ok(out.pop().map(|g| g.eps).unwrap_or_default())
     }
 
-    /// One UNet run on a batch of rows sharing `sample`, text length `len`.
+    /// [`Self::guided_noise`] of several images at the same timestep, latent size and λ: the
+    /// rows of all images that share a text length go in one UNet call, each image's rows in
+    /// the order [`Self::guided_noise`] gives them alone (the empty prompt, then its prompts).
+    pub fn guided_noise_batch(
+        &mut self,
+        frames: &[(&Conditioning, &[f32])],
+        t: f32,
+        hw: (usize, usize),
+    ) -> Result<Vec<GuidedNoise>, ModelError> {
+        let d = self.export.cross_attention_dim.max(1);
+        let Some(&(c0, s0)) = frames.first() else {
+            return Ok(Vec::new());
+        };
+        let odd = frames
+            .iter()
+            .position(|(c, s)| c.ip_scale.to_bits() != c0.ip_scale.to_bits() || s.len() != s0.len());
+        if let Some(k) = odd {
+            return Err(ModelError::Invalid(format!(
+                "image {k} of the UNet batch has another ip_scale or latent size than image 0; \
+                 batch only images that share both"
+            )));
+        }
+        // Each image's distinct text lengths (first seen first), and those of all images.
+        let lens: Vec<Vec<usize>> = frames
+            .iter()
+            .map(|(c, _)| distinct(c.texts.iter().map(|x| x.len() / d)))
+            .collect();
+        let all = distinct(lens.iter().flatten().copied());
+        let mut cond: Vec<Vec<Vec<f32>>> = frames.iter().map(|(c, _)| vec![Vec::new(); c.texts.len()]).collect();
+        let mut uncond = vec![Vec::new(); frames.len()];
+        let mut rows = vec![0usize; frames.len()];
+        for &len in &all {
+            let (mut text, mut ip, mut sample, mut slots) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for (k, &(c, x)) in frames.iter().enumerate().filter(|(k, _)| lens[*k].contains(&len)) {
+                let guide = c.guidance_scale > 1.0;
+                let (zero_ip, cond_ip) = c.ip.split_at(if guide { c.ip.len() / 2 } else { 0 });
+                // The empty prompt rides with the image's shortest rows (its repeats cost attention).
+                if guide && lens[k].iter().min() == Some(&len) {
+                    let l = self.export.max_length;
+                    if len % l != 0 || c.empty_text.len() != l * d {
+                        return Err(ModelError::Invalid(format!(
+                            "text states of {len} tokens are not whole {l}-token chunks"
+                        )));
+                    }
+                    (0..len / l).for_each(|_| text.extend_from_slice(&c.empty_text));
+                    ip.extend_from_slice(zero_ip);
+                    sample.extend_from_slice(x);
+                    slots.push((k, None));
+                }
+                for i in (0..c.texts.len()).filter(|&i| c.texts[i].len() == len * d) {
+                    text.extend_from_slice(&c.texts[i]);
+                    ip.extend_from_slice(cond_ip);
+                    sample.extend_from_slice(x);
+                    slots.push((k, Some(i)));
+                }
+            }
+            let eps = self.unet_run(sample, t, hw, len, text, ip, c0.ip_scale)?;
+            for ((k, slot), e) in slots.into_iter().zip(eps.chunks(s0.len().max(1))) {
+                rows[k] += 1;
+                match slot {
+                    None => uncond[k] = e.to_vec(),
+                    Some(i) => cond[k][i] = e.to_vec(),
+                }
+            }
+        }
+        Ok(frames
+            .iter()
+            .zip(cond)
+            .zip(uncond)
+            .enumerate()
+            .map(|(k, (((c, _), cond), uncond))| GuidedNoise {
+                eps: guide_and_blend(c, cond, &uncond, hw),
+                unet_calls: lens[k].len(),
+                unet_evals: rows[k],
+            })
+            .collect())
+    }
+
+    /// One UNet run on `text.len() / (len · D)` rows of text length `len`, `sample` holding
+    /// each row's latents (`4 × h × w`) one after the other.
     #[allow(clippy::too_many_arguments)]
     fn unet_run(
         &mut self,
-        sample: &[f32],
+        sample: Vec<f32>,
         t: f32,
         (h, w): (usize, usize),
         len: usize,
@@ -703,9 +745,8 @@ impl SdIpAdapter {
             )));
         }
         let rows = text.len() / (len * d).max(1);
-        let batch: Vec<f32> = (0..rows).flat_map(|_| sample.iter().copied()).collect();
         let out = self.unet.run(vec![
-            ("sample".into(), tensor_f32(&[rows, ch, h, w], batch)?.into()),
+            ("sample".into(), tensor_f32(&[rows, ch, h, w], sample)?.into()),
             ("timestep".into(), tensor_f32(&[1], vec![t])?.into()),
             (
                 "encoder_hidden_states".into(),
@@ -714,8 +755,6 @@ impl SdIpAdapter {
             ("ip_tokens".into(), tensor_f32(&[rows, n, d], ip)?.into()),
             ("ip_scale".into(), tensor_f32(&[1], vec![ip_scale])?.into()),
         ])?;
-        self.unet_counts.0 += 1;
-        self.unet_counts.1 += rows;
         Ok(out.f32("noise_pred")?.1.to_vec())
     }
 
@@ -797,7 +836,66 @@ impl SdIpAdapter {
         init: Option<&RgbImage>,
         o: &GenerateOptions,
     ) -> Result<Generated, ModelError> {
+        let request = GenerateRequest {
+            captions,
+            grid,
+            image_prompt,
+            init,
+            options: o,
+        };
+        self.generate_batch(&[request])
+            .pop()
+            .unwrap_or_else(|| Err(ModelError::Invalid("the generation gave no image".into())))
+    }
+
+    /// [`Self::generate_captions`] for several images, one result per request in order. Images
+    /// with the same size, scheduler, steps, img2img start and λ share every UNet call: per step
+    /// one call per text length on all their rows (frames × guidance branches × prompts), each
+    /// with its own prompts, image prompt, seed and guidance scale; the others go in groups of
+    /// their own. A request the model cannot take fails alone; when a shared UNet call fails,
+    /// its images are run again one by one so that only the one at fault fails.
+    ///
+    /// [`Generated::unet_time`] is its group's time in the UNet, [`Generated::total_time`] the
+    /// time from the start of this call to the image.
+    pub fn generate_batch(&mut self, requests: &[GenerateRequest<'_>]) -> Vec<Result<Generated, ModelError>> {
         let t0 = Instant::now();
+        let mut done: Vec<Option<Result<Job, ModelError>>> = (0..requests.len()).map(|_| None).collect();
+        let mut groups: Vec<Vec<(usize, Job)>> = Vec::new();
+        for (k, r) in requests.iter().enumerate() {
+            match self.prepare(r) {
+                Err(e) => done[k] = Some(Err(e)),
+                Ok(job) => match groups.iter_mut().find(|g| g[0].1.shares_calls(&job)) {
+                    Some(g) => g.push((k, job)),
+                    None => groups.push(vec![(k, job)]),
+                },
+            }
+        }
+        for group in groups {
+            for (k, r) in self.run_group(group) {
+                done[k] = Some(r);
+            }
+        }
+        done.into_iter()
+            .map(|r| {
+                let j = r.unwrap_or_else(|| Err(ModelError::Invalid("an image of the batch was not run".into())))?;
+                let image = self.decode(&j.latents, j.hw)?;
+                Ok(Generated {
+                    image,
+                    steps_run: j.steps_run,
+                    unet_time: j.unet_time,
+                    total_time: t0.elapsed(),
+                    unet_calls: j.unet_calls,
+                    unet_evals: j.unet_evals,
+                    tokens_dropped: j.c.tokens_dropped,
+                    batched_with: j.batched_with,
+                })
+            })
+            .collect()
+    }
+
+    /// Checks a request, encodes its prompts and draws its start latents.
+    fn prepare(&mut self, r: &GenerateRequest<'_>) -> Result<Job, ModelError> {
+        let o = r.options;
         let f = self.export.vae_scale_factor.max(1);
         let [w, h] = o.size;
         self.export.check_size(o.size)?;
@@ -814,11 +912,11 @@ impl SdIpAdapter {
         }
         let hw = ((h / f) as usize, (w / f) as usize);
         let sched = Scheduler::new(o.scheduler, &self.export.scheduler, o.steps)?;
-        let c = self.condition_captions(captions, grid, image_prompt, o)?;
+        let c = self.condition_captions(r.captions, r.grid, r.image_prompt, o)?;
         let mut rng = ChaCha8Rng::seed_from_u64(o.seed);
         let n = self.export.latent_channels * hw.0 * hw.1;
         let noise = normal(&mut rng, n);
-        let (latents, first) = match init {
+        let (latents, first) = match r.init {
             Some(img) if o.strength > 0.0 => {
                 let first = sched.img2img_start(o.strength);
                 let img = if img.dimensions() == (w, h) {
@@ -838,21 +936,160 @@ impl SdIpAdapter {
                 (noise.iter().map(|v| v * s).collect(), 0)
             }
         };
-        let tu = Instant::now();
-        let counts = self.unet_counts;
-        let latents = self.denoise(&c, &sched, latents, first, hw, &mut rng)?;
-        let unet_time = tu.elapsed();
-        let image = self.decode(&latents, hw)?;
-        Ok(Generated {
-            image,
+        Ok(Job {
+            c,
+            sched,
+            latents,
+            first,
+            hw,
+            rng,
             steps_run: o.steps.saturating_sub(first),
-            unet_time,
-            total_time: t0.elapsed(),
-            unet_calls: self.unet_counts.0 - counts.0,
-            unet_evals: self.unet_counts.1 - counts.1,
-            tokens_dropped: c.tokens_dropped,
+            unet_time: Duration::ZERO,
+            unet_calls: 0,
+            unet_evals: 0,
+            batched_with: 1,
         })
     }
+
+    /// Denoises a group of images that share their UNet calls; when a shared call fails, each
+    /// image is run again alone from its start latents.
+    fn run_group(&mut self, mut group: Vec<(usize, Job)>) -> Vec<(usize, Result<Job, ModelError>)> {
+        let saved: Vec<(Vec<f32>, ChaCha8Rng)> = match group.len() {
+            1 => Vec::new(),
+            _ => group.iter().map(|(_, j)| (j.latents.clone(), j.rng.clone())).collect(),
+        };
+        let tu = Instant::now();
+        match self.denoise_jobs(&mut group) {
+            Ok(()) => {
+                let (unet_time, n) = (tu.elapsed(), group.len());
+                group
+                    .into_iter()
+                    .map(|(k, mut j)| {
+                        (j.unet_time, j.batched_with) = (unet_time, n);
+                        (k, Ok(j))
+                    })
+                    .collect()
+            }
+            Err(e) if saved.is_empty() => group.first().map(|(k, _)| vec![(*k, Err(e))]).unwrap_or_default(),
+            Err(_) => {
+                let mut out = Vec::with_capacity(group.len());
+                for ((k, mut j), (latents, rng)) in group.into_iter().zip(saved) {
+                    (j.latents, j.rng, j.unet_calls, j.unet_evals) = (latents, rng, 0, 0);
+                    out.extend(self.run_group(vec![(k, j)]));
+                }
+                out
+            }
+        }
+    }
+
+    /// Runs the scheduler steps of a group of images that share their UNet calls.
+    fn denoise_jobs(&mut self, group: &mut [(usize, Job)]) -> Result<(), ModelError> {
+        let Some((_, j0)) = group.first() else {
+            return Ok(());
+        };
+        let (first, hw, kind) = (j0.first, j0.hw, j0.sched.kind());
+        let timesteps = j0.sched.timesteps().to_vec();
+        for (i, &t) in timesteps.iter().enumerate().skip(first) {
+            let xs: Vec<Vec<f32>> = group
+                .iter()
+                .map(|(_, j)| j.sched.scale_model_input(i, &j.latents))
+                .collect();
+            let frames: Vec<(&Conditioning, &[f32])> =
+                group.iter().zip(&xs).map(|((_, j), x)| (&j.c, x.as_slice())).collect();
+            let guided = self.guided_noise_batch(&frames, t as f32, hw)?;
+            for ((_, j), g) in group.iter_mut().zip(guided) {
+                let noise = match kind {
+                    SchedulerKind::Ddim => Vec::new(),
+                    SchedulerKind::EulerAncestral => normal(&mut j.rng, j.latents.len()),
+                };
+                j.latents = j.sched.step(i, &g.eps, &j.latents, &noise);
+                j.unet_calls += g.unet_calls;
+                j.unet_evals += g.unet_evals;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One image of [`SdIpAdapter::generate_batch`]: the arguments of
+/// [`SdIpAdapter::generate_captions`].
+#[derive(Debug, Clone, Copy)]
+pub struct GenerateRequest<'a> {
+    /// Row-major tile captions (`None` when lost); one caption for a plain prompt.
+    pub captions: &'a [Option<String>],
+    /// `(rows, cols)` of the tiles.
+    pub grid: (usize, usize),
+    /// The image prompt (weight λ).
+    pub image_prompt: Option<&'a RgbImage>,
+    /// The img2img start, used when `options.strength > 0`.
+    pub init: Option<&'a RgbImage>,
+    /// How the image is generated.
+    pub options: &'a GenerateOptions,
+}
+
+/// An image of a batch between its preparation and its decoding.
+struct Job {
+    c: Conditioning,
+    sched: Scheduler,
+    latents: Vec<f32>,
+    first: usize,
+    hw: (usize, usize),
+    rng: ChaCha8Rng,
+    steps_run: usize,
+    unet_time: Duration,
+    unet_calls: usize,
+    unet_evals: usize,
+    batched_with: usize,
+}
+
+impl Job {
+    /// Whether both images can share every UNet call: same timesteps (and sigmas), latent size
+    /// and λ, the UNet taking one timestep and one λ per call.
+    fn shares_calls(&self, o: &Job) -> bool {
+        self.hw == o.hw
+            && self.first == o.first
+            && self.sched.kind() == o.sched.kind()
+            && self.sched.timesteps() == o.sched.timesteps()
+            && self.sched.sigmas() == o.sched.sigmas()
+            && self.c.ip_scale.to_bits() == o.c.ip_scale.to_bits()
+    }
+}
+
+/// One image's share of a batched UNet step ([`SdIpAdapter::guided_noise_batch`]).
+#[derive(Debug, Clone)]
+pub struct GuidedNoise {
+    /// The guided (and blended) noise prediction.
+    pub eps: Vec<f32>,
+    /// UNet calls the image took part in.
+    pub unet_calls: usize,
+    /// The image's rows in them.
+    pub unet_evals: usize,
+}
+
+/// Classifier-free guidance `ε_u + g (ε_c − ε_u)` of each prompt's prediction (when g > 1),
+/// then the predictions blended by their areas.
+fn guide_and_blend(c: &Conditioning, mut cond: Vec<Vec<f32>>, uncond: &[f32], hw: (usize, usize)) -> Vec<f32> {
+    if c.guidance_scale > 1.0 {
+        let g = c.guidance_scale;
+        for e in &mut cond {
+            e.iter_mut().zip(uncond).for_each(|(c, &u)| *c = u + g * (*c - u));
+        }
+    }
+    if cond.len() == 1 {
+        return cond.pop().unwrap_or_default();
+    }
+    blend(&cond, &c.areas, hw)
+}
+
+/// The distinct values of `it`, first seen first.
+fn distinct(it: impl Iterator<Item = usize>) -> Vec<usize> {
+    let mut out = Vec::new();
+    for v in it {
+        if !out.contains(&v) {
+            out.push(v);
+        }
+    }
+    out
 }
 
 /// Noise predictions (`channels × h × w` each) blended per latent pixel by their areas'

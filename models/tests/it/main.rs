@@ -10,6 +10,7 @@ mod isnet;
 mod paper;
 mod provider;
 mod receiver;
+mod sd_batch;
 mod session;
 
 use std::path::PathBuf;
