@@ -116,7 +116,9 @@ pub struct TlsSpec {
     /// This machine's private key (PEM).
     #[serde(default)]
     pub key: Option<PathBuf>,
-    /// Ask peers for a certificate too (mutual TLS).
+    /// Accepted so that graphs written for earlier versions still load; it changes
+    /// nothing: TLS between our machines is always mutual (each side presents its
+    /// certificate and checks the other's against `root_ca`).
     #[serde(default)]
     pub mtls: bool,
 }

@@ -157,7 +157,7 @@ fn machines(cx: &mut Ctx, v: Option<&toml::Value>) -> BTreeMap<String, MachineSp
                             None,
                             format!("machine `{name}`: {}", e.into_inner().message()),
                             Some(
-                                "keys: listen = [\"tcp/0.0.0.0:7447\"], connect = [...], router = \"tcp/host:7447\", tls = { root_ca, cert, key, mtls }".into(),
+                                "keys: listen = [\"tcp/0.0.0.0:7447\"], connect = [...], router = \"tcp/host:7447\", tls = { root_ca, cert, key }".into(),
                             ),
                         );
                     }
