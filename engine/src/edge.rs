@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 use metrics::{Counter, Gauge, Histogram};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
 use crate::message::{FrameId, Message, Part};
 use crate::plan::WhenFull;
@@ -38,8 +38,9 @@ pub(crate) struct Edge {
     pub input: usize,
     pub capacity: usize,
     pub policy: WhenFull,
-    /// Permits = free places on the edge. Held by messages queued or in work.
-    sem: Arc<Semaphore>,
+    /// Permits = free places on the edge. Held by messages queued or in work: each
+    /// taken permit is forgotten and a [`Permit`] gives it back when dropped.
+    sem: Semaphore,
     /// Tickets not yet taken by the consumer, oldest first (`drop_oldest` only).
     pending: Mutex<VecDeque<Weak<Ticket>>>,
     /// Drops on this edge; shared with the consumer stage's counters.
@@ -49,9 +50,9 @@ pub(crate) struct Edge {
     dropped_metric: Counter,
 }
 
-/// A place on an edge; dropping it frees the place.
+/// A place on an edge; dropping it frees the place. It holds the edge (one reference
+/// count) and not an owned semaphore permit as well (a second one per message).
 pub(crate) struct Permit {
-    _permit: OwnedSemaphorePermit,
     edge: Arc<Edge>,
     /// Runs when the last place held by a forwarded message is freed (see [`OnRelease`]).
     pub release: Option<Arc<OnRelease>>,
@@ -78,9 +79,8 @@ impl Drop for OnRelease {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        // The semaphore gets the permit back right after this; count it as free.
-        let depth = self.edge.capacity - self.edge.sem.available_permits() - 1;
-        self.edge.depth.set(depth as f64);
+        self.edge.sem.add_permits(1);
+        self.edge.depth.set(self.edge.depth() as f64);
     }
 }
 
@@ -140,7 +140,7 @@ impl Edge {
             input,
             capacity,
             policy,
-            sem: Arc::new(Semaphore::new(capacity)),
+            sem: Semaphore::new(capacity),
             pending: Mutex::new(VecDeque::new()),
             dropped,
             depth: metrics::gauge!(names::EDGE_QUEUE_DEPTH, &labels),
@@ -159,9 +159,9 @@ impl Edge {
         self.dropped_metric.increment(1);
     }
 
-    fn wrap(self: &Arc<Self>, p: OwnedSemaphorePermit) -> Permit {
+    /// A place whose semaphore permit was just taken (and forgotten).
+    fn wrap(self: &Arc<Self>) -> Permit {
         Permit {
-            _permit: p,
             edge: self.clone(),
             release: None,
         }
@@ -170,8 +170,11 @@ impl Edge {
     /// Admits `msg` according to the edge's policy; `None` when it was dropped.
     /// `release` (a forwarded message's callback) travels with the place it takes.
     pub async fn admit(self: &Arc<Self>, msg: Message, release: Option<&Arc<OnRelease>>) -> Option<Delivery> {
-        let mut permit = match self.sem.clone().try_acquire_owned() {
-            Ok(p) => self.wrap(p),
+        let mut permit = match self.sem.try_acquire() {
+            Ok(p) => {
+                p.forget();
+                self.wrap()
+            }
             Err(_) => match self.policy {
                 WhenFull::Block => self.wait(msg.id).await?,
                 WhenFull::DropNewest => {
@@ -203,11 +206,13 @@ impl Edge {
 
     async fn wait(self: &Arc<Self>, frame: FrameId) -> Option<Permit> {
         let t0 = Instant::now();
-        let p = self.sem.clone().acquire_owned().await.ok()?;
+        self.sem.acquire().await.ok()?.forget();
+        // Wrapped at once, so the permit is given back whatever happens next.
+        let permit = self.wrap();
         let waited = t0.elapsed();
         self.blocked.record(waited.as_secs_f64());
         tracing::trace!(from = %self.from, to = %self.to, %frame, waited_ms = waited.as_millis() as u64, "edge full, producer waited");
-        Some(self.wrap(p))
+        Some(permit)
     }
 
     fn steal_oldest(&self) -> Option<Permit> {

@@ -123,8 +123,9 @@ impl Group {
     }
 }
 
-/// Routes a stage's outputs to its consumers, waiting for room per policy.
-pub(super) async fn route(group: &Group, shared: &RunShared, outputs: Vec<(usize, Message)>) {
+/// Routes a stage's outputs to its consumers, waiting for room per policy; gives the
+/// emptied list back (its allocation can carry the next message's outputs).
+pub(super) async fn route(group: &Group, shared: &RunShared, outputs: Vec<(usize, Message)>) -> Vec<(usize, Message)> {
     route_released(group, shared, outputs, None).await
 }
 
@@ -132,11 +133,11 @@ pub(super) async fn route(group: &Group, shared: &RunShared, outputs: Vec<(usize
 pub(super) async fn route_released(
     group: &Group,
     shared: &RunShared,
-    outputs: Vec<(usize, Message)>,
+    mut outputs: Vec<(usize, Message)>,
     release: Option<Arc<OnRelease>>,
-) {
+) -> Vec<(usize, Message)> {
     let stats = &shared.stats[group.index];
-    for (port, msg) in outputs {
+    for (port, msg) in outputs.drain(..) {
         stats.on_sent(1);
         let Some(edges) = group.outputs.get(port) else { continue };
         let last = edges.len().saturating_sub(1);
@@ -153,6 +154,7 @@ pub(super) async fn route_released(
             }
         }
     }
+    outputs
 }
 
 /// Groups of every stage and every edge, built consumers first, so producers can hold

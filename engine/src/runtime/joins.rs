@@ -25,7 +25,9 @@ impl ActorState {
             shared.stats[group.index].incomplete.fetch_add(1, Ordering::Relaxed);
         }
         match self.run_input(Some(Input::Joined(ready.joined))).await {
-            Some(outs) => route(&group, &shared, outs).await,
+            Some(outs) => {
+                route(&group, &shared, outs).await;
+            }
             None => group.gap_downstream(id, Part::WHOLE),
         }
         drop(ready.held);

@@ -23,18 +23,20 @@ pub(super) struct Sequencer {
     pub(super) ready: BTreeMap<u64, Finished>,
 }
 
-/// Sends outputs on, in arrival order when the stage is replicated, then frees the input's place.
+/// Sends outputs on, in arrival order when the stage is replicated, then frees the
+/// input's place. Gives back the emptied output list (unsequenced stages), for reuse.
 pub(super) async fn complete(
     group: &Group,
     shared: &RunShared,
     order: u64,
     outputs: Vec<(usize, Message)>,
     permit: Option<Permit>,
-) {
+) -> Vec<(usize, Message)> {
     match &group.sequencer {
         None => {
-            route(group, shared, outputs).await;
+            let emptied = route(group, shared, outputs).await;
             drop(permit);
+            emptied
         }
         Some(seq) => {
             let mut s = seq.lock().await;
@@ -46,6 +48,7 @@ pub(super) async fn complete(
                 route(group, shared, outs).await;
                 drop(p);
             }
+            Vec::new()
         }
     }
 }

@@ -68,6 +68,8 @@ pub(super) fn run_source(source: &mut dyn Source, a: &SourceArgs, handle: &tokio
     let stats = a.shared.stats[a.group.index].clone();
     let mut seq = 0u64;
     let ends_on_stop = source.ends_on_stop();
+    // The one-message output list, reused frame after frame.
+    let mut spare = Vec::with_capacity(1);
     loop {
         // A fatal error also sets the stop token: only then is the lock worth taking.
         if a.shared.stop.is_set() && (ends_on_stop || a.shared.is_fatal()) {
@@ -89,7 +91,8 @@ pub(super) fn run_source(source: &mut dyn Source, a: &SourceArgs, handle: &tokio
                 seq += 1;
                 stats.on_received();
                 stats.m_processing.record(dt.as_secs_f64());
-                handle.block_on(route(&a.group, &a.shared, vec![(0, msg)]));
+                spare.push((0, msg));
+                spare = handle.block_on(route(&a.group, &a.shared, spare));
             }
             Ok(SourceItem::Forward { msg, on_release }) => {
                 stats.on_received();

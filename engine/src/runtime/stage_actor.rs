@@ -12,7 +12,7 @@ use super::group::{route, Group, StageMsg};
 use super::sequencer::complete;
 use super::shared::RunShared;
 use super::worker::{build_stage, spawn_worker, Outcome, Runner};
-use crate::edge::Permit;
+use crate::edge::{Delivery, Permit};
 use crate::join::JoinTable;
 use crate::message::Message;
 use crate::plan::{Batch, Restart};
@@ -46,6 +46,8 @@ pub(super) struct ActorState {
     pub(super) joins: JoinTable<Permit>,
     /// The batch a batched stage is gathering (`None` for other stages).
     pub(super) gathering: Option<Gathering>,
+    /// The emptied output list of the last message, kept for its allocation.
+    pub(super) spare: Vec<(usize, Message)>,
 }
 
 impl Actor for StageActor {
@@ -83,6 +85,7 @@ impl Actor for StageActor {
             eos_seen: 0,
             joins: JoinTable::new(args.n_inputs, args.join.unwrap_or_default(), args.mailbox),
             gathering: args.batch.map(Gathering::new),
+            spare: Vec::new(),
             args,
         })
     }
@@ -103,76 +106,89 @@ impl Actor for StageActor {
         msg: StageMsg,
         state: &mut ActorState,
     ) -> Result<(), ActorProcessingErr> {
+        // ractor moves this future a few times per message, so its size is copied each
+        // time: the rare arms are boxed, leaving the size of the data path.
         match msg {
-            StageMsg::Data { input, order, delivery } => {
-                let group = state.args.group.clone();
-                let shared = state.args.shared.clone();
-                let (msg, permit) = match delivery.take() {
-                    Ok(taken) => taken,
-                    Err((frame, part)) => {
-                        // Discarded by a drop_oldest producer (already counted): keep the
-                        // order moving and tell the stages downstream.
-                        complete(&group, &shared, order, Vec::new(), None).await;
-                        state.on_gap(input, frame, part).await;
-                        return Ok(());
-                    }
-                };
-                if state.args.join.is_some() {
-                    // Counted received there, unless refused as late.
-                    state.on_join(input, msg, permit).await;
-                    return Ok(());
-                }
-                shared.stats[group.index].on_received();
-                if group.role == Role::Sink {
-                    shared.latency.record(msg.born.elapsed().as_secs_f64());
-                    shared.at_sink(msg.id);
-                }
-                if state.gathering.is_some() {
-                    state.gather(&myself, input, order, msg, permit).await;
-                    return Ok(());
-                }
-                let (frame, part) = (msg.id, msg.part);
-                let outs = state.run_input(Some(Input::Message { input, msg })).await;
-                if outs.is_none() {
-                    // Failed: joins downstream need not wait for this frame.
-                    group.gap_downstream(frame, part);
-                }
-                complete(&group, &shared, order, outs.unwrap_or_default(), Some(permit)).await;
-            }
-            StageMsg::Gap { input, frame, part } => state.on_gap(input, frame, part).await,
-            StageMsg::Tick => state.expire_joins(false).await,
-            StageMsg::Flush { batch } => state.on_flush(batch).await,
-            StageMsg::Eos => {
-                state.eos_seen += 1;
-                if state.eos_seen >= state.args.group.input_edges {
-                    // End of stream (also after a stop request): the partial batch goes first.
-                    state.flush_batch().await;
-                    state.expire_joins(true).await;
-                    let group = state.args.group.clone();
-                    let shared = state.args.shared.clone();
-                    if let Some(outs) = state.run_input(None).await {
-                        route(&group, &shared, outs).await;
-                    }
-                    let done = group.finished_replicas.fetch_add(1, Ordering::AcqRel) + 1;
-                    if done == group.n_replicas {
-                        group.send_eos_downstream();
-                        shared.stage_finished();
-                    }
-                    myself.stop(None);
-                }
-            }
+            StageMsg::Data { input, order, delivery } => state.on_data(&myself, input, order, delivery).await,
+            StageMsg::Gap { input, frame, part } => Box::pin(state.on_gap(input, frame, part)).await,
+            StageMsg::Tick => Box::pin(state.expire_joins(false)).await,
+            StageMsg::Flush { batch } => Box::pin(state.on_flush(batch)).await,
+            StageMsg::Eos => Box::pin(state.on_eos(&myself)).await,
         }
         Ok(())
     }
 }
 
 impl ActorState {
+    /// End of stream on one input; after the last, the stage finishes and the actor stops.
+    async fn on_eos(&mut self, myself: &ActorRef<StageMsg>) {
+        self.eos_seen += 1;
+        if self.eos_seen < self.args.group.input_edges {
+            return;
+        }
+        // End of stream (also after a stop request): the partial batch goes first.
+        self.flush_batch().await;
+        self.expire_joins(true).await;
+        let group = self.args.group.clone();
+        let shared = self.args.shared.clone();
+        if let Some(outs) = self.run_input(None).await {
+            route(&group, &shared, outs).await;
+        }
+        let done = group.finished_replicas.fetch_add(1, Ordering::AcqRel) + 1;
+        if done == group.n_replicas {
+            group.send_eos_downstream();
+            shared.stage_finished();
+        }
+        myself.stop(None);
+    }
+
+    /// A data message: taken from its delivery, run through the stage, its outputs
+    /// routed (in arrival order when replicated) and then its input place freed. The
+    /// group and shared state are borrowed, not cloned: every actor of the run would
+    /// otherwise touch the same reference counts once per message.
+    async fn on_data(&mut self, myself: &ActorRef<StageMsg>, input: usize, order: u64, delivery: Delivery) {
+        let (msg, permit) = match delivery.take() {
+            Ok(taken) => taken,
+            Err((frame, part)) => {
+                // Discarded by a drop_oldest producer (already counted): keep the
+                // order moving and tell the stages downstream.
+                Box::pin(complete(&self.args.group, &self.args.shared, order, Vec::new(), None)).await;
+                Box::pin(self.on_gap(input, frame, part)).await;
+                return;
+            }
+        };
+        if self.args.join.is_some() {
+            // Counted received there, unless refused as late.
+            Box::pin(self.on_join(input, msg, permit)).await;
+            return;
+        }
+        let (group, shared) = (&self.args.group, &self.args.shared);
+        shared.stats[group.index].on_received();
+        if group.role == Role::Sink {
+            shared.latency.record(msg.born.elapsed().as_secs_f64());
+            shared.at_sink(msg.id);
+        }
+        if self.gathering.is_some() {
+            Box::pin(self.gather(myself, input, order, msg, permit)).await;
+            return;
+        }
+        let (frame, part) = (msg.id, msg.part);
+        let outs = self.run_input(Some(Input::Message { input, msg })).await;
+        let (group, shared) = (&self.args.group, &self.args.shared);
+        if outs.is_none() {
+            // Failed: joins downstream need not wait for this frame.
+            group.gap_downstream(frame, part);
+        }
+        self.spare = complete(group, shared, order, outs.unwrap_or_default(), Some(permit)).await;
+    }
+
     pub(super) async fn run_input(&mut self, input: Option<Input>) -> Option<Vec<(usize, Message)>> {
         let frame = input.as_ref().map(|i| i.frame());
-        let stats = self.args.shared.stats[self.args.group.index].clone();
         let t0 = Instant::now();
-        let outcome = self.runner.exec(input).await;
+        let outcome = self.runner.exec(input, std::mem::take(&mut self.spare)).await;
         let dt = t0.elapsed();
+        // Borrowed, not cloned: an `Arc` clone per message is a contended atomic.
+        let stats = &self.args.shared.stats[self.args.group.index];
         stats.busy_ns.fetch_add(dt.as_nanos() as u64, Ordering::Relaxed);
         stats.m_processing.record(dt.as_secs_f64());
         match outcome {

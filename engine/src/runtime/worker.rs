@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
+use crate::message::Message;
 use crate::registry::Configured;
 use crate::stage::{BuildContext, Built, Input, Outputs, Stage, StageError};
 
@@ -26,7 +27,18 @@ pub(super) fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
 }
 
 pub(super) fn run_guarded(stage: &mut dyn Stage, input: Option<Input>) -> Outcome {
-    let mut out = Outputs::default();
+    run_guarded_into(stage, input, Vec::new())
+}
+
+/// [`run_guarded`], collecting the outputs into `spare` (an empty vector whose
+/// allocation is reused: an inline stage allocates no output list per message).
+pub(super) fn run_guarded_into(
+    stage: &mut dyn Stage,
+    input: Option<Input>,
+    mut spare: Vec<(usize, Message)>,
+) -> Outcome {
+    spare.clear();
+    let mut out = Outputs { items: spare };
     let r = std::panic::catch_unwind(AssertUnwindSafe(|| match input {
         Some(i) => stage.process(i, &mut out),
         None => stage.finish(&mut out),
@@ -99,9 +111,10 @@ pub(super) enum Runner {
 }
 
 impl Runner {
-    pub(super) async fn exec(&mut self, input: Option<Input>) -> Outcome {
+    /// Runs one input; an inline stage collects its outputs into `spare`'s allocation.
+    pub(super) async fn exec(&mut self, input: Option<Input>, spare: Vec<(usize, Message)>) -> Outcome {
         match self {
-            Runner::Inline(s) => run_guarded(s.as_mut(), input),
+            Runner::Inline(s) => run_guarded_into(s.as_mut(), input, spare),
             Runner::Worker(tx) => {
                 let (otx, orx) = oneshot::channel();
                 if tx.send(Job::Process(input, otx)).is_err() {
