@@ -311,20 +311,8 @@ fn llava_dir(c: &LlavaKeys, ctx: &BuildContext) -> Result<PathBuf, StageError> {
 #[cfg(test)]
 mod batch_tests {
     use super::*;
-    use dataflow_engine::{Fields, FrameId, Image, Message, Part};
-
-    fn input(seq: u64, fields: Fields) -> Input {
-        Input::Message {
-            input: 0,
-            msg: Message {
-                id: FrameId { stream: 0, seq },
-                part: Part::WHOLE,
-                captured: std::time::SystemTime::now(),
-                born: std::time::Instant::now(),
-                fields,
-            },
-        }
-    }
+    use crate::testkit::input;
+    use dataflow_engine::{Fields, Image};
 
     fn tile(w: u32, h: u32) -> Fields {
         let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7) as u8, (y * 3) as u8, 90]));
@@ -342,18 +330,7 @@ mod batch_tests {
         }
         let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/fixtures/llava");
         let dir = tempfile::tempdir().unwrap();
-        let ctx = BuildContext {
-            stage: "caption".into(),
-            kind: "caption".into(),
-            replica: 0,
-            replicas: 1,
-            graph: "t".into(),
-            seed: 1,
-            out_dir: dir.path().to_path_buf(),
-            graph_dir: dir.path().to_path_buf(),
-            inputs: vec!["src".into()],
-            restart: dataflow_engine::Restart::OnFailure,
-        };
+        let ctx = crate::testkit::context("caption", "caption", dir.path());
         let cfg: CaptionConfig = serde_json::from_value(serde_json::json!({
             "model": "llava", "model_dir": fixture, "max_new_tokens": 4, "provider": "cpu", "intra_threads": 1
         }))

@@ -385,20 +385,8 @@ impl StageKind for Correct {
 #[cfg(test)]
 mod batch_tests {
     use super::*;
-    use dataflow_engine::{Fields, FrameId, Message, Part};
-
-    fn input(seq: u64, fields: Fields) -> Input {
-        Input::Message {
-            input: 0,
-            msg: Message {
-                id: FrameId { stream: 0, seq },
-                part: Part::WHOLE,
-                captured: std::time::SystemTime::now(),
-                born: std::time::Instant::now(),
-                fields,
-            },
-        }
-    }
+    use crate::testkit::input;
+    use dataflow_engine::Fields;
 
     /// BART (greedy) over a batch of three frames, one with neither `text` nor `texts`: that
     /// one fails alone as an `input` error, the others are emitted.
@@ -411,18 +399,7 @@ mod batch_tests {
         }
         let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/fixtures/bart");
         let dir = tempfile::tempdir().unwrap();
-        let ctx = BuildContext {
-            stage: "correct".into(),
-            kind: "correct".into(),
-            replica: 0,
-            replicas: 1,
-            graph: "t".into(),
-            seed: 1,
-            out_dir: dir.path().to_path_buf(),
-            graph_dir: dir.path().to_path_buf(),
-            inputs: vec!["src".into()],
-            restart: dataflow_engine::Restart::OnFailure,
-        };
+        let ctx = crate::testkit::context("correct", "correct", dir.path());
         let cfg: CorrectConfig = serde_json::from_value(serde_json::json!({
             "model": "bart", "model_dir": fixture, "beams": 1, "max_new_tokens": 6,
             "provider": "cpu", "intra_threads": 1

@@ -38,6 +38,8 @@ pub mod segment;
 pub mod sheet;
 pub mod split;
 pub mod synthetic;
+#[cfg(test)]
+mod testkit;
 pub mod text_channel;
 pub mod thumbnail;
 pub mod thumbnail_sr;

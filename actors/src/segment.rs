@@ -338,20 +338,7 @@ impl StageKind for Segment {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dataflow_engine::{FrameId, Message, Part};
-
-    fn input(seq: u64, fields: Fields) -> Input {
-        Input::Message {
-            input: 0,
-            msg: Message {
-                id: FrameId { stream: 0, seq },
-                part: Part::WHOLE,
-                captured: std::time::SystemTime::now(),
-                born: std::time::Instant::now(),
-                fields,
-            },
-        }
-    }
+    use crate::testkit::input;
 
     fn image(w: u32, h: u32) -> Fields {
         let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 9) as u8, (y * 5) as u8, 200]));
@@ -369,18 +356,7 @@ mod tests {
         }
         let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/fixtures/isnet_like.onnx");
         let dir = tempfile::tempdir().unwrap();
-        let ctx = BuildContext {
-            stage: "segment".into(),
-            kind: "segment".into(),
-            replica: 0,
-            replicas: 1,
-            graph: "t".into(),
-            seed: 1,
-            out_dir: dir.path().to_path_buf(),
-            graph_dir: dir.path().to_path_buf(),
-            inputs: vec!["src".into()],
-            restart: dataflow_engine::Restart::OnFailure,
-        };
+        let ctx = crate::testkit::context("segment", "segment", dir.path());
         let cfg: SegmentConfig = serde_json::from_value(serde_json::json!({
             "model": "isnet", "model_path": fixture, "provider": "cpu", "intra_threads": 1
         }))

@@ -323,18 +323,7 @@ mod tests {
     #[test]
     fn mixed_sizes_are_resized_to_the_first() {
         let dir = tempfile::tempdir().unwrap();
-        let ctx = BuildContext {
-            stage: "video".into(),
-            kind: "video_sink".into(),
-            replica: 0,
-            replicas: 1,
-            graph: "t".into(),
-            seed: 1,
-            out_dir: dir.path().to_path_buf(),
-            graph_dir: dir.path().to_path_buf(),
-            inputs: vec!["src".into()],
-            restart: dataflow_engine::Restart::OnFailure,
-        };
+        let ctx = crate::testkit::context("video", "video_sink", dir.path());
         let cfg: VideoSinkConfig = serde_json::from_str("{}").unwrap();
         let Built::Stage(mut stage) = VideoSink::build(&cfg, &ctx).unwrap() else {
             panic!("video_sink is a stage")
