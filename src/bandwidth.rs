@@ -108,7 +108,7 @@ pub fn match_bandwidth(runner: &mut Runner, systems: &mut [System], target: &str
         }
         let b = calibrate(runner, s, target_uses)?;
         s.sets
-            .extend(b.bpp.iter().map(|(id, bpp)| format!("stage.{id}.bpp={bpp}")));
+            .extend(s.info.codecs.iter().zip(&b.bpp).map(|(c, (_, bpp))| c.set(*bpp)));
         baselines.push(b);
     }
     let m = Matched {
@@ -125,7 +125,7 @@ fn calibrate(runner: &mut Runner, sys: &System, target: f64) -> Result<Baseline>
     let snr = runner.first_snr();
     let base = sys.info.codecs.clone();
     let sets =
-        |k: f64| -> Vec<(String, f64)> { base.iter().map(|(id, bpp)| (id.clone(), round_bpp(bpp * k))).collect() };
+        |k: f64| -> Vec<(String, f64)> { base.iter().map(|c| (c.stage.clone(), round_bpp(c.bpp * k))).collect() };
     let mut measure = |k: f64| -> Result<f64> {
         let bpp = sets(k);
         let label: Vec<String> = bpp.iter().map(|(_, b)| format!("{b}")).collect();
@@ -134,8 +134,8 @@ fn calibrate(runner: &mut Runner, sys: &System, target: f64) -> Result<Baseline>
             .join("calibrate")
             .join(&sys.folder)
             .join(format!("bpp{}", label.join("_")));
-        let mut extra: Vec<String> = bpp.iter().map(|(id, b)| format!("stage.{id}.bpp={b}")).collect();
-        extra.extend(base.iter().map(|(id, _)| format!("stage.{id}.ideal=true")));
+        let mut extra: Vec<String> = base.iter().zip(&bpp).map(|(c, (_, b))| c.set(*b)).collect();
+        extra.extend(base.iter().map(|c| format!("stage.{}.{}=true", c.stage, c.noiseless)));
         let rows = runner.ensure(sys, snr, 1, &dir, &extra)?;
         mean_uses(&rows).ok_or_else(|| {
             anyhow::anyhow!(

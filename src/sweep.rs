@@ -276,9 +276,28 @@ pub struct GraphInfo {
     notes: Vec<String>,
     /// Every stage id.
     stage_ids: BTreeSet<String>,
-    /// Stages sending at a byte budget and their bits per pixel (`SweepRole::Budget`;
-    /// `--match-bandwidth` sets it).
-    pub codecs: Vec<(String, f64)>,
+    /// Stages sending at a byte budget (`SweepRole::Budget`; `--match-bandwidth` sets it).
+    pub codecs: Vec<Budget>,
+}
+
+/// A stage sending at a byte budget, with its kind's keys.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Budget {
+    /// Stage id.
+    pub stage: String,
+    /// The kind's bits-per-pixel key.
+    pub key: &'static str,
+    /// The kind's noiseless-channel key.
+    pub noiseless: &'static str,
+    /// Bits per pixel in the graph (or the kind's default).
+    pub bpp: f64,
+}
+
+impl Budget {
+    /// `--set` overrides giving this stage `bpp` bits per pixel.
+    pub fn set(&self, bpp: f64) -> String {
+        format!("stage.{}.{}={bpp}", self.stage, self.key)
+    }
 }
 
 /// What stands in for what in a graph's stages (codecs, models), as each kind describes
@@ -375,11 +394,20 @@ fn graph_info(path: &Path) -> Result<GraphInfo> {
     let codecs = roles
         .iter()
         .filter_map(|(id, t, r)| match r {
-            SweepRole::Budget { key, default } => {
+            SweepRole::Budget {
+                key,
+                default,
+                noiseless,
+            } => {
                 let bpp = t
                     .get(*key)
                     .and_then(|v| v.as_float().or(v.as_integer().map(|i| i as f64)));
-                Some(((*id).clone(), bpp.unwrap_or(*default)))
+                Some(Budget {
+                    stage: (*id).clone(),
+                    key,
+                    noiseless,
+                    bpp: bpp.unwrap_or(*default),
+                })
             }
             _ => None,
         })
@@ -1051,7 +1079,16 @@ mod tests {
         assert_eq!(codec.sources, [("source".to_string(), "path")]);
         assert_eq!(codec.csv, PathBuf::from("metrics.csv"));
         assert_eq!(codec.recon_dir, Some(PathBuf::from("reconstructions")));
-        assert_eq!(codec.codecs, [("link".to_string(), 0.1)]);
+        assert_eq!(
+            codec.codecs,
+            [Budget {
+                stage: "link".into(),
+                key: "bpp",
+                noiseless: "ideal",
+                bpp: 0.1
+            }]
+        );
+        assert_eq!(codec.codecs[0].set(0.25), "stage.link.bpp=0.25");
         assert_eq!(
             codec.notes,
             ["link: HEVC intra (x265) in HEIF via heif-enc (libheif), standing in for BPG + 5G NR LDPC"]

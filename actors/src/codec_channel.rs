@@ -205,6 +205,7 @@ impl StageKind for CodecChannel {
     const SWEEP: dataflow_engine::SweepRole = dataflow_engine::SweepRole::Budget {
         key: "bpp",
         default: DEFAULT_BPP,
+        noiseless: "ideal",
     };
 
     fn describe(c: &Self::Config) -> Option<String> {

@@ -28,11 +28,15 @@ pub enum SweepRole {
         default: &'static str,
     },
     /// Sends images at a byte budget of `key` bits per pixel (default `default`), which
-    /// `sweep --match-bandwidth` sets.
+    /// `sweep --match-bandwidth` sets; `noiseless` names the boolean key that sends over a
+    /// noiseless channel, which the calibration sets so that only the budget decides the
+    /// channel uses.
     Budget {
         /// The bits-per-pixel key.
         key: &'static str,
         /// Its default.
         default: f64,
+        /// The key of a noiseless channel (`true` while calibrating).
+        noiseless: &'static str,
     },
 }
