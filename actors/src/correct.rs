@@ -12,8 +12,9 @@
 //!
 //! `model = "bart"` (paper tier): a BART seq2seq spelling corrector exported by
 //! `models/export/bart.py` (default checkpoint `oliverguhr/spelling-correction-english-base`),
-//! the encoder once per text and the decoder with its KV cache. Decoding uses the checkpoint's
-//! generation settings recorded in the export's `export.json` (bart-base fine-tunes: 4 beams,
+//! the encoder once per text and the decoder with its KV cache; a batch of frames runs all its
+//! texts in one padded batch (greedy or beam search, `Bart::correct_batch`). Decoding uses the
+//! checkpoint's generation settings recorded in the export's `export.json` (bart-base fine-tunes: 4 beams,
 //! `no_repeat_ngram_size` 3, early stopping, forced BOS/EOS) and a token limit sized from the
 //! input (`n + n/2 + 10` new tokens for `n` input tokens, capped by the checkpoint's `max_length`);
 //! the keys `beams`, `no_repeat_ngram_size` and `max_new_tokens` override them.
@@ -177,9 +178,10 @@ impl Stage for Run {
         Ok(())
     }
 
-    /// BART corrects every text of every frame of the batch in one padded greedy batch
-    /// (`Bart::correct_batch`); the other correctors go frame by frame. A frame without
-    /// text, or whose text BART fails on, fails alone.
+    /// BART corrects every text of every frame of the batch in one padded batch
+    /// (`Bart::correct_batch`): greedy one decoder row per text, beam search (`beams > 1`) one
+    /// row per running beam of each text, each text stopping on its own; the other correctors
+    /// go frame by frame. A frame without text, or whose text BART fails on, fails alone.
     fn process_batch(&mut self, inputs: Vec<Input>, outs: &mut [Outputs]) -> Vec<Result<(), StageError>> {
         let Fixer::Bart(bart, options) = &mut self.corrector else {
             return inputs
@@ -336,7 +338,8 @@ impl StageKind for Correct {
     type Config = CorrectConfig;
     const NAME: &'static str = "correct";
     const ROLE: Role = Role::Transform;
-    /// BART corrects a batch of frames in one padded greedy batch; the others go one by one.
+    /// BART corrects a batch of frames in one padded batch (greedy or beam search); the others
+    /// go one by one.
     const BATCH: bool = true;
     const DOC: &'static str =
         "Corrects the received texts (SymSpell compound correction, channel-aware noisy-channel decoding, or BART).";
@@ -425,5 +428,58 @@ mod batch_tests {
         assert!(err.message.contains("has neither `texts` nor `text`"), "{err}");
         let counts: Vec<usize> = outs.iter().map(Outputs::len).collect();
         assert_eq!(counts, [1, 0, 1]);
+    }
+
+    /// With beams (the export's 4), `process_batch` gives each frame the `corrected` that
+    /// `process` gives it alone: the batched beam search, texts of different lengths.
+    #[test]
+    fn a_bart_beam_batch_emits_what_one_frame_at_a_time_emits() {
+        if let Err(e) = dataflow_models::runtime::runtime() {
+            assert!(!dataflow_models::assets::assets_required(), "{e}");
+            println!("skipped: {e}");
+            return;
+        }
+        let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/fixtures/bart");
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::testkit::context("correct", "correct", dir.path());
+        let cfg: CorrectConfig = serde_json::from_value(serde_json::json!({
+            "model": "bart", "model_dir": fixture, "provider": "cpu", "intra_threads": 1
+        }))
+        .unwrap();
+        let texts: Arc<[Option<String>]> = Arc::from(vec![
+            Some("teh cat".to_string()),
+            None,
+            Some("a red motorbke is parked on the stret".into()),
+        ]);
+        let frames = vec![
+            input(0, Fields::new().with("texts", Value::Texts(texts))),
+            input(
+                1,
+                Fields::new().with("text", Value::Text(Arc::from("A person in a white space suit."))),
+            ),
+        ];
+        // The same messages (same timestamps) for the one-at-a-time run.
+        let copies: Vec<Input> = frames
+            .iter()
+            .map(|f| match f {
+                Input::Message { input, msg } => Input::Message {
+                    input: *input,
+                    msg: msg.clone(),
+                },
+                Input::Joined(_) => unreachable!("test frames are messages"),
+            })
+            .collect();
+        let Built::Stage(mut stage) = Correct::build(&cfg, &ctx).unwrap() else {
+            panic!("correct is a stage")
+        };
+        let mut outs: Vec<Outputs> = (0..2).map(|_| Outputs::default()).collect();
+        let results = stage.process_batch(frames, &mut outs);
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        for (k, frame) in copies.into_iter().enumerate() {
+            let mut alone = Outputs::default();
+            stage.process(frame, &mut alone).unwrap();
+            assert_eq!(alone.len(), 1);
+            assert_eq!(format!("{alone:?}"), format!("{:?}", outs[k]), "frame {k}");
+        }
     }
 }

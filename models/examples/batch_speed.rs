@@ -1,18 +1,24 @@
 //! Throughput of the batched model paths (issue 20): LLaVA captions (tiles/s at several
 //! batch sizes, and the bytes the decode loop copies between the host and ONNX Runtime per
-//! step) and, when the asset is there, ISNet (frames/s at several batch sizes).
+//! step), BART beam search (texts/s at several batch sizes, batched and one text at a time)
+//! and, when the asset is there, ISNet (frames/s at several batch sizes).
 //!
 //! ```sh
 //! cargo run --release -p dataflow-models --example batch_speed -- \
 //!     --provider cpu --llava models/fixtures/llava --batches 1,4,8 --tokens 16 \
+//!     --bart models/fixtures/bart --bart-batches 1,4,8 --bart-beams 4 \
 //!     --isnet assets/models/isnet/isnet-medium.onnx --isnet-batches 1,2
 //! ```
 //!
-//! `--provider cuda` (or `auto`) runs the same on the GPU. `--isnet` is optional.
+//! `--provider cuda` (or `auto`) runs the same on the GPU. `--isnet` and `--bart` are
+//! optional; `--llava none` leaves LLaVA out. BART decodes with the export's settings
+//! (`no_repeat_ngram_size`, length penalty, early stopping, input-sized limit), the beam
+//! width from `--bart-beams`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Instant;
 
+use dataflow_models::bart::Bart;
 use dataflow_models::isnet::Isnet;
 use dataflow_models::llava::{GenerateOptions, Llava, QUERY};
 use dataflow_models::provider::{Provider, SessionOptions};
@@ -33,6 +39,7 @@ fn tile(k: usize, w: u32, h: u32) -> RgbImage {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut provider, mut llava_dir, mut isnet_path) = (Provider::Cpu, "models/fixtures/llava".to_string(), None);
     let (mut batches, mut isnet_batches, mut tokens) = (vec![1, 4, 8], vec![1, 2], 16usize);
+    let (mut bart_dir, mut bart_batches, mut bart_beams) = (None, vec![1, 4, 8], 4usize);
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().unwrap_or_else(|| panic!("{flag} needs a value"));
@@ -43,11 +50,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--batches" => batches = list(&value),
             "--isnet-batches" => isnet_batches = list(&value),
             "--tokens" => tokens = value.parse()?,
+            "--bart" => bart_dir = Some(value),
+            "--bart-batches" => bart_batches = list(&value),
+            "--bart-beams" => bart_beams = value.parse()?,
             other => panic!("unknown flag {other}"),
         }
     }
     let options = SessionOptions::default().with_provider(provider);
-    let mut llava = Llava::load(&llava_dir, &options)?;
+    if llava_dir != "none" {
+        llava_speed(&llava_dir, &options, &batches, tokens)?;
+    }
+    if let Some(dir) = bart_dir {
+        bart_speed(&dir, &options, &bart_batches, bart_beams)?;
+    }
+    if let Some(path) = isnet_path {
+        isnet_speed(&path, &options, &isnet_batches)?;
+    }
+    Ok(())
+}
+
+fn llava_speed(
+    llava_dir: &str,
+    options: &SessionOptions,
+    batches: &[usize],
+    tokens: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut llava = Llava::load(llava_dir, options)?;
     let gen = GenerateOptions {
         max_new_tokens: tokens,
         stop_at_stop_tokens: false,
@@ -64,7 +92,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ..gen
         },
     )?;
-    for &b in &batches {
+    for &b in batches {
         let refs: Vec<&RgbImage> = tiles.iter().take(b).collect();
         let (runs, started) = (3, Instant::now());
         let mut last = None;
@@ -82,24 +110,102 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             g.kv_bytes
         );
     }
-    if let Some(path) = isnet_path {
-        let mut isnet = Isnet::load(&path, &options)?;
-        let frames: Vec<RgbImage> = (0..isnet_batches.iter().copied().max().unwrap_or(1))
-            .map(|k| tile(k, 640, 480))
-            .collect();
-        isnet.segment(&frames[0])?;
-        for &b in &isnet_batches {
-            let refs: Vec<&RgbImage> = frames.iter().take(b).collect();
-            let started = Instant::now();
-            for r in isnet.segment_batch(&refs) {
+    Ok(())
+}
+
+/// Misspelt captions of different lengths (5 to 21 tokens on the fixture's tokenizer).
+const BART_TEXTS: [&str; 8] = [
+    "teh cat sat on teh mat",
+    "a red motorbke is parked on the stret",
+    "A person in a white space suit.",
+    "teh cat",
+    "two dogs playing wiht a red bal in teh park",
+    "a man rideing a hrose on a beach",
+    "a bowl of frut on a wooden tabel",
+    "an astronuat in a space suit standing",
+];
+
+/// Texts/s of BART beam search, batched (`correct_batch`) and one text at a time (`correct`):
+/// each way warmed once, then timed over at least 0.5 s, three times interleaved; the best
+/// of the three (the machine is shared, so the best is the least disturbed).
+fn bart_speed(
+    dir: &str,
+    options: &SessionOptions,
+    batches: &[usize],
+    beams: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut bart = Bart::load(dir, options)?;
+    let o = dataflow_models::bart::CorrectOptions {
+        beams,
+        ..bart.default_options()
+    };
+    let max = batches.iter().copied().max().unwrap_or(1);
+    let texts: Vec<&str> = BART_TEXTS.iter().copied().cycle().take(max).collect();
+    for &b in batches {
+        let batch = &texts[..b];
+        let mut batched = |bart: &mut Bart| -> Result<(), Box<dyn std::error::Error>> {
+            for r in bart.correct_batch(batch, &o) {
                 r?;
             }
-            println!(
-                "isnet {} batch {b}: {:.3} frames/s",
-                isnet.provider(),
-                b as f64 / started.elapsed().as_secs_f64()
-            );
+            Ok(())
+        };
+        let mut alone = |bart: &mut Bart| -> Result<(), Box<dyn std::error::Error>> {
+            for t in batch {
+                bart.correct(t, &o)?;
+            }
+            Ok(())
+        };
+        let (mut best_batched, mut best_alone) = (0.0f64, 0.0f64);
+        batched(&mut bart)?;
+        alone(&mut bart)?;
+        for _ in 0..3 {
+            best_batched = best_batched.max(b as f64 / seconds_per_call(&mut bart, &mut batched)?);
+            best_alone = best_alone.max(b as f64 / seconds_per_call(&mut bart, &mut alone)?);
         }
+        println!(
+            "bart {} beams {beams} batch {b}: {best_batched:.1} texts/s batched, \
+             {best_alone:.1} texts/s one at a time ({:.2}x)",
+            bart.provider(),
+            best_batched / best_alone
+        );
+    }
+    Ok(())
+}
+
+/// One timed way of correcting the batch.
+type Call<'a> = dyn FnMut(&mut Bart) -> Result<(), Box<dyn std::error::Error>> + 'a;
+
+/// Mean seconds of one `call`, run until 0.5 s have passed (at least 3 calls).
+fn seconds_per_call(bart: &mut Bart, call: &mut Call<'_>) -> Result<f64, Box<dyn std::error::Error>> {
+    let (started, mut calls) = (Instant::now(), 0u32);
+    while calls < 3 || started.elapsed().as_secs_f64() < 0.5 {
+        call(bart)?;
+        calls += 1;
+    }
+    Ok(started.elapsed().as_secs_f64() / f64::from(calls))
+}
+
+fn isnet_speed(
+    path: &str,
+    options: &SessionOptions,
+    isnet_batches: &[usize],
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut isnet = Isnet::load(path, options)?;
+    let frames: Vec<RgbImage> = (0..isnet_batches.iter().copied().max().unwrap_or(1))
+        .map(|k| tile(k, 640, 480))
+        .collect();
+    isnet.segment(&frames[0])?;
+    for &b in isnet_batches {
+        let refs: Vec<&RgbImage> = frames.iter().take(b).collect();
+        let started = Instant::now();
+        for r in isnet.segment_batch(&refs) {
+            r?;
+        }
+        println!(
+            "isnet {} batch {b}: {:.3} frames/s",
+            isnet.provider(),
+            b as f64 / started.elapsed().as_secs_f64()
+        );
     }
     Ok(())
 }

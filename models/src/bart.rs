@@ -24,6 +24,11 @@
 //! fixture's `generation.json` holds PyTorch's ids for these settings; `models/tests/bart_generate.rs`
 //! checks them.
 //!
+//! Batches ([`Bart::generate_batch`], [`Bart::correct_batch`]): the texts share one encoder run
+//! and one decoder call per step, greedy one row per text, beam search one row per running
+//! beam of each text (`bart/beam.rs`); each text gets the ids it gets alone (scores within
+//! 1e-5: `models/tests/it/batch.rs`).
+//!
 //! Token limit: the checkpoint's `max_length` when it sets one, else sized from the input
 //! ([`Bart::token_limit`]): `n + n/2 + 10` new tokens for `n` input tokens. A spelling fix is
 //! about as long as its input in BPE tokens, so this never cuts a correction the way a fixed
@@ -40,6 +45,8 @@ use crate::error::ModelError;
 use crate::provider::{ActiveProvider, SessionOptions};
 use crate::session::{load_session, tensor_f32, tensor_i64, IoSpec, LoadedSession, RunOutputs, TensorSpec};
 use crate::textgen::{argmax, log_softmax, read_export_json, TextTokenizer};
+
+mod beam;
 
 /// Where `dataflow` looks for the export, relative to the assets folder.
 pub const ASSET_DIR: &str = "models/bart";
@@ -214,6 +221,16 @@ pub struct Bart {
     dir: PathBuf,
 }
 
+/// A generated sequence.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Generated {
+    /// Ids after the start token, `</s>` left out.
+    pub ids: Vec<u32>,
+    /// Beam search: the hypothesis' score, summed log-probability / generated length ^ length
+    /// penalty (`transformers`' `sequences_scores`); greedy: `None`.
+    pub score: Option<f32>,
+}
+
 /// The caches of the running beams: one value per `past_key_values.*` name.
 type Cache = Vec<(String, DynValue)>;
 
@@ -322,15 +339,18 @@ impl Bart {
 
     /// The generated ids for `input_ids` (after the start token, eos left out).
     pub fn generate_ids(&mut self, input_ids: &[u32], options: &CorrectOptions) -> Result<Vec<u32>, ModelError> {
-        if input_ids.is_empty() {
-            return Ok(Vec::new());
-        }
+        self.generate(input_ids, options).map(|g| g.ids)
+    }
+
+    /// The generated sequence for `input_ids`, with its beam-search score.
+    pub fn generate(&mut self, input_ids: &[u32], options: &CorrectOptions) -> Result<Generated, ModelError> {
         if options.beams == 0 {
             return Err(ModelError::Invalid("beams must be at least 1".into()));
         }
+        self.check_input(input_ids)?;
         let limit = self.token_limit(input_ids.len(), options);
-        if limit == 0 {
-            return Ok(Vec::new());
+        if input_ids.is_empty() || limit == 0 {
+            return Ok(Generated::default());
         }
         let s = input_ids.len();
         let ids: Vec<i64> = input_ids.iter().map(|&t| i64::from(t)).collect();
@@ -344,10 +364,33 @@ impl Bart {
         }
         let hidden = hidden.to_vec();
         if options.beams == 1 {
-            self.greedy(&hidden, s, limit, options)
+            let ids = self.greedy(&hidden, s, limit, options)?;
+            Ok(Generated { ids, score: None })
         } else {
             self.beam_search(&hidden, s, limit, options)
         }
+    }
+
+    /// Input ids the export can take: no more than its learned positions, each in its vocabulary.
+    fn check_input(&self, input_ids: &[u32]) -> Result<(), ModelError> {
+        let e = &self.export;
+        if input_ids.len() > e.max_position_embeddings {
+            return Err(ModelError::Invalid(format!(
+                "{} input tokens, but the BART export in {} takes at most {}; shorten the text",
+                input_ids.len(),
+                self.dir.display(),
+                e.max_position_embeddings
+            )));
+        }
+        if let Some(bad) = input_ids.iter().find(|&&t| t as usize >= e.vocab_size) {
+            return Err(ModelError::Invalid(format!(
+                "input token id {bad} is outside the vocabulary ({} ids) of the BART export in {}; \
+                 encode the text with that export's tokenizer.json",
+                e.vocab_size,
+                self.dir.display()
+            )));
+        }
+        Ok(())
     }
 
     /// Log-probabilities of the token after `seq` (the decoder's tokens so far, start token
@@ -425,124 +468,6 @@ impl Bart {
         Ok(seq[1..].to_vec())
     }
 
-    /// The best `keep` continuations `(summed log-probability, beam, token)` of the running beams,
-    /// best first (finite scores only).
-    fn beam_candidates(
-        &self,
-        res: &RunOutputs,
-        running: &[(Vec<u32>, f32)],
-        keep: usize,
-        limit: usize,
-        o: &CorrectOptions,
-    ) -> Result<Vec<(f32, usize, u32)>, ModelError> {
-        let vocab = self.export.vocab_size;
-        let (shape, logits) = res.f32("logits")?;
-        let t = shape[1];
-        let mut candidates: Vec<(f32, usize, u32)> = Vec::with_capacity(running.len() * vocab);
-        for (bi, (seq, score)) in running.iter().enumerate() {
-            let at = (bi * t + t - 1) * vocab;
-            let lp = self.next_log_probs(&logits[at..at + vocab], seq, limit, o);
-            candidates.extend(
-                lp.iter()
-                    .enumerate()
-                    .filter(|(_, l)| l.is_finite())
-                    .map(|(tok, l)| (score + l, bi, tok as u32)),
-            );
-        }
-        let order =
-            |a: &(f32, usize, u32), b: &(f32, usize, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2));
-        if candidates.len() > keep {
-            candidates.select_nth_unstable_by(keep - 1, order);
-            candidates.truncate(keep);
-        }
-        candidates.sort_by(order);
-        Ok(candidates)
-    }
-
-    /// Beam search as `transformers`' `_beam_search` (5.x): per step the best `2 × beams`
-    /// continuations; those among the first `beams` that end (`</s>`, or the limit reached) join
-    /// the finished hypotheses, scored by summed log-probability / generated length ^ length
-    /// penalty; the best `beams` that do not end run on. It stops per `early_stopping`.
-    fn beam_search(
-        &mut self,
-        hidden: &[f32],
-        s: usize,
-        limit: usize,
-        o: &CorrectOptions,
-    ) -> Result<Vec<u32>, ModelError> {
-        let e = self.export.clone();
-        let width = o.beams;
-        // Running beams (decoder tokens, start token included; summed log-probabilities) and the
-        // finished hypotheses (best first, at most `width`; normalised scores).
-        let mut running: Vec<(Vec<u32>, f32)> = vec![(vec![e.decoder_start_token_id], 0.0)];
-        let mut finished: Vec<(Vec<u32>, f32)> = Vec::new();
-        let mut improvable = true;
-        let mut res = self.run_first(&[e.decoder_start_token_id], hidden, s, 1)?;
-        // The cross-attention cache of one row, and expanded to the running beams.
-        let mut cross_one = Cache::new();
-        let mut cross = Cache::new();
-        for k in 0..limit {
-            let candidates = self.beam_candidates(&res, &running, 2 * width, limit, o)?;
-            let last_step = k + 1 == limit;
-            let ends = |tok: u32| tok == e.eos_token_id || last_step;
-            let full = finished.len() == width && o.early_stopping == EarlyStopping::Done;
-            if improvable && !full {
-                for &(score, bi, tok) in candidates.iter().take(width).filter(|c| ends(c.2)) {
-                    let mut toks = running[bi].0.clone();
-                    if tok != e.eos_token_id {
-                        toks.push(tok);
-                    }
-                    finished.push((toks, score / ((k + 1) as f32).powf(o.length_penalty)));
-                }
-                finished.sort_by(|a, b| b.1.total_cmp(&a.1));
-                finished.truncate(width);
-            }
-            let next: Vec<(f32, usize, u32)> = candidates.iter().filter(|c| !ends(c.2)).take(width).copied().collect();
-            if next.is_empty() {
-                break;
-            }
-            let order: Vec<usize> = next.iter().map(|n| n.1).collect();
-            running = next
-                .iter()
-                .map(|&(score, bi, tok)| {
-                    let mut toks = running[bi].0.clone();
-                    toks.push(tok);
-                    (toks, score)
-                })
-                .collect();
-            // Can a running beam still beat the worst finished one?
-            let best_len = match o.early_stopping {
-                EarlyStopping::Never if o.length_penalty > 0.0 => limit,
-                _ => k + 1,
-            };
-            let best = running[0].1 / (best_len as f32).powf(o.length_penalty);
-            let worst = match finished.last() {
-                Some(f) if finished.len() == width => f.1,
-                _ => -1.0e9,
-            };
-            improvable &= best > worst;
-            if !improvable || (finished.len() == width && o.early_stopping == EarlyStopping::Done) {
-                break;
-            }
-            let last: Vec<u32> = running.iter().map(|b| b.0[b.0.len() - 1]).collect();
-            res = if o.use_cache {
-                if k == 0 {
-                    cross_one = self.take_cache(&mut res, "encoder")?;
-                }
-                if cross.is_empty() || rows_of(&cross)? != running.len() {
-                    cross = reorder(&cross_one, &vec![0; running.len()])?;
-                }
-                let past = reorder(&self.take_cache(&mut res, "decoder")?, &order)?;
-                self.run_step(&last, s, past, &cross)?
-            } else {
-                let flat: Vec<u32> = running.iter().flat_map(|b| b.0.iter().copied()).collect();
-                self.run_first(&flat, hidden, s, running.len())?
-            };
-        }
-        let best = finished.into_iter().next().or_else(|| running.into_iter().next());
-        Ok(best.map(|b| b.0[1..].to_vec()).unwrap_or_default())
-    }
-
     /// The first decoder (no past) on `rows` rows of `prefix` (row-major `[rows, len]`).
     fn run_first(&mut self, prefix: &[u32], hidden: &[f32], s: usize, rows: usize) -> Result<RunOutputs, ModelError> {
         let t = prefix.len() / rows;
@@ -603,16 +528,11 @@ impl Bart {
     }
 }
 
-/// Batched greedy correction: several texts in one encoder run and one decode loop.
+/// Batched correction: several texts in one encoder run and one decode loop.
 impl Bart {
-    /// [`correct`](Self::correct) of each text. Greedy with the KV cache (`beams = 1`,
-    /// `use_cache`) runs every text in one batch: the inputs right-padded to the longest
-    /// with an attention mask of 0 on the padding, one row per text, each row stopping at
-    /// its own `</s>` or limit. Other options correct the texts one by one.
+    /// [`correct`](Self::correct) of each text, in one batch ([`generate_batch`](Self::generate_batch)).
+    /// A text that cannot be encoded fails alone.
     pub fn correct_batch(&mut self, texts: &[&str], options: &CorrectOptions) -> Vec<Result<String, ModelError>> {
-        if options.beams != 1 || !options.use_cache {
-            return texts.iter().map(|t| self.correct(t, options)).collect();
-        }
         let mut results: Vec<Option<Result<String, ModelError>>> = Vec::with_capacity(texts.len());
         let (mut rows, mut inputs) = (Vec::new(), Vec::new());
         for (i, text) in texts.iter().enumerate() {
@@ -635,19 +555,9 @@ impl Bart {
                 Err(e) => results.push(Some(Err(e))),
             }
         }
-        if !rows.is_empty() {
-            match self.greedy_batch(&inputs, options) {
-                Ok(outs) => {
-                    for (&i, ids) in rows.iter().zip(outs) {
-                        results[i] = Some(self.tokenizer.decode(&ids).map(|t| t.trim().to_string()));
-                    }
-                }
-                Err(e) => {
-                    for &i in &rows {
-                        results[i] = Some(Err(ModelError::Invalid(e.to_string())));
-                    }
-                }
-            }
+        let generated = self.generate_batch(&inputs, options);
+        for (&i, g) in rows.iter().zip(generated) {
+            results[i] = Some(g.and_then(|g| Ok(self.tokenizer.decode(&g.ids)?.trim().to_string())));
         }
         results
             .into_iter()
@@ -655,28 +565,77 @@ impl Bart {
             .collect()
     }
 
-    /// Greedy ids (after the start token, eos left out) of each input, in one batch.
-    fn greedy_batch(&mut self, inputs: &[Vec<u32>], o: &CorrectOptions) -> Result<Vec<Vec<u32>>, ModelError> {
+    /// [`generate`](Self::generate) of each input. With the KV cache (`use_cache`) every input
+    /// runs in one batch: greedy one row per input, beam search one row per running beam of
+    /// each input (`models/src/bart/beam.rs`); the inputs right-padded to the longest with an
+    /// attention mask of 0 on the padding, each input stopping on its own. An input the export
+    /// cannot take fails alone; when the shared run fails, the inputs run one by one, so the
+    /// error lands on the input that causes it. Without the cache the inputs run one by one.
+    pub fn generate_batch(
+        &mut self,
+        inputs: &[Vec<u32>],
+        options: &CorrectOptions,
+    ) -> Vec<Result<Generated, ModelError>> {
+        if !options.use_cache || options.beams == 0 {
+            return inputs.iter().map(|ids| self.generate(ids, options)).collect();
+        }
+        let mut results: Vec<Option<Result<Generated, ModelError>>> = Vec::with_capacity(inputs.len());
+        let (mut rows, mut batch, mut limits) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, ids) in inputs.iter().enumerate() {
+            let limit = self.token_limit(ids.len(), options);
+            results.push(match self.check_input(ids) {
+                Err(e) => Some(Err(e)),
+                Ok(()) if ids.is_empty() || limit == 0 => Some(Ok(Generated::default())),
+                Ok(()) => {
+                    rows.push(i);
+                    batch.push(ids.clone());
+                    limits.push(limit);
+                    None
+                }
+            });
+        }
+        if !batch.is_empty() {
+            let shared = if options.beams == 1 {
+                self.greedy_batch(&batch, &limits, options).map(|seqs| {
+                    seqs.into_iter()
+                        .map(|ids| Generated { ids, score: None })
+                        .collect::<Vec<_>>()
+                })
+            } else {
+                self.beam_batch(&batch, &limits, options)
+            };
+            match shared {
+                Ok(outs) => {
+                    for (&i, g) in rows.iter().zip(outs) {
+                        results[i] = Some(Ok(g));
+                    }
+                }
+                Err(e) => {
+                    let texts = batch.len();
+                    tracing::warn!(error = %e, texts, "the batched BART run failed; running its texts one by one");
+                    for (&i, ids) in rows.iter().zip(&batch) {
+                        results[i] = Some(self.generate(ids, options));
+                    }
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(ModelError::Invalid("BART did not run this input".into()))))
+            .collect()
+    }
+
+    /// Greedy ids (after the start token, eos left out) of each input (token limit `limits`,
+    /// each at least 1), in one batch.
+    fn greedy_batch(
+        &mut self,
+        inputs: &[Vec<u32>],
+        limits: &[usize],
+        o: &CorrectOptions,
+    ) -> Result<Vec<Vec<u32>>, ModelError> {
         let e = self.export.clone();
         let (b, vocab, d) = (inputs.len(), e.vocab_size, e.d_model);
-        let s = inputs.iter().map(Vec::len).max().unwrap_or(0);
-        let mut ids = Vec::with_capacity(b * s);
-        let mut mask = Vec::with_capacity(b * s);
-        for input in inputs {
-            ids.extend(input.iter().map(|&t| i64::from(t)));
-            ids.extend(std::iter::repeat_n(i64::from(e.eos_token_id), s - input.len()));
-            mask.extend(std::iter::repeat_n(1i64, input.len()));
-            mask.extend(std::iter::repeat_n(0i64, s - input.len()));
-        }
-        let out = self.encoder.run(vec![
-            ("input_ids".into(), tensor_i64(&[b, s], ids)?.into()),
-            ("attention_mask".into(), tensor_i64(&[b, s], mask.clone())?.into()),
-        ])?;
-        let (shape, hidden) = out.f32("last_hidden_state")?;
-        if shape != [b, s, d] {
-            return Err(ModelError::Invalid(format!("last_hidden_state has shape {shape:?}")));
-        }
-        let limits: Vec<usize> = inputs.iter().map(|i| self.token_limit(i.len(), o)).collect();
+        let (s, mask, hidden) = self.encode_padded(inputs)?;
         let mut seqs: Vec<Vec<u32>> = vec![vec![e.decoder_start_token_id]; b];
         let mut done: Vec<bool> = limits.iter().map(|&l| l == 0).collect();
         let mut res = self.first.run(vec![
@@ -688,10 +647,7 @@ impl Bart {
                 "encoder_attention_mask".into(),
                 tensor_i64(&[b, s], mask.clone())?.into(),
             ),
-            (
-                "encoder_hidden_states".into(),
-                tensor_f32(&[b, s, d], hidden.to_vec())?.into(),
-            ),
+            ("encoder_hidden_states".into(), tensor_f32(&[b, s, d], hidden)?.into()),
         ])?;
         let cross = self.take_cache(&mut res, "encoder")?;
         for k in 0.. {

@@ -1,7 +1,7 @@
 //! Batched inference (issue 20): a batch gives each input what a run of that input alone
 //! gives, and an input the model cannot take fails alone.
 
-use dataflow_models::bart::{Bart, CorrectOptions};
+use dataflow_models::bart::{Bart, CorrectOptions, EarlyStopping};
 use dataflow_models::clip::ClipImage;
 use dataflow_models::error::ModelError;
 use dataflow_models::fcn::Fcn;
@@ -250,6 +250,129 @@ fn bart_greedy_batch_equals_one_at_a_time() -> Result<(), ModelError> {
             let alone = bart.correct(text, &options)?;
             assert_eq!(got?, alone, "{text:?} with {max_new_tokens} new tokens");
         }
+    }
+    Ok(())
+}
+
+/// The texts of the fixture's PyTorch-checked beam-search cases (`generation.json`), each once.
+fn bart_reference_texts() -> Result<Vec<String>, ModelError> {
+    let path = fixture("bart").join("generation.json");
+    let bad = |e: &dyn std::fmt::Display| ModelError::Invalid(format!("{}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path).map_err(|e| bad(&e))?;
+    let reference: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(&e))?;
+    let mut texts: Vec<String> = Vec::new();
+    for case in reference["cases"].as_array().into_iter().flatten() {
+        let text = case["text"].as_str().ok_or_else(|| bad(&"a case without `text`"))?;
+        if !texts.iter().any(|t| t == text) {
+            texts.push(text.to_string());
+        }
+    }
+    Ok(texts)
+}
+
+/// BART beam search over a batch (issue 20): B texts × their beams as the rows of one decoder
+/// call per step gives each text the ids of beam search on it alone, and its score within
+/// 1e-5; beams 2 and 4; texts of 4 to 24 tokens; the `correct` stage's settings (the export's
+/// `no_repeat_ngram_size` 3, length penalty 1, early stopping) and the heuristic and "never"
+/// stopping rules with length penalties 2 and 0.5. Texts stop at different steps (some before
+/// their limit), an empty input gives nothing, and an input with an id outside the vocabulary
+/// fails alone with the error it gets alone.
+#[test]
+fn bart_beam_batch_equals_one_at_a_time() -> Result<(), ModelError> {
+    if !have_runtime("bart_beam_batch_equals_one_at_a_time") {
+        return Ok(());
+    }
+    let mut bart = Bart::load(fixture("bart"), &opts())?;
+    let vocab = bart.export().vocab_size as u32;
+    let mut inputs: Vec<Vec<u32>> = Vec::new();
+    let texts = bart_reference_texts()?;
+    for text in texts.iter().map(String::as_str).chain(["teh", "a dgo"]) {
+        inputs.push(bart.encode(text)?);
+    }
+    let bad = inputs.len();
+    inputs.push(vec![0, 87, vocab + 5, 2]);
+    inputs.push(Vec::new());
+    let lengths: Vec<usize> = inputs.iter().map(Vec::len).collect();
+    assert!(
+        lengths.iter().min() < lengths.iter().max(),
+        "texts of different lengths: {lengths:?}"
+    );
+    let stage = bart.default_options();
+    let variants = [
+        (stage.early_stopping, stage.length_penalty, stage.no_repeat_ngram_size),
+        (EarlyStopping::Heuristic, 2.0, 2),
+        (EarlyStopping::Never, 0.5, 3),
+    ];
+    let (mut early, mut worst) = (0, 0.0f32);
+    for beams in [2, 4] {
+        for (early_stopping, length_penalty, no_repeat_ngram_size) in variants {
+            let o = CorrectOptions {
+                beams,
+                early_stopping,
+                length_penalty,
+                no_repeat_ngram_size,
+                ..stage
+            };
+            let batched = bart.generate_batch(&inputs, &o);
+            assert_eq!(batched.len(), inputs.len());
+            let mut steps = Vec::new();
+            for (i, (input, got)) in inputs.iter().zip(&batched).enumerate() {
+                let case = format!("input {i} with {beams} beams, {early_stopping:?}, penalty {length_penalty}");
+                match bart.generate(input, &o) {
+                    Ok(alone) => {
+                        let got = got
+                            .as_ref()
+                            .unwrap_or_else(|e| panic!("{case} failed in the batch: {e}"));
+                        assert_eq!(got.ids, alone.ids, "{case}: the batched ids differ");
+                        let (a, b) = (got.score.unwrap_or(f32::NAN), alone.score.unwrap_or(f32::NAN));
+                        if input.is_empty() {
+                            assert!(got.ids.is_empty() && got.score.is_none(), "{case}");
+                        } else {
+                            assert!((a - b).abs() <= 1e-5, "{case}: score {a} batched, {b} alone");
+                            worst = worst.max((a - b).abs());
+                            let limit = bart.token_limit(input.len(), &o);
+                            if got.ids.len() + 1 < limit {
+                                early += 1;
+                            }
+                            steps.push(got.ids.len());
+                        }
+                    }
+                    Err(alone) => {
+                        assert_eq!(i, bad, "{case} fails alone: {alone}");
+                        let got = got.as_ref().err().map(ToString::to_string);
+                        assert_eq!(got, Some(alone.to_string()), "{case}: the same error in the batch");
+                    }
+                }
+            }
+            assert!(batched[bad].is_err(), "the input with id {} fails", vocab + 5);
+            steps.dedup();
+            assert!(steps.len() > 1, "texts end at different steps: {steps:?}");
+        }
+    }
+    // Per-text stopping is exercised: hypotheses that end before the limit, not only forced ends.
+    assert!(early >= 4, "{early} texts ended before their limit");
+    println!("largest score difference, batched vs alone: {worst:e}");
+    Ok(())
+}
+
+/// `correct_batch` with the export's settings (4 beams, the `correct` stage's default) gives
+/// every text what `correct` gives it alone, a blank text back as it is.
+#[test]
+fn bart_correct_batch_with_beams_equals_one_at_a_time() -> Result<(), ModelError> {
+    if !have_runtime("bart_correct_batch_with_beams_equals_one_at_a_time") {
+        return Ok(());
+    }
+    let mut bart = Bart::load(fixture("bart"), &opts())?;
+    let mut texts = bart_reference_texts()?;
+    assert_eq!(texts.len(), 5);
+    texts.extend(["  ".to_string(), "a lnog sentense with mnay wrods ".repeat(3)]);
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let options = bart.default_options();
+    assert_eq!(options.beams, 4);
+    let batched = bart.correct_batch(&refs, &options);
+    assert_eq!(batched.len(), texts.len());
+    for (text, got) in refs.iter().zip(batched) {
+        assert_eq!(got?, bart.correct(text, &options)?, "{text:?}");
     }
     Ok(())
 }
