@@ -1,6 +1,6 @@
 //! Throughput of the batched model paths (issue 20): LLaVA captions (tiles/s at several
-//! batch sizes, and the bytes the decode loop copies between the host and ONNX Runtime per
-//! step), BART beam search (texts/s at several batch sizes, batched and one text at a time)
+//! batch sizes, with the KV cache in host memory and bound to the provider's memory, and the
+//! bytes the decode loop copies between the host and the provider's memory per step), BART beam search (texts/s at several batch sizes, batched and one text at a time)
 //! and, when the asset is there, ISNet (frames/s at several batch sizes).
 //!
 //! ```sh
@@ -94,21 +94,39 @@ fn llava_speed(
     )?;
     for &b in batches {
         let refs: Vec<&RgbImage> = tiles.iter().take(b).collect();
-        let (runs, started) = (3, Instant::now());
-        let mut last = None;
-        for _ in 0..runs {
-            last = Some(llava.generate(&refs, QUERY, &gen)?);
+        // The KV cache in host memory between steps, then bound to the provider's memory.
+        let mut host_ids = Vec::new();
+        for bind in [false, true] {
+            llava.set_bind_cache(bind);
+            llava.generate(&refs, QUERY, &gen)?;
+            let (runs, started) = (3, Instant::now());
+            let mut last = None;
+            for _ in 0..runs {
+                last = Some(llava.generate(&refs, QUERY, &gen)?);
+            }
+            let secs = started.elapsed().as_secs_f64();
+            let g = last.expect("a run");
+            let ids: Vec<Vec<u32>> = g.captions.iter().map(|c| c.ids.clone()).collect();
+            let same = if bind {
+                if ids == host_ids {
+                    ", same tokens"
+                } else {
+                    ", OTHER TOKENS"
+                }
+            } else {
+                ""
+            };
+            host_ids = ids;
+            println!(
+                "llava {} batch {b} cache {}: {:.2} tiles/s ({tokens} tokens each), host<->device {} B per \
+                 decode step, KV cache {} B at the last step{same}",
+                llava.provider(),
+                if bind { "bound" } else { "on host" },
+                (runs * b) as f64 / secs,
+                g.host_bytes_per_step(),
+                g.kv_bytes
+            );
         }
-        let secs = started.elapsed().as_secs_f64();
-        let g = last.expect("a run");
-        println!(
-            "llava {} batch {b}: {:.2} tiles/s ({tokens} tokens each), host<->ort {} B per decode step, \
-             KV cache kept in ort {} B",
-            llava.provider(),
-            (runs * b) as f64 / secs,
-            g.host_bytes_per_step(),
-            g.kv_bytes
-        );
     }
     Ok(())
 }

@@ -7,10 +7,11 @@
 //! ```
 //!
 //! Arguments: export folder, batch size, images, DDIM steps, runs (median reported), image side
-//! in px (default the export's size); one intra-op thread. The whole generation is timed: prompt and image encoding, the UNet, the VAE.
+//! in px (default, or 1: the export's size), provider (`cpu` (default), `cuda` or `auto`); one
+//! intra-op thread. The whole generation is timed: prompt and image encoding, the UNet, the VAE.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use dataflow_models::provider::SessionOptions;
+use dataflow_models::provider::{Provider, SessionOptions};
 use dataflow_models::schedulers::SchedulerKind;
 use dataflow_models::sd::{GenerateOptions, GenerateRequest, SdIpAdapter};
 
@@ -21,8 +22,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(args.next().map(|n| n.parse()).transpose()?.unwrap_or(default).max(1))
     };
     let (batch, images, steps, runs) = (num(2)?, num(8)?, num(10)?, num(3)?);
-    let mut sd = SdIpAdapter::load(&dir, &SessionOptions::cpu().with_intra_threads(1))?;
-    let size = match num(0)? as u32 {
+    let side = num(1)? as u32;
+    let provider: Provider = match args.next() {
+        Some(p) => serde_json::from_value(serde_json::Value::String(p))?,
+        None => Provider::Cpu,
+    };
+    let options = SessionOptions::default().with_provider(provider).with_intra_threads(1);
+    let mut sd = SdIpAdapter::load(&dir, &options)?;
+    let size = match side {
         1 => sd.export().size,
         side => [side, side],
     };
@@ -82,7 +89,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (b, mut v) in [1, batch].into_iter().zip(per_image) {
         v.sort_by(f64::total_cmp);
         println!(
-            "batch {b}: {:.4} s per image (median of {runs} runs of {images} images, {steps} DDIM steps, {w}×{h}, min {:.4}, max {:.4}, 1 thread)",
+            "{} batch {b}: {:.4} s per image (median of {runs} runs of {images} images, {steps} DDIM steps, {w}×{h}, min {:.4}, max {:.4}, 1 thread)",
+            sd.provider(),
             v[runs / 2],
             v[0],
             v[runs - 1]

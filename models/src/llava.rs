@@ -21,6 +21,8 @@
 //! ([`QUERY`]) with `<image>` expanded to N image tokens, whose embeddings are replaced by the
 //! image features. Decoding: greedy or sampled, with the KV cache (or without, for checks),
 //! until a stop token or `max_new_tokens`; a batch of tiles of the same size runs in one call.
+//! Under CUDA the KV cache stays in GPU memory between steps (an I/O binding, see
+//! [`Llava::set_bind_cache`]); only the logits come back to the host.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -32,7 +34,7 @@ use serde::Deserialize;
 
 use crate::error::ModelError;
 use crate::provider::{ActiveProvider, SessionOptions};
-use crate::session::{load_session, tensor_f32, tensor_i64, IoSpec, LoadedSession, TensorSpec};
+use crate::session::{load_session, tensor_f32, tensor_i64, IoSpec, LoadedSession, RunOutputs, TensorSpec};
 use crate::textgen::{read_export_json, Decoding, Picker, TextTokenizer};
 
 /// The paper's captioning query.
@@ -128,14 +130,15 @@ pub struct Generation {
     pub decode: Duration,
     /// Decoder steps after the prefill.
     pub decode_steps: usize,
-    /// Bytes the decode steps (after the prefill) copied between the host and ONNX Runtime:
-    /// the new token's ids and embeddings, the attention mask and positions written in,
-    /// the embeddings and logits read out. The KV cache is not among them: each step's
-    /// `present.*` values are fed back as the next step's `past_key_values.*` as they are.
+    /// Bytes the decode steps (after the prefill) copied between the host and the
+    /// provider's memory: the new token's ids and embeddings, the attention mask and
+    /// positions written in, the embeddings and logits read out; and, on a GPU without the
+    /// cache bound to it ([`Llava::set_bind_cache`]), the KV cache: the past copied in and
+    /// the `present.*` values copied out each step. On the CPU, and with the cache bound,
+    /// each step's `present.*` values are fed back as the next step's `past_key_values.*`
+    /// where they are.
     pub host_bytes: u64,
-    /// Size of the KV cache fed back at the last step, in bytes (it stays in ONNX
-    /// Runtime's values; a loop that copied it to the host and back would move twice this
-    /// per token).
+    /// Size of the KV cache fed back at the last step, in bytes.
     pub kv_bytes: u64,
 }
 
@@ -155,6 +158,8 @@ pub struct Llava {
     tokenizer: TextTokenizer,
     export: LlavaExport,
     dir: PathBuf,
+    /// Run the decoder through an I/O binding that keeps `present.*` in the provider's memory.
+    bind_cache: bool,
 }
 
 impl Llava {
@@ -208,11 +213,26 @@ impl Llava {
         Ok(Llava {
             vision,
             embed,
+            bind_cache: decoder.provider() == ActiveProvider::Cuda,
             decoder,
             tokenizer,
             export,
             dir: dir.to_path_buf(),
         })
+    }
+
+    /// Whether the decoder keeps its KV cache in the provider's memory between steps (an
+    /// I/O binding that leaves `present.*` on the device and feeds it back from there) rather
+    /// than in host memory. On by default under CUDA, where an unbound cache crosses the bus
+    /// twice a step; off by default on the CPU, where both ways give the same tokens and
+    /// nothing crosses.
+    pub fn set_bind_cache(&mut self, bind: bool) {
+        self.bind_cache = bind;
+    }
+
+    /// See [`set_bind_cache`](Self::set_bind_cache).
+    pub fn binds_cache(&self) -> bool {
+        self.bind_cache
     }
 
     /// What `export.json` says.
@@ -367,22 +387,15 @@ impl Llava {
             } else {
                 (all_embeds.clone(), total, 0)
             };
-            let mut inputs: Vec<(String, SessionInputValue<'_>)> = vec![
-                (
-                    "inputs_embeds".into(),
-                    tensor_f32(&[b, seq_len, hidden], seq_embeds)?.into(),
-                ),
-                (
-                    "attention_mask".into(),
-                    tensor_i64(&[b, total], vec![1; b * total])?.into(),
-                ),
+            let mut inputs: Vec<(String, DynValue)> = vec![
+                ("inputs_embeds".into(), tensor_f32(&[b, seq_len, hidden], seq_embeds)?),
+                ("attention_mask".into(), tensor_i64(&[b, total], vec![1; b * total])?),
                 (
                     "position_ids".into(),
                     tensor_i64(
                         &[b, seq_len],
                         (0..b).flat_map(|_| (past_len..total).map(|p| p as i64)).collect(),
-                    )?
-                    .into(),
+                    )?,
                 ),
             ];
             let fresh_past;
@@ -392,18 +405,22 @@ impl Llava {
                 fresh_past = self.empty_past(b)?;
                 fresh_past
             };
-            for (name, value) in past_now {
-                inputs.push((name, value.into()));
-            }
+            inputs.extend(past_now);
+            // Bytes of a KV cache of `len` positions.
+            let kv = |len: usize| (2 * e.num_layers * b * e.num_key_value_heads * len * e.head_dim * 4) as u64;
             if step > 0 {
                 // Written in: embeddings, mask, positions (8-byte ids); read out: the logits.
                 let written = 4 * b * seq_len * hidden + 8 * b * total + 8 * b * seq_len;
                 host_bytes += (written + 4 * b * e.vocab_size) as u64;
+                if self.decoder.provider() == ActiveProvider::Cuda && !self.bind_cache {
+                    // The past in (empty without the cache), the presents out.
+                    host_bytes += kv(past_len) + kv(total);
+                }
             }
             if options.use_cache {
-                kv_bytes = (2 * e.num_layers * b * e.num_key_value_heads * past_len * e.head_dim * 4) as u64;
+                kv_bytes = kv(past_len);
             }
-            let mut res = self.decoder.run(inputs)?;
+            let mut res = self.run_decoder(inputs)?;
             let (lshape, logits) = res.f32("logits")?;
             // The last position only, or (older exports) every position.
             let positions = lshape.get(1).copied().unwrap_or(0);
@@ -484,6 +501,21 @@ impl Llava {
             host_bytes,
             kv_bytes,
         })
+    }
+
+    /// One decoder run, through the I/O binding that keeps `present.*` in the provider's
+    /// memory when [`bind_cache`](Self::set_bind_cache) is on.
+    fn run_decoder(&mut self, inputs: Vec<(String, DynValue)>) -> Result<RunOutputs, ModelError> {
+        if !self.bind_cache {
+            let inputs: Vec<(String, SessionInputValue<'_>)> =
+                inputs.into_iter().map(|(name, value)| (name, value.into())).collect();
+            return self.decoder.run(inputs);
+        }
+        let names: Vec<String> = (0..self.export.num_layers)
+            .flat_map(|i| ["key", "value"].map(|kind| format!("present.{i}.{kind}")))
+            .collect();
+        let keep: Vec<&str> = names.iter().map(String::as_str).collect();
+        self.decoder.run_bound(inputs, &keep)
     }
 
     fn embed_ids(&mut self, ids: &[i64], b: usize, s: usize) -> Result<Vec<f32>, ModelError> {

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use ort::ep;
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::builder::SessionBuilder;
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor, TensorElementType, TensorRef, ValueType};
@@ -276,6 +277,8 @@ pub struct LoadedSession {
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
     fallback: Option<String>,
+    /// CUDA device ordinal (0 on the CPU), for the memory outputs are bound to.
+    device_id: u32,
 }
 
 impl LoadedSession {
@@ -318,6 +321,63 @@ impl LoadedSession {
             .session
             .run(inputs)
             .map_err(|e| ModelError::ort(format!("running {model}"), e))?;
+        let values = results
+            .into_iter()
+            .map(|(name, value)| (name.to_string(), Some(value)))
+            .collect();
+        Ok(RunOutputs { model, values })
+    }
+
+    /// [`run`](Self::run) through an I/O binding: the outputs named in `keep_on_device` stay
+    /// in the provider's memory (the GPU's under CUDA), so that a later run takes them as
+    /// inputs where they are (a KV cache fed back each step); every other output is copied
+    /// to host memory. Host inputs are copied to the provider's memory once, when bound; an
+    /// input that an earlier run kept on the device is used without a copy. On the CPU the
+    /// provider's memory is host memory and nothing is copied either way. An output kept on
+    /// a GPU cannot be read on the host ([`RunOutputs::f32`] fails for it); feed it to a run.
+    pub fn run_bound(
+        &mut self,
+        inputs: Vec<(String, DynValue)>,
+        keep_on_device: &[&str],
+    ) -> Result<RunOutputs, ModelError> {
+        let model = self.path.display().to_string();
+        let ctx = |what: &str| format!("{what} of {model}");
+        let host = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::CPUOutput)
+            .map_err(|e| ModelError::ort(ctx("describing host memory for the outputs"), e))?;
+        let device = match self.provider {
+            ActiveProvider::Cpu => None,
+            ActiveProvider::Cuda => Some(
+                MemoryInfo::new(
+                    AllocationDevice::CUDA,
+                    self.device_id as i32,
+                    AllocatorType::Device,
+                    MemoryType::Default,
+                )
+                .map_err(|e| ModelError::ort(ctx("describing CUDA memory for the outputs"), e))?,
+            ),
+        };
+        let mut binding = self
+            .session
+            .create_binding()
+            .map_err(|e| ModelError::ort(ctx("creating an I/O binding"), e))?;
+        for (name, value) in &inputs {
+            binding
+                .bind_input(name.as_str(), value)
+                .map_err(|e| ModelError::ort(ctx(&format!("binding input `{name}`")), e))?;
+        }
+        for out in &self.outputs {
+            let memory = match &device {
+                Some(device) if keep_on_device.contains(&out.name.as_str()) => device,
+                _ => &host,
+            };
+            binding
+                .bind_output_to_device(out.name.as_str(), memory)
+                .map_err(|e| ModelError::ort(ctx(&format!("binding output `{}`", out.name)), e))?;
+        }
+        let results = self
+            .session
+            .run_binding(&binding)
+            .map_err(|e| ModelError::ort(format!("running {model} (I/O bound)"), e))?;
         let values = results
             .into_iter()
             .map(|(name, value)| (name.to_string(), Some(value)))
@@ -466,6 +526,7 @@ fn load(
         inputs,
         outputs,
         fallback,
+        device_id: options.device_id,
     })
 }
 

@@ -6,6 +6,7 @@
 
 mod assets;
 mod batch;
+mod binding;
 mod isnet;
 mod paper;
 mod provider;
