@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dataflow_engine::FieldType;
 use dataflow_engine::{
     BuildContext, Built, Fields, Image, OutPort, Ports, Role, Source, SourceItem, StageError, StageKind, StopFlag,
     Value,
@@ -249,7 +250,9 @@ impl StageKind for Camera {
 
     fn ports(_: &Self::Config) -> Ports {
         Ports {
-            outputs: vec![OutPort::fresh("out", &["image", "name"])],
+            outputs: vec![OutPort::new("out")
+                .with("image", FieldType::Image)
+                .with("name", FieldType::Text)],
             ..Ports::default()
         }
     }

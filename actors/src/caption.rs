@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use dataflow_engine::tagged::Tagged;
 use dataflow_engine::{BuildContext, Built, Input, OutPort, Outputs, Ports, Role, Stage, StageError, StageKind, Value};
+use dataflow_engine::{Field, FieldType};
 use dataflow_models::attributes::{describe_tile_named, named_in_tile, Named, TilePosition};
 use dataflow_models::detect;
 use dataflow_models::isnet::BBox;
@@ -229,8 +230,8 @@ impl StageKind for Caption {
 
     fn ports(_: &Self::Config) -> Ports {
         Ports {
-            outputs: vec![OutPort::passing("out", &["text"])],
-            requires: vec!["image".into()],
+            outputs: vec![OutPort::forwarding("out").with("text", FieldType::Text)],
+            requires: vec![Field::new("image", FieldType::Image)],
             heavy: true,
             ..Ports::default()
         }

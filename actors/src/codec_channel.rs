@@ -15,6 +15,7 @@
 use dataflow_engine::{
     BuildContext, Built, Image, Input, KeyProblem, OutPort, Outputs, Ports, Role, Stage, StageError, StageKind, Value,
 };
+use dataflow_engine::{Field, FieldType};
 use dataflow_models::channel::{channel_rng, Coherence, Csi, Fading, FadingModel, Modulation, SnrUnit};
 use dataflow_models::codec::{BudgetCache, Codec};
 use dataflow_models::ldpc::{transmit_coded_over, BaseGraph, CheckRule, CodedLink};
@@ -214,10 +215,8 @@ impl StageKind for CodecChannel {
 
     fn ports(_: &Self::Config) -> Ports {
         Ports {
-            outputs: vec![OutPort::passing(
-                "out",
+            outputs: vec![OutPort::forwarding("out").with("image", FieldType::Image).with_each(
                 &[
-                    "image",
                     "image_lost",
                     "codec_bytes",
                     "codec_quality",
@@ -229,8 +228,9 @@ impl StageKind for CodecChannel {
                     "blocks_failed",
                     "ldpc_iterations",
                 ],
+                FieldType::Number,
             )],
-            requires: vec!["image".into()],
+            requires: vec![Field::new("image", FieldType::Image)],
             heavy: true,
             ..Ports::default()
         }

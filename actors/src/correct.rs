@@ -23,6 +23,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use dataflow_engine::tagged::Tagged;
+use dataflow_engine::FieldType;
 use dataflow_engine::{BuildContext, Built, Input, OutPort, Outputs, Ports, Role, Stage, StageError, StageKind, Value};
 use dataflow_models::bart::{self, Bart, CorrectOptions};
 use dataflow_models::noisy_channel::{NoisyChannel, NoisyChannelOptions};
@@ -346,7 +347,8 @@ impl StageKind for Correct {
 
     fn ports(_: &Self::Config) -> Ports {
         Ports {
-            outputs: vec![OutPort::passing("out", &["corrected"])],
+            // `corrected` is a text for an input with `text`, texts for one with `texts`.
+            outputs: vec![OutPort::forwarding("out").with("corrected", FieldType::Any)],
             heavy: true,
             ..Ports::default()
         }

@@ -61,7 +61,7 @@ impl StageKind for Delay {
     fn ports(_: &Self::Config) -> Ports {
         // Sleeping is blocking work: it runs on the replica's own thread.
         Ports {
-            outputs: vec![OutPort::passing("out", &[])],
+            outputs: vec![OutPort::forwarding("out")],
             heavy: true,
             ..Ports::default()
         }

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use dataflow_engine::{BuildContext, Built, Input, OutPort, Outputs, Ports, Role, Stage, StageError, StageKind, Value};
+use dataflow_engine::{Field, FieldType};
 use dataflow_models::detect::{self, DetectOptions, Detector};
 use dataflow_models::provider::SessionOptions;
 use dataflow_monitoring::names;
@@ -83,8 +84,9 @@ impl StageKind for Detect {
 
     fn ports(_: &Self::Config) -> Ports {
         Ports {
-            outputs: vec![OutPort::passing("out", &["objects"])],
-            requires: vec!["image".into()],
+            // `objects`: the detections as JSON text.
+            outputs: vec![OutPort::forwarding("out").with("objects", FieldType::Text)],
+            requires: vec![Field::new("image", FieldType::Image)],
             heavy: true,
             ..Ports::default()
         }

@@ -30,19 +30,29 @@
 //! `scripts/setup-assets`) on the original and on the reconstruction, classes matched by
 //! box IoU ≥ 0.5, and the two lists as `objects` / `objects_reconstruction`. Without it,
 //! the reference's `objects` (from a `detect` stage) are carried on for the sheet.
+//!
+//! With the reserved `batch = { max, wait_ms }` key the stage gets several complete frames
+//! per call: LPIPS scores all their pairs in one run (per image size) and CLIP embeds all
+//! their images in one run (each pair on its own if that run fails); a frame a model
+//! refuses (an image below LPIPS's 32×32) fails alone. The detector still runs image by
+//! image (its export fixes batch 1).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use dataflow_engine::{
-    BuildContext, Built, Input, OutPort, Outputs, Part, Ports, Role, Stage, StageError, StageKind, Value,
+    BuildContext, Built, Fields, Image, Input, Joined, Message, OutPort, Outputs, Part, Ports, Role, Stage, StageError,
+    StageKind, Value,
 };
+use dataflow_engine::{Field, FieldType};
 use dataflow_models::clip::{self, ClipImage};
 use dataflow_models::detect::{self, DetectOptions, Detector};
+use dataflow_models::error::ModelError;
 use dataflow_models::lpips::{self, Lpips};
 use dataflow_models::provider::SessionOptions;
 use dataflow_models::quality;
 use dataflow_monitoring::names;
+use image::RgbImage;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -106,26 +116,49 @@ fn joined_texts(v: Option<&[Option<String>]>) -> String {
         .unwrap_or_default()
 }
 
+/// A frame between its pixel metrics and its model metrics: the two images and the
+/// fields so far.
+struct Pair {
+    orig: Image,
+    o: RgbImage,
+    r: RgbImage,
+    fields: Fields,
+}
+
 impl Stage for Run {
     fn process(&mut self, input: Input, out: &mut Outputs) -> Result<(), StageError> {
-        let Input::Joined(j) = input else { return Ok(()) };
-        let reference = j.parts.first().and_then(|p| p.first()).and_then(|m| m.as_ref());
-        let received = j.parts.get(1).and_then(|p| p.first()).and_then(|m| m.as_ref());
-        let (Some(reference), Some(received)) = (reference, received) else {
-            return Err(StageError::new(
-                "lost",
-                format!(
-                    "stage `{}`: frame {} lost its {} before evaluation",
-                    self.stage,
-                    j.id,
-                    if reference.is_none() {
-                        "reference"
-                    } else {
-                        "reconstruction"
-                    }
-                ),
-            ));
-        };
+        self.process_batch(vec![input], std::slice::from_mut(out))
+            .pop()
+            .unwrap_or(Ok(()))
+    }
+
+    /// The frames of a batch: pixel and text metrics frame by frame, LPIPS over every pair
+    /// in one `distance_batch` and CLIP over every image in one `embed_batch`; a frame the
+    /// models refuse fails alone.
+    fn process_batch(&mut self, inputs: Vec<Input>, outs: &mut [Outputs]) -> Vec<Result<(), StageError>> {
+        let mut results: Vec<Result<(), StageError>> = (0..outs.len()).map(|_| Ok(())).collect();
+        let mut frames: Vec<(usize, Joined, Pair)> = Vec::with_capacity(inputs.len());
+        for (i, input) in inputs.into_iter().enumerate() {
+            let Input::Joined(j) = input else { continue };
+            match self.pixels(&j) {
+                Ok(pair) => frames.push((i, j, pair)),
+                Err(e) => results[i] = Err(e),
+            }
+        }
+        let pairs: Vec<(&RgbImage, &RgbImage)> = frames.iter().map(|(_, _, p)| (&p.o, &p.r)).collect();
+        let lpips = self.lpips_batch(&pairs);
+        let clip = self.clip_batch(&pairs);
+        for (((i, j, pair), lpips), clip) in frames.into_iter().zip(lpips).zip(clip) {
+            results[i] = self.finish(&j, pair, lpips, clip, &mut outs[i]);
+        }
+        results
+    }
+}
+
+impl Run {
+    /// PSNR, SSIM and pixel cosine of frame `j` (recorded), with the received fields.
+    fn pixels(&mut self, j: &Joined) -> Result<Pair, StageError> {
+        let (reference, received) = self.two_parts(j)?;
         let orig = reference
             .fields
             .image("image")
@@ -145,17 +178,76 @@ impl Stage for Run {
         fields.insert("psnr_db", Value::Number(psnr));
         fields.insert("ssim", Value::Number(ssim));
         fields.insert("cosine", Value::Number(cosine));
-        if let Some((model, hist)) = &mut self.lpips {
-            let d = model
-                .distance(&o, &r)
-                .map_err(|e| StageError::new("model", format!("frame {}: LPIPS failed: {e}", j.id)))?;
+        Ok(Pair {
+            orig: orig.clone(),
+            o,
+            r,
+            fields,
+        })
+    }
+
+    /// The reference (first input) and the reconstruction (second) of frame `j`.
+    fn two_parts<'j>(&self, j: &'j Joined) -> Result<(&'j Message, &'j Message), StageError> {
+        let reference = j.parts.first().and_then(|p| p.first()).and_then(|m| m.as_ref());
+        let received = j.parts.get(1).and_then(|p| p.first()).and_then(|m| m.as_ref());
+        match (reference, received) {
+            (Some(a), Some(b)) => Ok((a, b)),
+            _ => Err(StageError::new(
+                "lost",
+                format!(
+                    "stage `{}`: frame {} lost its {} before evaluation",
+                    self.stage,
+                    j.id,
+                    if reference.is_none() {
+                        "reference"
+                    } else {
+                        "reconstruction"
+                    }
+                ),
+            )),
+        }
+    }
+
+    /// LPIPS of every pair in one batched run (`None` each without `lpips = true`).
+    fn lpips_batch(&mut self, pairs: &[(&RgbImage, &RgbImage)]) -> Vec<Option<Result<f64, ModelError>>> {
+        match &mut self.lpips {
+            Some((model, _)) if !pairs.is_empty() => model.distance_batch(pairs).into_iter().map(Some).collect(),
+            _ => pairs.iter().map(|_| None).collect(),
+        }
+    }
+
+    /// CLIP cosine of every pair, all images embedded in one run (`None` each without
+    /// `clip = true`). When that run fails, each pair is embedded on its own so that
+    /// only the one at fault fails.
+    fn clip_batch(&mut self, pairs: &[(&RgbImage, &RgbImage)]) -> Vec<Option<Result<f64, ModelError>>> {
+        let Some(model) = &mut self.clip else {
+            return pairs.iter().map(|_| None).collect();
+        };
+        let images: Vec<&RgbImage> = pairs.iter().flat_map(|(o, r)| [*o, *r]).collect();
+        match model.embed_batch(&images) {
+            Ok(e) if e.len() == images.len() => e.chunks(2).map(|p| Some(Ok(clip::cosine(&p[0], &p[1])))).collect(),
+            _ => pairs.iter().map(|(o, r)| Some(model.cosine(o, r))).collect(),
+        }
+    }
+
+    /// The rest of frame `j`'s metrics after the models' (`lpips`, `clip`), emitted.
+    fn finish(
+        &mut self,
+        j: &Joined,
+        pair: Pair,
+        lpips: Option<Result<f64, ModelError>>,
+        clip: Option<Result<f64, ModelError>>,
+        out: &mut Outputs,
+    ) -> Result<(), StageError> {
+        let (reference, received) = self.two_parts(j)?;
+        let Pair { orig, o, r, mut fields } = pair;
+        if let (Some(d), Some((_, hist))) = (lpips, &self.lpips) {
+            let d = d.map_err(|e| StageError::new("model", format!("frame {}: LPIPS failed: {e}", j.id)))?;
             hist.record(d);
             fields.insert("lpips", Value::Number(d));
         }
-        if let Some(model) = &mut self.clip {
-            let c = model
-                .cosine(&o, &r)
-                .map_err(|e| StageError::new("model", format!("frame {}: CLIP failed: {e}", j.id)))?;
+        if let Some(c) = clip {
+            let c = c.map_err(|e| StageError::new("model", format!("frame {}: CLIP failed: {e}", j.id)))?;
             fields.insert("clip_cosine", Value::Number(c));
         }
         if let Some(objects) = reference.fields.get("objects") {
@@ -163,27 +255,7 @@ impl Stage for Run {
             fields.insert("objects", objects.clone());
         }
         self.detection_f1(&o, &r, &mut fields, j.id)?;
-        let sent = match received.fields.texts("sent_texts") {
-            Some(t) => joined_texts(Some(t)),
-            None => received.fields.text("sent").unwrap_or_default().to_string(),
-        };
-        if !sent.is_empty() {
-            let corrected = match received.fields.texts("corrected") {
-                Some(t) => joined_texts(Some(t)),
-                None => received.fields.text("corrected").unwrap_or_default().to_string(),
-            };
-            let raw = match received.fields.texts("texts") {
-                Some(t) => joined_texts(Some(t)),
-                None => received.fields.text("text").unwrap_or_default().to_string(),
-            };
-            let b4 = quality::bleu4(&corrected, &sent);
-            self.bleu.record(b4);
-            fields.insert("bleu1", Value::Number(quality::bleu1(&corrected, &sent)));
-            fields.insert("bleu4", Value::Number(b4));
-            fields.insert("bleu1_received", Value::Number(quality::bleu1(&raw, &sent)));
-            fields.insert("bleu4_received", Value::Number(quality::bleu4(&raw, &sent)));
-            self.text.score(&sent, &corrected, &raw, &mut fields);
-        }
+        self.text_metrics(received, &mut fields);
         let f = &received.fields;
         let bits = f.number("bits").unwrap_or(0.0) + f.number("slice_bits").unwrap_or(0.0);
         let errors = f.number("bit_errors").unwrap_or(0.0) + f.number("slice_bit_errors").unwrap_or(0.0);
@@ -203,9 +275,36 @@ impl Stage for Run {
             fields.insert("channel_uses", Value::Number(uses));
             fields.insert("channel_uses_per_pixel", Value::Number(uses / pixels.max(1.0)));
         }
-        fields.insert("original", Value::Image(orig.clone()));
+        fields.insert("original", Value::Image(orig));
         out.emit(received.derive_part(Part::WHOLE, fields));
         Ok(())
+    }
+
+    /// BLEU, WER, CER and object recall of the corrected and the received texts against
+    /// the sent ones, when texts were sent.
+    fn text_metrics(&self, received: &Message, fields: &mut Fields) {
+        let sent = match received.fields.texts("sent_texts") {
+            Some(t) => joined_texts(Some(t)),
+            None => received.fields.text("sent").unwrap_or_default().to_string(),
+        };
+        if sent.is_empty() {
+            return;
+        }
+        let corrected = match received.fields.texts("corrected") {
+            Some(t) => joined_texts(Some(t)),
+            None => received.fields.text("corrected").unwrap_or_default().to_string(),
+        };
+        let raw = match received.fields.texts("texts") {
+            Some(t) => joined_texts(Some(t)),
+            None => received.fields.text("text").unwrap_or_default().to_string(),
+        };
+        let b4 = quality::bleu4(&corrected, &sent);
+        self.bleu.record(b4);
+        fields.insert("bleu1", Value::Number(quality::bleu1(&corrected, &sent)));
+        fields.insert("bleu4", Value::Number(b4));
+        fields.insert("bleu1_received", Value::Number(quality::bleu1(&raw, &sent)));
+        fields.insert("bleu4_received", Value::Number(quality::bleu4(&raw, &sent)));
+        self.text.score(&sent, &corrected, &raw, fields);
     }
 }
 
@@ -215,6 +314,8 @@ impl StageKind for Evaluate {
     const ROLE: Role = Role::Transform;
     const DOC: &'static str =
         "PSNR, SSIM, cosine, BLEU and BER of each frame (inputs: reference, then reconstruction).";
+    /// With `batch`, LPIPS and CLIP score the frames of a batch together (`Run::process_batch`).
+    const BATCH: bool = true;
 
     fn validate(c: &Self::Config) -> Vec<dataflow_engine::KeyProblem> {
         dataflow_engine::check_timeout_ms("timeout_ms", c.timeout_ms)
@@ -224,8 +325,8 @@ impl StageKind for Evaluate {
 
     fn ports(c: &Self::Config) -> Ports {
         Ports {
-            outputs: vec![OutPort::passing("out", &added(c))],
-            requires: vec!["image".into()],
+            outputs: vec![out_port(c)],
+            requires: vec![Field::new("image", FieldType::Image)],
             join: Some(Duration::from_millis(c.timeout_ms.max(1))),
             heavy: true,
         }
@@ -285,28 +386,44 @@ impl StageKind for Evaluate {
     }
 }
 
-/// The fields `evaluate` adds with this configuration.
-fn added(c: &EvaluateConfig) -> Vec<&'static str> {
-    let mut f = vec![
-        "psnr_db",
-        "ssim",
-        "cosine",
-        "bits_sent",
-        "ber",
-        "channel_uses",
-        "channel_uses_per_pixel",
-        "original",
-    ];
+/// The output port of `evaluate` with this configuration: the reconstruction's fields
+/// and the scores it adds.
+fn out_port(c: &EvaluateConfig) -> OutPort {
+    // Text scores only for frames with a sent text; `object_recall` when it names a COCO class.
+    let mut port = OutPort::forwarding("out").with("original", FieldType::Image).with_each(
+        &[
+            "psnr_db",
+            "ssim",
+            "cosine",
+            "bits_sent",
+            "ber",
+            "channel_uses",
+            "channel_uses_per_pixel",
+            "bleu1",
+            "bleu4",
+            "bleu1_received",
+            "bleu4_received",
+            "wer",
+            "cer",
+            "wer_received",
+            "cer_received",
+            "object_recall",
+        ],
+        FieldType::Number,
+    );
     if c.lpips {
-        f.push("lpips");
+        port = port.with("lpips", FieldType::Number);
     }
     if c.clip {
-        f.push("clip_cosine");
+        port = port.with("clip_cosine", FieldType::Number);
     }
     if c.detect {
-        f.extend(["detection_f1", "objects", "objects_reconstruction"]);
+        // The two object lists as JSON text.
+        port = port
+            .with("detection_f1", FieldType::Number)
+            .with_each(&["objects", "objects_reconstruction"], FieldType::Text);
     }
-    f
+    port
 }
 
 fn lpips_dir(c: &EvaluateConfig, ctx: &BuildContext) -> Result<PathBuf, StageError> {

@@ -54,6 +54,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use dataflow_engine::FieldType;
 use dataflow_engine::{
     BuildContext, Built, Fields, Image, OutPort, PixelFormat, Ports, Role, Source, SourceItem, StageError, StageKind,
     StopFlag, Value,
@@ -622,10 +623,10 @@ impl StageKind for Ffmpeg {
 
     fn ports(_c: &Self::Config) -> Ports {
         Ports {
-            outputs: vec![OutPort::fresh(
-                "out",
-                &["image", "name", "ffmpeg_pid", "restarts", "gap_s"],
-            )],
+            outputs: vec![OutPort::new("out")
+                .with("image", FieldType::Image)
+                .with("name", FieldType::Text)
+                .with_each(&["ffmpeg_pid", "restarts", "gap_s"], FieldType::Number)],
             ..Ports::default()
         }
     }

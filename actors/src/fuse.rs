@@ -13,6 +13,7 @@ use std::time::Duration;
 use dataflow_engine::{
     BuildContext, Built, Fields, Input, OutPort, Outputs, Part, Ports, Role, Stage, StageError, StageKind, Value,
 };
+use dataflow_engine::{Field, FieldType};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -98,19 +99,24 @@ impl StageKind for Fuse {
 
     fn ports(c: &Self::Config) -> Ports {
         Ports {
-            outputs: vec![OutPort::fresh(
-                "out",
-                &[
-                    "texts",
-                    "sent_texts",
-                    "lost_parts",
-                    "bits",
-                    "bit_errors",
-                    "channel_uses",
-                    "ber_expected",
-                ],
-            )],
-            requires: vec!["text".into()],
+            // `name`, `frame_size`, the grid and `ber_expected` are copied from the parts.
+            outputs: vec![OutPort::new("out")
+                .with_each(&["texts", "sent_texts"], FieldType::Texts)
+                .with("name", FieldType::Text)
+                .with("frame_size", FieldType::Rect)
+                .with_each(
+                    &[
+                        "lost_parts",
+                        "bits",
+                        "bit_errors",
+                        "channel_uses",
+                        "ber_expected",
+                        "grid_rows",
+                        "grid_cols",
+                    ],
+                    FieldType::Number,
+                )],
+            requires: vec![Field::new("text", FieldType::Text)],
             join: Some(Duration::from_millis(c.timeout_ms.max(1))),
             ..Ports::default()
         }

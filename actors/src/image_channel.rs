@@ -14,6 +14,7 @@
 use dataflow_engine::{
     BuildContext, Built, Image, Input, KeyProblem, OutPort, Outputs, Ports, Role, Stage, StageError, StageKind, Value,
 };
+use dataflow_engine::{Field, FieldType};
 use dataflow_models::channel::{Coherence, Csi, Fading, FadingModel, Modulation, SnrUnit};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -223,11 +224,18 @@ impl StageKind for ImageChannel {
 
     fn ports(_: &Self::Config) -> Ports {
         Ports {
-            outputs: vec![OutPort::passing(
-                "out",
-                &["slice_bits", "slice_bit_errors", "slice_channel_uses", "slice_lost"],
+            // `slice` is replaced by the received one, or removed when it was lost.
+            outputs: vec![OutPort::forwarding("out").with("slice", FieldType::Image).with_each(
+                &[
+                    "slice_bytes",
+                    "slice_bits",
+                    "slice_bit_errors",
+                    "slice_channel_uses",
+                    "slice_lost",
+                ],
+                FieldType::Number,
             )],
-            requires: vec!["frame_size".into()],
+            requires: vec![Field::new("frame_size", FieldType::Rect)],
             heavy: true,
             ..Ports::default()
         }

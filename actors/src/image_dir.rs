@@ -28,6 +28,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use dataflow_engine::FieldType;
 use dataflow_engine::{
     BuildContext, Built, Fields, Image, OutPort, Ports, Role, Source, SourceItem, StageError, StageKind, StopFlag,
     Value,
@@ -503,7 +504,9 @@ impl StageKind for ImageDir {
 
     fn ports(_: &Self::Config) -> Ports {
         Ports {
-            outputs: vec![OutPort::fresh("out", &["image", "name", "path"])],
+            outputs: vec![OutPort::new("out")
+                .with("image", FieldType::Image)
+                .with_each(&["name", "path"], FieldType::Text)],
             ..Ports::default()
         }
     }

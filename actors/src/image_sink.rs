@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 
 use dataflow_engine::{BuildContext, Built, Input, Outputs, Ports, Role, Stage, StageError, StageKind};
+use dataflow_engine::{Field, FieldType};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -89,7 +90,7 @@ impl StageKind for ImageSink {
     fn ports(c: &Self::Config) -> Ports {
         // PNG encoding is CPU work: keep it off the async threads.
         Ports {
-            requires: vec![c.field.clone()],
+            requires: vec![Field::new(c.field.clone(), FieldType::Image)],
             heavy: true,
             ..Ports::default()
         }

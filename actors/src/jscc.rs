@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use dataflow_engine::{
     BuildContext, Built, Image, Input, KeyProblem, OutPort, Outputs, Ports, Role, Stage, StageError, StageKind, Value,
 };
+use dataflow_engine::{Field, FieldType};
 use dataflow_models::channel::{channel_rng, Channel, Coherence, Csi, Fading, FadingModel, SnrUnit};
 use dataflow_models::jscc::DeepJscc;
 use dataflow_models::provider::SessionOptions;
@@ -132,11 +133,10 @@ impl StageKind for Jscc {
 
     fn ports(_: &Self::Config) -> Ports {
         Ports {
-            outputs: vec![OutPort::passing(
-                "out",
-                &["image", "channel_uses", "channel_uses_per_pixel", "bits"],
-            )],
-            requires: vec!["image".into()],
+            outputs: vec![OutPort::forwarding("out")
+                .with("image", FieldType::Image)
+                .with_each(&["channel_uses", "channel_uses_per_pixel", "bits"], FieldType::Number)],
+            requires: vec![Field::new("image", FieldType::Image)],
             heavy: true,
             ..Ports::default()
         }

@@ -31,7 +31,7 @@ impl StageKind for Passthrough {
 
     fn ports(_: &Self::Config) -> Ports {
         Ports {
-            outputs: vec![OutPort::passing("out", &[])],
+            outputs: vec![OutPort::forwarding("out")],
             ..Ports::default()
         }
     }

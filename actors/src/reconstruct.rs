@@ -23,22 +23,31 @@
 //! multiple of 8 px works with a current export (an export made before `size_multiple` takes
 //! multiples of 64, and the graph check says so with the nearest sizes).
 //! Fields added: `sd_seconds` (the whole generation), `sd_unet_evals` (UNet batch rows, over
-//! all steps) and `sd_tokens_dropped` (CLIP tokens cut by `"truncate"`).
+//! all steps), `sd_tokens_dropped` (CLIP tokens cut by `"truncate"`) and `sd_batched_with`
+//! (the frames whose UNet calls this one shared, itself included; 1 when it ran alone).
+//!
+//! With the reserved `batch = { max, wait_ms }` key the stage gets several complete frames
+//! per call and SD generates them in one `generate_batch`: frames with the same size,
+//! scheduler, steps, strength and λ share one UNet call per step (frames × guidance rows);
+//! a frame the model refuses fails alone. `sd_seconds` then runs from the call's start to
+//! that frame's image (the frames of a call share their UNet time).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use dataflow_engine::tagged::Tagged;
 use dataflow_engine::{
-    BuildContext, Built, Image, Input, OutPort, Outputs, Part, Ports, Role, Stage, StageError, StageKind, Value,
+    BuildContext, Built, Fields, FrameId, Image, Input, Joined, OutPort, Outputs, Part, Ports, Rect, Role, Stage,
+    StageError, StageKind, Value,
 };
+use dataflow_engine::{Field, FieldType};
 use dataflow_models::channel::channel_rng;
 use dataflow_models::composite;
 use dataflow_models::provider::SessionOptions;
 use dataflow_models::schedulers::SchedulerKind;
-use dataflow_models::sd::{self, GenerateOptions, PromptMode, SdIpAdapter};
+use dataflow_models::sd::{self, GenerateOptions, GenerateRequest, Generated, PromptMode, SdIpAdapter};
 use image::imageops::{self, FilterType};
-use image::RgbImage;
+use image::{RgbImage, RgbaImage};
 use rand::RngCore;
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer};
@@ -212,14 +221,22 @@ fn on_white(slice: &image::RgbaImage) -> RgbImage {
     })
 }
 
-impl Stage for Run {
-    fn process(&mut self, input: Input, out: &mut Outputs) -> Result<(), StageError> {
-        let Input::Joined(j) = input else { return Ok(()) };
-        let Some(first) = j.any() else { return Ok(()) };
-        let mut fields = merge_joined(&j);
+/// A joined frame read for reconstruction: its merged fields and what the models need.
+struct FrameIn {
+    fields: Fields,
+    size: (u32, u32),
+    texts: Vec<Option<String>>,
+    grid: (usize, usize),
+    slice: Option<RgbaImage>,
+    place: Option<Rect>,
+}
+
+impl FrameIn {
+    fn read(j: &Joined, default_size: [u32; 2]) -> FrameIn {
+        let fields = merge_joined(j);
         let (w, h) = match fields.rect("frame_size") {
             Some(r) => (r.width, r.height),
-            None => (self.size[0], self.size[1]),
+            None => (default_size[0], default_size[1]),
         };
         let texts: Vec<Option<String>> = match (
             fields.texts("corrected"),
@@ -235,45 +252,149 @@ impl Stage for Run {
         let cols = fields.number("grid_cols").unwrap_or(1.0).max(1.0) as usize;
         let slice = fields.image("slice").map(|s| s.to_rgba());
         let place = fields.rect("box");
-        let object = match (&slice, place) {
+        FrameIn {
+            fields,
+            size: (w.max(1), h.max(1)),
+            texts,
+            grid: (rows, cols),
+            slice,
+            place,
+        }
+    }
+
+    /// The `composite` reconstruction (text colours, object slice at its box).
+    fn composite(&self) -> RgbImage {
+        let object = match (&self.slice, self.place) {
             (Some(s), Some(b)) => Some((s, b.x, b.y)),
             _ => None,
         };
-        let (w, h) = (w.max(1), h.max(1));
-        let img = match &mut self.diffusion {
-            None => composite::reconstruct(&texts, (rows, cols), (w, h), object),
-            Some(d) => {
-                let image_prompt = slice.as_ref().map(on_white);
-                let init =
-                    (d.options.strength > 0.0).then(|| composite::reconstruct(&texts, (rows, cols), (w, h), object));
-                let seed = d
-                    .fixed_seed
-                    .unwrap_or_else(|| channel_rng(d.graph_seed, &d.stage, j.id.seq, 0).next_u64());
-                let options = GenerateOptions { seed, ..d.options };
-                let g = d
-                    .model
-                    .generate_captions(&texts, (rows, cols), image_prompt.as_ref(), init.as_ref(), &options)
-                    .map_err(|e| StageError::new("model", format!("frame {}: SD generation failed: {e}", j.id)))?;
-                tracing::debug!(stage = %d.stage, frame = %j.id, steps = g.steps_run, unet_evals = g.unet_evals, unet_seconds = g.unet_time.as_secs_f64(), "reconstructed");
-                if g.tokens_dropped > 0 {
-                    tracing::warn!(stage = %d.stage, frame = %j.id, dropped = g.tokens_dropped,
-                        "prompt_mode = \"truncate\": {} CLIP tokens past 77 dropped from the joined captions; \
-                         set prompt_mode = \"concat\" or \"regional\" to keep every caption", g.tokens_dropped);
-                }
-                fields.insert("sd_seconds", Value::Number(g.total_time.as_secs_f64()));
-                fields.insert("sd_unet_evals", Value::Number(g.unet_evals as f64));
-                fields.insert("sd_tokens_dropped", Value::Number(g.tokens_dropped as f64));
-                if g.image.dimensions() == (w, h) {
-                    g.image
-                } else {
-                    imageops::resize(&g.image, w, h, FilterType::Triangle)
-                }
+        composite::reconstruct(&self.texts, self.grid, self.size, object)
+    }
+}
+
+/// What SD takes for one frame besides its captions.
+struct Prompts {
+    image_prompt: Option<RgbImage>,
+    init: Option<RgbImage>,
+    options: GenerateOptions,
+}
+
+impl Diffusion {
+    /// The image prompt, the img2img start and the options (this frame's seed) of `f`.
+    fn prompts(&self, f: &FrameIn, frame: FrameId) -> Prompts {
+        let seed = self
+            .fixed_seed
+            .unwrap_or_else(|| channel_rng(self.graph_seed, &self.stage, frame.seq, 0).next_u64());
+        Prompts {
+            image_prompt: f.slice.as_ref().map(on_white),
+            init: (self.options.strength > 0.0).then(|| f.composite()),
+            options: GenerateOptions { seed, ..self.options },
+        }
+    }
+
+    /// Generates the frames of a batch in one [`SdIpAdapter::generate_batch`] call (frames it
+    /// can group share their UNet calls); one result per frame, a frame the model refuses
+    /// failing alone.
+    fn generate(&mut self, frames: &[(FrameId, FrameIn)]) -> Vec<Result<Generated, StageError>> {
+        let prompts: Vec<Prompts> = frames.iter().map(|(id, f)| self.prompts(f, *id)).collect();
+        let requests: Vec<GenerateRequest<'_>> = frames
+            .iter()
+            .zip(&prompts)
+            .map(|((_, f), p)| GenerateRequest {
+                captions: &f.texts,
+                grid: f.grid,
+                image_prompt: p.image_prompt.as_ref(),
+                init: p.init.as_ref(),
+                options: &p.options,
+            })
+            .collect();
+        let generated = self.model.generate_batch(&requests);
+        frames
+            .iter()
+            .zip(generated)
+            .map(|((id, _), g)| {
+                g.map_err(|e| {
+                    StageError::new(
+                        "model",
+                        format!("stage `{}`: frame {id}: SD generation failed: {e}", self.stage),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// Adds a generated frame's figures to `fields` and returns its image at `size`.
+    fn finish(&self, frame: FrameId, g: Generated, size: (u32, u32), fields: &mut Fields) -> RgbImage {
+        tracing::debug!(stage = %self.stage, frame = %frame, steps = g.steps_run, unet_evals = g.unet_evals,
+            unet_seconds = g.unet_time.as_secs_f64(), batched_with = g.batched_with, "reconstructed");
+        if g.tokens_dropped > 0 {
+            tracing::warn!(stage = %self.stage, frame = %frame, dropped = g.tokens_dropped,
+                "prompt_mode = \"truncate\": {} CLIP tokens past 77 dropped from the joined captions; \
+                 set prompt_mode = \"concat\" or \"regional\" to keep every caption", g.tokens_dropped);
+        }
+        fields.insert("sd_seconds", Value::Number(g.total_time.as_secs_f64()));
+        fields.insert("sd_unet_evals", Value::Number(g.unet_evals as f64));
+        fields.insert("sd_tokens_dropped", Value::Number(g.tokens_dropped as f64));
+        fields.insert("sd_batched_with", Value::Number(g.batched_with as f64));
+        if g.image.dimensions() == size {
+            g.image
+        } else {
+            imageops::resize(&g.image, size.0, size.1, FilterType::Triangle)
+        }
+    }
+}
+
+/// Emits the reconstruction `img` of joined frame `j` with `fields`.
+fn emit(j: &Joined, mut fields: Fields, img: RgbImage, out: &mut Outputs) {
+    let Some(first) = j.any() else { return };
+    fields.insert("image", Value::Image(Image::from_rgb(img)));
+    fields.insert("lost_inputs", Value::Number(j.lost() as f64));
+    out.emit(first.derive_part(Part::WHOLE, fields));
+}
+
+impl Stage for Run {
+    fn process(&mut self, input: Input, out: &mut Outputs) -> Result<(), StageError> {
+        self.process_batch(vec![input], std::slice::from_mut(out))
+            .pop()
+            .unwrap_or(Ok(()))
+    }
+
+    /// The frames of a batch: with SD, one `generate_batch` over all of them (see
+    /// [`Diffusion::generate`]); `composite` goes frame by frame.
+    fn process_batch(&mut self, inputs: Vec<Input>, outs: &mut [Outputs]) -> Vec<Result<(), StageError>> {
+        // Frames with something to reconstruct, with their index in the batch; the others
+        // (no part arrived, not a joined frame) emit nothing.
+        let joined: Vec<(usize, Joined)> = inputs
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, input)| match input {
+                Input::Joined(j) if j.any().is_some() => Some((i, j)),
+                _ => None,
+            })
+            .collect();
+        let mut results: Vec<Result<(), StageError>> = (0..outs.len()).map(|_| Ok(())).collect();
+        let frames: Vec<(FrameId, FrameIn)> = joined
+            .iter()
+            .map(|(_, j)| (j.id, FrameIn::read(j, self.size)))
+            .collect();
+        let Some(d) = &mut self.diffusion else {
+            for ((i, j), (_, f)) in joined.iter().zip(frames) {
+                let img = f.composite();
+                emit(j, f.fields, img, &mut outs[*i]);
             }
+            return results;
         };
-        fields.insert("image", Value::Image(Image::from_rgb(img)));
-        fields.insert("lost_inputs", Value::Number(j.lost() as f64));
-        out.emit(first.derive_part(Part::WHOLE, fields));
-        Ok(())
+        let generated = d.generate(&frames);
+        for (((i, j), (_, mut f)), g) in joined.iter().zip(frames).zip(generated) {
+            match g {
+                Ok(g) => {
+                    let img = d.finish(j.id, g, f.size, &mut f.fields);
+                    emit(j, f.fields, img, &mut outs[*i]);
+                }
+                Err(e) => results[*i] = Err(e),
+            }
+        }
+        results
     }
 }
 
@@ -282,6 +403,8 @@ impl StageKind for Reconstruct {
     const NAME: &'static str = "reconstruct";
     const ROLE: Role = Role::Transform;
     const DOC: &'static str = "Rebuilds the frame from the corrected texts and the received object slice.";
+    /// With `batch`, SD generates the frames of a batch together (`Run::process_batch`).
+    const BATCH: bool = true;
 
     fn validate(c: &Self::Config) -> Vec<dataflow_engine::KeyProblem> {
         let mut problems: Vec<_> = dataflow_engine::check_timeout_ms("timeout_ms", c.common().timeout_ms)
@@ -294,14 +417,27 @@ impl StageKind for Reconstruct {
     }
 
     fn ports(c: &Self::Config) -> Ports {
+        let out = OutPort::forwarding("out")
+            .with("image", FieldType::Image)
+            .with("lost_inputs", FieldType::Number);
+        let (out, needs) = match c {
+            ReconstructConfig::ThumbnailSr(_) => (
+                out.with_each(&["sr_scale", "sr_seconds"], FieldType::Number),
+                Field::new("thumbnail_lost", FieldType::Number),
+            ),
+            // `corrected` is a text or texts (`correct` keeps its input's type).
+            ReconstructConfig::SdIpAdapter(_) => (
+                out.with_each(
+                    &["sd_seconds", "sd_unet_evals", "sd_tokens_dropped", "sd_batched_with"],
+                    FieldType::Number,
+                ),
+                Field::new("corrected", FieldType::Any),
+            ),
+            ReconstructConfig::Composite(_) => (out, Field::new("corrected", FieldType::Any)),
+        };
         Ports {
-            outputs: vec![OutPort::passing("out", &["image"])],
-            requires: vec![if matches!(c, ReconstructConfig::ThumbnailSr(_)) {
-                "thumbnail_lost"
-            } else {
-                "corrected"
-            }
-            .into()],
+            outputs: vec![out],
+            requires: vec![needs],
             join: Some(Duration::from_millis(c.common().timeout_ms.max(1))),
             heavy: true,
         }

@@ -15,6 +15,7 @@ use dataflow_engine::tagged::Tagged;
 use dataflow_engine::{
     BuildContext, Built, Fields, Image, Input, OutPort, Outputs, Ports, Rect, Role, Stage, StageError, StageKind, Value,
 };
+use dataflow_engine::{Field, FieldType, PortId};
 use dataflow_models::fcn::{self, Fcn};
 use dataflow_models::isnet::{self, Isnet};
 use dataflow_models::provider::SessionOptions;
@@ -124,6 +125,10 @@ struct Run {
     model: Segmenter,
     stage: String,
     inference: metrics::Histogram,
+    /// Port `out`: the frame with its mask.
+    out: PortId,
+    /// Port `slice`: the object slice alone.
+    slice: PortId,
 }
 
 /// What both segmenters give the stage.
@@ -220,8 +225,8 @@ impl Run {
             slice_fields.insert("slice", slice);
             slice_fields.insert("box", b);
         }
-        out.send(0, msg.derive(fields));
-        out.send(1, msg.derive(slice_fields));
+        out.send(self.out, msg.derive(fields));
+        out.send(self.slice, msg.derive(slice_fields));
     }
 }
 
@@ -282,13 +287,22 @@ impl StageKind for Segment {
         "Segments the main object: mask, object slice and its box (ISNet), plus its VOC label (FCN).";
 
     fn ports(c: &Self::Config) -> Ports {
-        let (out, slice): (&[&str], &[&str]) = match c {
-            SegmentConfig::Isnet(_) => (&["mask", "frame_size"], &["frame_size"]),
-            SegmentConfig::Fcn(_) => (&["mask", "frame_size", "label"], &["frame_size", "label"]),
-        };
+        // `slice` and `box` only when an object was found; `name` on `slice` when the
+        // input had one.
+        let mut out = OutPort::forwarding("out")
+            .with_each(&["mask", "slice"], FieldType::Image)
+            .with_each(&["frame_size", "box"], FieldType::Rect);
+        let mut slice = OutPort::new("slice")
+            .with("slice", FieldType::Image)
+            .with_each(&["frame_size", "box"], FieldType::Rect)
+            .with("name", FieldType::Text);
+        if matches!(c, SegmentConfig::Fcn(_)) {
+            out = out.with("label", FieldType::Text);
+            slice = slice.with("label", FieldType::Text);
+        }
         Ports {
-            outputs: vec![OutPort::passing("out", out), OutPort::fresh("slice", slice)],
-            requires: vec!["image".into()],
+            outputs: vec![out, slice],
+            requires: vec![Field::new("image", FieldType::Image)],
             heavy: true,
             ..Ports::default()
         }
@@ -331,6 +345,8 @@ impl StageKind for Segment {
             model,
             stage: ctx.stage.clone(),
             inference,
+            out: ctx.output("out")?,
+            slice: ctx.output("slice")?,
         })))
     }
 }
@@ -356,11 +372,12 @@ mod tests {
         }
         let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/fixtures/isnet_like.onnx");
         let dir = tempfile::tempdir().unwrap();
-        let ctx = crate::testkit::context("segment", "segment", dir.path());
+        let mut ctx = crate::testkit::context("segment", "segment", dir.path());
         let cfg: SegmentConfig = serde_json::from_value(serde_json::json!({
             "model": "isnet", "model_path": fixture, "provider": "cpu", "intra_threads": 1
         }))
         .unwrap();
+        ctx.outputs = Segment::ports(&cfg).outputs;
         let Built::Stage(mut stage) = Segment::build(&cfg, &ctx).unwrap() else {
             panic!("segment is a stage")
         };

@@ -14,6 +14,7 @@ use ab_glyph::{Font, FontRef, PxScale, ScaleFont};
 use dataflow_engine::{
     BuildContext, Built, Fields, Image, Input, OutPort, Outputs, Ports, Role, Stage, StageError, StageKind, Value,
 };
+use dataflow_engine::{Field, FieldType};
 use dataflow_models::detect::{self, Detection};
 use image::{imageops, Rgb, RgbImage};
 use schemars::JsonSchema;
@@ -322,8 +323,8 @@ impl StageKind for Sheet {
 
     fn ports(_: &Self::Config) -> Ports {
         Ports {
-            outputs: vec![OutPort::passing("out", &["sheet"])],
-            requires: vec!["image".into()],
+            outputs: vec![OutPort::forwarding("out").with("sheet", FieldType::Image)],
+            requires: vec![Field::new("image", FieldType::Image)],
             heavy: true,
             ..Ports::default()
         }

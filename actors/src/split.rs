@@ -11,6 +11,7 @@ use dataflow_engine::{
     BuildContext, Built, Fields, Image, Input, KeyProblem, OutPort, Outputs, Part, Ports, Rect, Role, Stage,
     StageError, StageKind, Value,
 };
+use dataflow_engine::{Field, FieldType, PortId};
 use dataflow_models::composite::tile_rect;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -39,6 +40,8 @@ pub struct Split;
 struct Run {
     grid: (usize, usize),
     stage: String,
+    /// Port `tile<k>` of tile k.
+    tiles: Vec<PortId>,
 }
 
 /// The frame (or mask) decoded once per frame, then cropped per tile.
@@ -121,7 +124,7 @@ impl Stage for Run {
                 }
             }
             out.send(
-                k,
+                self.tiles[k],
                 msg.derive_part(
                     Part {
                         index: k as u32,
@@ -147,13 +150,16 @@ impl StageKind for Split {
         Ports {
             outputs: (0..n)
                 .map(|k| {
-                    OutPort::fresh(
-                        &format!("tile{k}"),
-                        &["image", "tile", "frame_size", "grid_rows", "grid_cols"],
-                    )
+                    // `mask` when the input has one (cropped); `name`, `objects` and
+                    // `box` copied from the input when it has them.
+                    OutPort::new(&format!("tile{k}"))
+                        .with_each(&["image", "mask"], FieldType::Image)
+                        .with_each(&["tile", "frame_size", "box"], FieldType::Rect)
+                        .with_each(&["grid_rows", "grid_cols"], FieldType::Number)
+                        .with_each(&["name", "objects"], FieldType::Text)
                 })
                 .collect(),
-            requires: vec!["image".into()],
+            requires: vec![Field::new("image", FieldType::Image)],
             ..Ports::default()
         }
     }
@@ -176,9 +182,13 @@ impl StageKind for Split {
         if let Some(p) = Self::validate(c).into_iter().next() {
             return Err(StageError::input(p.message));
         }
+        let tiles = (0..c.grid[0] * c.grid[1])
+            .map(|k| ctx.output(&format!("tile{k}")))
+            .collect::<Result<_, _>>()?;
         Ok(Built::Stage(Box::new(Run {
             grid: (c.grid[0], c.grid[1]),
             stage: ctx.stage.clone(),
+            tiles,
         })))
     }
 }

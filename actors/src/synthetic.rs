@@ -7,6 +7,7 @@ use dataflow_engine::{
     check_range_opt, BuildContext, Built, Fields, Image, KeyProblem, OutPort, Ports, Role, Source, SourceItem,
     StageError, StageKind, StopFlag, Value,
 };
+use dataflow_engine::{Field, FieldType};
 use rand::{RngCore, SeedableRng};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -138,9 +139,13 @@ impl StageKind for Synthetic {
     const DOC: &'static str = "Generated frames (gradient, noise or flat), optionally rate-limited.";
 
     fn ports(c: &Self::Config) -> Ports {
-        let field = if c.payload_bytes.is_some() { "payload" } else { "image" };
+        let field = if c.payload_bytes.is_some() {
+            Field::new("payload", FieldType::Bytes)
+        } else {
+            Field::new("image", FieldType::Image)
+        };
         Ports {
-            outputs: vec![OutPort::fresh("out", &[field])],
+            outputs: vec![OutPort::new("out").with(&field.name, field.ty)],
             ..Ports::default()
         }
     }

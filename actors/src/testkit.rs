@@ -3,10 +3,11 @@
 
 use std::path::Path;
 
-use dataflow_engine::{BuildContext, Fields, FrameId, Input, Message, Part, Restart};
+use dataflow_engine::{BuildContext, Fields, FrameId, Input, Message, OutPort, Part, Restart};
 
 /// The context of replica 0 of 1 of stage `stage` (kind `kind`), writing to and resolving
-/// paths in `dir`, with one input named `src`.
+/// paths in `dir`, with one input named `src` and one output port `out` (a test of a
+/// kind with more ports sets `outputs` to the kind's `ports(..).outputs`).
 pub fn context(stage: &str, kind: &str, dir: &Path) -> BuildContext {
     BuildContext {
         stage: stage.into(),
@@ -19,6 +20,7 @@ pub fn context(stage: &str, kind: &str, dir: &Path) -> BuildContext {
         graph_dir: dir.to_path_buf(),
         inputs: vec!["src".into()],
         restart: Restart::OnFailure,
+        outputs: vec![OutPort::forwarding("out")],
     }
 }
 

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use dataflow_engine::{
     BuildContext, Built, Input, KeyProblem, OutPort, Outputs, Ports, Role, Stage, StageError, StageKind, Value,
 };
+use dataflow_engine::{Field, FieldType};
 use dataflow_models::channel::{decode_text_lossy, Channel, Coherence, Csi, Fading, FadingModel, Modulation, SnrUnit};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -107,11 +108,13 @@ impl StageKind for TextChannel {
 
     fn ports(_: &Self::Config) -> Ports {
         Ports {
-            outputs: vec![OutPort::passing(
-                "out",
-                &["text", "sent", "bits", "bit_errors", "channel_uses", "ber_expected"],
-            )],
-            requires: vec!["text".into()],
+            outputs: vec![OutPort::forwarding("out")
+                .with_each(&["text", "sent"], FieldType::Text)
+                .with_each(
+                    &["bits", "bit_errors", "channel_uses", "ber_expected"],
+                    FieldType::Number,
+                )],
+            requires: vec![Field::new("text", FieldType::Text)],
             ..Ports::default()
         }
     }

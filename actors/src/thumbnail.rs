@@ -20,6 +20,7 @@ use dataflow_engine::{
     BuildContext, Built, Fields, Image, Input, KeyProblem, OutPort, Outputs, Ports, Rect, Role, Stage, StageError,
     StageKind, Value,
 };
+use dataflow_engine::{Field, FieldType};
 use dataflow_models::channel::{Coherence, Csi, Fading, FadingModel, Modulation, SnrUnit};
 use image::imageops::{self, FilterType};
 use image::RgbImage;
@@ -215,19 +216,20 @@ impl StageKind for Thumbnail {
 
     fn ports(c: &Self::Config) -> Ports {
         Ports {
-            outputs: vec![OutPort::fresh(
-                "out",
-                &[
-                    "thumbnail",
-                    "thumbnail_lost",
-                    "thumbnail_bytes",
-                    "frame_size",
-                    "bits",
-                    "bit_errors",
-                    "channel_uses",
-                ],
-            )],
-            requires: vec![c.field.clone()],
+            outputs: vec![OutPort::new("out")
+                .with("thumbnail", FieldType::Image)
+                .with("frame_size", FieldType::Rect)
+                .with_each(
+                    &[
+                        "thumbnail_lost",
+                        "thumbnail_bytes",
+                        "bits",
+                        "bit_errors",
+                        "channel_uses",
+                    ],
+                    FieldType::Number,
+                )],
+            requires: vec![Field::new(c.field.clone(), FieldType::Image)],
             heavy: true,
             ..Ports::default()
         }

@@ -19,6 +19,7 @@ use std::time::Duration;
 use dataflow_engine::{
     BuildContext, Built, Image, Input, Outputs, PixelFormat, Ports, Role, Stage, StageError, StageKind,
 };
+use dataflow_engine::{Field, FieldType};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -244,7 +245,7 @@ impl StageKind for VideoSink {
     fn ports(c: &Self::Config) -> Ports {
         // Writes into a pipe that blocks while ffmpeg encodes: keep it off the async threads.
         Ports {
-            requires: vec![c.field.clone()],
+            requires: vec![Field::new(c.field.clone(), FieldType::Image)],
             heavy: true,
             ..Ports::default()
         }

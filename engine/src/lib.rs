@@ -28,13 +28,14 @@ pub mod sweep_role;
 pub mod tagged;
 
 pub use graph::{Diagnostic, Diagnostics, GraphSource, Override};
-pub use message::{Fields, FrameId, Image, Message, Part, PixelFormat, Rect, Value};
+pub use message::{FieldType, Fields, FrameId, Image, Message, Part, PixelFormat, Rect, Value};
 pub use partition::{BridgeError, Bridges, CrossingEdge, PartitionError};
 pub use plan::{plan, MachineSpec, Plan, Restart, TlsSpec, WhenFull};
 pub use registry::Registry;
 pub use runtime::{run, RunError, RunEvent, RunOptions, RunSummary};
 pub use stage::{
-    check_duration_s, check_range, check_range_opt, check_timeout_ms, BuildContext, Built, Input, Joined, KeyProblem,
-    OutPort, Outputs, Ports, Release, Role, Source, SourceItem, Stage, StageError, StageKind, StopFlag, MAX_DURATION_S,
+    check_duration_s, check_range, check_range_opt, check_timeout_ms, BuildContext, Built, Field, Input, Joined,
+    KeyProblem, OutPort, Outputs, PortId, Ports, Release, Role, Source, SourceItem, Stage, StageError, StageKind,
+    StopFlag, MAX_DURATION_S,
 };
 pub use sweep_role::SweepRole;

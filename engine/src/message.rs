@@ -196,6 +196,94 @@ pub enum Value {
     Opaque(Arc<dyn Any + Send + Sync>),
 }
 
+/// The type of a field's value, as ports declare it: one per [`Value`] variant, and
+/// [`FieldType::Any`] for a field whose type the kind does not fix (a stage that forwards
+/// whatever it gets, a sink that writes any field, a Python stage's untyped field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FieldType {
+    /// [`Value::Image`].
+    Image,
+    /// [`Value::Text`].
+    Text,
+    /// [`Value::Texts`].
+    Texts,
+    /// [`Value::Bytes`].
+    Bytes,
+    /// [`Value::Number`].
+    Number,
+    /// [`Value::Rect`].
+    Rect,
+    /// [`Value::Record`].
+    Record,
+    /// [`Value::Opaque`] (a kind's own payload, such as a tensor).
+    Opaque,
+    /// Any of the above: matches every type.
+    Any,
+}
+
+impl FieldType {
+    /// Every type, in the order of [`Value`]'s variants, `any` last.
+    pub const ALL: [FieldType; 9] = [
+        FieldType::Image,
+        FieldType::Text,
+        FieldType::Texts,
+        FieldType::Bytes,
+        FieldType::Number,
+        FieldType::Rect,
+        FieldType::Record,
+        FieldType::Opaque,
+        FieldType::Any,
+    ];
+
+    /// The name used in messages and graph files (`image`, `text`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            FieldType::Image => "image",
+            FieldType::Text => "text",
+            FieldType::Texts => "texts",
+            FieldType::Bytes => "bytes",
+            FieldType::Number => "number",
+            FieldType::Rect => "rect",
+            FieldType::Record => "record",
+            FieldType::Opaque => "opaque",
+            FieldType::Any => "any",
+        }
+    }
+
+    /// The type called `name` ([`FieldType::name`]).
+    pub fn parse(name: &str) -> Option<FieldType> {
+        FieldType::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    /// Whether a value of type `other` fits where `self` is declared (either is `any`,
+    /// or they are equal).
+    pub fn accepts(self, other: FieldType) -> bool {
+        self == FieldType::Any || other == FieldType::Any || self == other
+    }
+}
+
+impl fmt::Display for FieldType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Value {
+    /// The type of this value.
+    pub fn field_type(&self) -> FieldType {
+        match self {
+            Value::Image(_) => FieldType::Image,
+            Value::Text(_) => FieldType::Text,
+            Value::Texts(_) => FieldType::Texts,
+            Value::Bytes(_) => FieldType::Bytes,
+            Value::Number(_) => FieldType::Number,
+            Value::Rect(_) => FieldType::Rect,
+            Value::Record(_) => FieldType::Record,
+            Value::Opaque(_) => FieldType::Opaque,
+        }
+    }
+}
+
 impl fmt::Debug for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -212,8 +300,9 @@ impl fmt::Debug for Value {
 }
 
 /// Named values of a message. Field names are part of the contract between stage
-/// kinds: each kind declares the fields it needs and the ones it adds, and the
-/// validator checks that every input provides what its consumer needs.
+/// kinds: each kind declares the fields it needs and the ones it adds, with their
+/// [`FieldType`]s, and the validator checks that every input provides what its consumer
+/// needs, of the type it needs.
 #[derive(Debug, Clone, Default)]
 pub struct Fields(BTreeMap<String, Value>);
 

@@ -1,9 +1,12 @@
 //! The stage API: what a stage kind implements and what the runtime gives it.
 //!
 //! A stage kind is one type implementing [`StageKind`]: a strict config struct
-//! (`serde` + `schemars`), the ports it offers for a given config, and `build`,
-//! which makes one runtime value per replica — a [`Source`] or a [`Stage`].
+//! (`serde` + `schemars`), the ports it offers for a given config (each output port's
+//! fields and the fields it requires, with their [`FieldType`]s), and `build`, which
+//! makes one runtime value per replica — a [`Source`] or a [`Stage`] — and resolves the
+//! ports it sends on by name ([`BuildContext::output`]).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,7 +15,7 @@ use std::time::Duration;
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 
-use crate::message::{Fields, FrameId, Message};
+use crate::message::{FieldType, Fields, FrameId, Message};
 
 /// Where a stage kind sits in a graph.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,34 +28,123 @@ pub enum Role {
     Sink,
 }
 
+/// A named field with the type of its value, as a port or a requirement declares it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Field {
+    /// Field name.
+    pub name: String,
+    /// Type of its value.
+    pub ty: FieldType,
+}
+
+impl Field {
+    /// Field `name` of type `ty`.
+    pub fn new(name: impl Into<String>, ty: FieldType) -> Self {
+        Field { name: name.into(), ty }
+    }
+}
+
+impl std::fmt::Display for Field {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.name, self.ty)
+    }
+}
+
+/// A field declared without a type (`any`). Only for the callers not converted yet
+/// (`plan/batch.rs`'s tests, `tests/it/batching.rs`); kinds declare typed fields.
+impl From<&str> for Field {
+    fn from(name: &str) -> Self {
+        Field::new(name, FieldType::Any)
+    }
+}
+
+/// A field declared without a type (`any`); see `From<&str>`.
+impl From<String> for Field {
+    fn from(name: String) -> Self {
+        Field::new(name, FieldType::Any)
+    }
+}
+
 /// One output port of a stage.
 #[derive(Debug, Clone)]
 pub struct OutPort {
     /// Port name; the first port is the default one (`stage` means `stage.<first>`).
     pub name: String,
-    /// Fields this port adds to each message.
-    pub adds: Vec<String>,
+    /// Fields this port adds to each message, with their types.
+    pub adds: Vec<Field>,
     /// Whether messages on this port also carry the fields of the input.
     pub passthrough: bool,
+    /// Every field a message on this port may carry, with its type, as validation worked
+    /// it out (`adds`, plus the inputs' fields on a passthrough port); `None` before
+    /// validation. The runtime's debug check holds the stage's messages to it.
+    pub carries: Option<BTreeMap<String, FieldType>>,
 }
 
 impl OutPort {
-    /// A port named `name` adding `adds`, carrying the input's fields along.
-    pub fn passing(name: &str, adds: &[&str]) -> Self {
+    /// A port named `name` whose messages carry only the fields added with [`OutPort::with`].
+    pub fn new(name: &str) -> Self {
         OutPort {
             name: name.into(),
-            adds: adds.iter().map(|s| s.to_string()).collect(),
-            passthrough: true,
+            adds: Vec::new(),
+            passthrough: false,
+            carries: None,
         }
     }
 
-    /// A port named `name` whose messages carry only `adds`.
+    /// A port named `name` whose messages carry the input's fields along, plus those
+    /// added with [`OutPort::with`].
+    pub fn forwarding(name: &str) -> Self {
+        OutPort {
+            passthrough: true,
+            ..OutPort::new(name)
+        }
+    }
+
+    /// The port, also adding field `name` of type `ty` to each message.
+    pub fn with(mut self, name: &str, ty: FieldType) -> Self {
+        self.adds.push(Field::new(name, ty));
+        self
+    }
+
+    /// The port, also adding each of `names`, all of type `ty`.
+    pub fn with_each(mut self, names: &[&str], ty: FieldType) -> Self {
+        self.adds.extend(names.iter().map(|n| Field::new(*n, ty)));
+        self
+    }
+
+    /// A port named `name` adding untyped (`any`) `adds`, carrying the input's fields
+    /// along. Only for the callers not converted yet (`plan/batch.rs`'s tests,
+    /// `zenoh_link.rs`, `tests/it/batching.rs`); use [`OutPort::forwarding`] and
+    /// [`OutPort::with`]. To be removed with [`OutPort::fresh`] once they are converted.
+    pub fn passing(name: &str, adds: &[&str]) -> Self {
+        OutPort {
+            adds: adds.iter().map(|s| Field::from(*s)).collect(),
+            ..OutPort::forwarding(name)
+        }
+    }
+
+    /// A port named `name` whose messages carry only untyped (`any`) `adds`; see
+    /// [`OutPort::passing`]. Use [`OutPort::new`] and [`OutPort::with`].
     pub fn fresh(name: &str, adds: &[&str]) -> Self {
         OutPort {
-            name: name.into(),
-            adds: adds.iter().map(|s| s.to_string()).collect(),
-            passthrough: false,
+            adds: adds.iter().map(|s| Field::from(*s)).collect(),
+            ..OutPort::new(name)
         }
+    }
+}
+
+/// An output port of a stage, resolved by name once when the stage is built
+/// ([`BuildContext::output`]) and then used for every [`Outputs::send`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortId(pub(crate) usize);
+
+impl PortId {
+    /// The default (first) port.
+    pub const DEFAULT: PortId = PortId(0);
+
+    /// Index into [`Ports::outputs`].
+    pub fn index(self) -> usize {
+        self.0
     }
 }
 
@@ -61,8 +153,9 @@ impl OutPort {
 pub struct Ports {
     /// Output ports, default first. Empty for sinks.
     pub outputs: Vec<OutPort>,
-    /// Fields every input message must carry (for joins: the union of the inputs).
-    pub requires: Vec<String>,
+    /// Fields every input message must carry, with their types (for joins: the union
+    /// of the inputs).
+    pub requires: Vec<Field>,
     /// When set, the stage joins its inputs by frame id: it receives all parts of
     /// one frame from every input at once, or what arrived when this timeout passed.
     pub join: Option<Duration>,
@@ -95,6 +188,8 @@ pub struct BuildContext {
     /// The stage's reserved `restart` key: a kind that can recover by itself (a
     /// `python` stage replacing a dead worker process) reads it instead of panicking.
     pub restart: crate::plan::Restart,
+    /// The stage's output ports, default first (with what each carries once validated).
+    pub outputs: Vec<OutPort>,
 }
 
 impl BuildContext {
@@ -110,6 +205,23 @@ impl BuildContext {
         } else {
             path.to_path_buf()
         }
+    }
+
+    /// The output port called `name`, resolved once at build so that sends name their
+    /// port. An unknown name is a build error naming the kind and its ports.
+    pub fn output(&self, name: &str) -> Result<PortId, StageError> {
+        self.outputs.iter().position(|p| p.name == name).map(PortId).ok_or_else(|| {
+            let known: Vec<&str> = self.outputs.iter().map(|p| p.name.as_str()).collect();
+            StageError::new(
+                "build",
+                format!(
+                    "stage `{}`: kind `{}` sends on an output port `{name}` that its ports() does not declare (it declares {}); a bug in the kind: declare the port or fix the name",
+                    self.stage,
+                    self.kind,
+                    if known.is_empty() { "none".to_string() } else { known.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ") }
+                ),
+            )
+        })
     }
 }
 
@@ -216,14 +328,14 @@ pub struct Outputs {
 }
 
 impl Outputs {
-    /// Emits `msg` on output port `port` (index into [`Ports::outputs`]).
-    pub fn send(&mut self, port: usize, msg: Message) {
-        self.items.push((port, msg));
+    /// Emits `msg` on output port `port` (from [`BuildContext::output`]).
+    pub fn send(&mut self, port: PortId, msg: Message) {
+        self.items.push((port.0, msg));
     }
 
     /// Emits `msg` on the default (first) output port.
     pub fn emit(&mut self, msg: Message) {
-        self.send(0, msg);
+        self.send(PortId::DEFAULT, msg);
     }
 
     /// Number of messages emitted so far.
@@ -239,6 +351,9 @@ impl Outputs {
 
 /// A transform or sink at run time. One value per replica, owned by one actor (or
 /// its worker thread), so it may hold `&mut` state such as a model session.
+///
+/// Debug builds wrap every built stage to check its outputs against its ports
+/// (`runtime/contract.rs`): a method added here must be forwarded there too.
 pub trait Stage: Send {
     /// Handles one input. An `Err` fails this frame only.
     fn process(&mut self, input: Input, out: &mut Outputs) -> Result<(), StageError>;
@@ -510,4 +625,46 @@ pub fn check_duration_s(value: Option<f64>) -> Option<KeyProblem> {
 /// [`check_range`] for a join timeout in milliseconds: 1 ms to [`MAX_DURATION_S`].
 pub fn check_timeout_ms(key: &'static str, value: u64) -> Option<KeyProblem> {
     check_range(key, value as f64, 1.0, MAX_DURATION_S * 1000.0, "milliseconds")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context(outputs: Vec<OutPort>) -> BuildContext {
+        BuildContext {
+            stage: "seg".into(),
+            kind: "segment".into(),
+            replica: 0,
+            replicas: 1,
+            graph: "g".into(),
+            seed: 1,
+            out_dir: PathBuf::from("out"),
+            graph_dir: PathBuf::from("."),
+            inputs: Vec::new(),
+            restart: crate::plan::Restart::Never,
+            outputs,
+        }
+    }
+
+    #[test]
+    fn a_port_is_resolved_by_name_once() {
+        let ctx = context(vec![
+            OutPort::forwarding("out"),
+            OutPort::new("slice").with("slice", FieldType::Image),
+        ]);
+        assert_eq!(ctx.output("out").map(PortId::index).ok(), Some(0));
+        assert_eq!(ctx.output("slice").map(PortId::index).ok(), Some(1));
+    }
+
+    #[test]
+    fn an_unknown_port_is_a_build_error_naming_the_kind_and_its_ports() {
+        let ctx = context(vec![OutPort::forwarding("out"), OutPort::new("slice")]);
+        let e = ctx.output("slices").expect_err("no such port");
+        assert_eq!(e.class, "build");
+        assert!(
+            e.message.contains("kind `segment` sends on an output port `slices` that its ports() does not declare (it declares `out`, `slice`)"),
+            "{e}"
+        );
+    }
 }

@@ -15,6 +15,9 @@ replica (``kind = "python"`` in a graph) and hands it one frame at a time::
             frame.set_number("brightness", float(img.mean()) * self.scale)
             return frame
 
+Under ``batch = { max, wait_ms }`` in the graph, a class that defines
+``process_batch(frames)`` gets up to ``max`` frames per call (one model run per batch).
+
 Try it without the engine: ``python -m dataflow_stage selftest my_stage.py Brightness``.
 """
 

@@ -2,11 +2,15 @@
 
 Engine to worker: ``{"op": "setup", "args": {...}}`` once, then
 ``{"op": "frame", "frame": "0:7", "seq": 7, "part": [0, 1], "in_size": N, "fields":
-{...}}`` per frame, and ``{"op": "close"}`` at the end of the stream.
+{...}}`` per frame, and ``{"op": "close"}`` at the end of the stream. A stage under ``batch`` gets
+``{"op": "batch", "in_size": N, "frames": [{"frame": "0:7", "seq": 7, "part": [0, 1],
+"fields": {...}}, ...]}`` instead, each frame's buffers at their own offsets.
 
 Worker to engine: ``{"ok": true, "pid": P}`` after setup, then per frame ``{"ok":
 true, "outputs": [{"port": null, "set": {...}, "drop": [...]}], "busy_s": S}`` (``S``: seconds in ``process``) or ``{"ok": false,
-"error": "..."}``.
+"error": "..."}``; per batch ``{"ok": true, "frames": [{"ok": true, "outputs": [...]} |
+{"ok": false, "error": "..."}, ...], "busy_s": S}``, one result per frame in the
+request's order, all outputs' buffers in the output segment at distinct offsets.
 
 A field is ``{"t": "text" | "number" | "texts" | "record" | "rect", "v": value}`` or,
 with its bytes in a shared-memory segment, ``{"t": "image", "h": H, "w": W, "c": C,

@@ -12,8 +12,10 @@ class Stage:
     """Base class of a Python stage: one instance per replica, in its own process.
 
     The engine calls :meth:`setup` once with the graph's ``args`` table before the
-    source opens, :meth:`process` once per frame (one frame at a time), and
-    :meth:`close` at the end of the stream.
+    source opens, :meth:`process` once per frame (one frame at a time) — or, when the
+    graph gives the stage ``batch = { max, wait_ms }``, :meth:`process_batch` with up to
+    ``max`` frames at once if the class defines it — and :meth:`close` at the end of
+    the stream.
     """
 
     #: Logger whose records land in the engine's log with the stage and frame.
@@ -41,9 +43,18 @@ class Stage:
     def process_batch(self, frames):
         """Handles a list of frames and returns a list of output frames.
 
-        The engine hands one frame at a time (one frame in flight per replica keeps the
-        graph's backpressure bound), so ``frames`` has one element; define this instead
-        of :meth:`process` when the code is written for batches.
+        Without ``batch`` in the graph, ``frames`` has one element. Under ``batch = {
+        max, wait_ms }`` the engine gathers up to ``max`` frames (waiting at most
+        ``wait_ms`` after the first) and the worker gets them in one call; define this
+        instead of (or beside) :meth:`process` to run a model once per batch.
+
+        Return the output frames in any order: an output belongs to the input frame it
+        is (return the input ``Frame`` objects, changed), else to the input with its id
+        and part (frames made with ``frame.derive()``); an input with no output is
+        dropped. If the call raises, the worker calls it again with each frame alone, so
+        that only the frame that raises fails (class ``python``, with its traceback);
+        the others go on. A class without its own ``process_batch`` gets
+        :meth:`process` per frame instead.
         """
         out = []
         for f in frames:

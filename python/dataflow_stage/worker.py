@@ -26,6 +26,7 @@ from typing import Any
 from . import log, protocol
 from .frame import Frame
 from .shm import InputSegment, OutputSegment
+from .stage import Stage
 
 #: Lines of a traceback kept in the error text (the end: where it was raised).
 TRACEBACK_LINES = 8
@@ -74,27 +75,134 @@ def error_text(e: BaseException) -> str:
     return "\n".join(lines[-TRACEBACK_LINES:])
 
 
-def results(returned: Any, frame: Frame, inputs: dict[str, Any], seg: OutputSegment) -> dict[str, Any]:
-    """The reply for what ``process`` returned."""
+def as_list(returned: Any, what: str) -> list[Frame]:
+    """What ``process`` or ``process_batch`` returned, as a list of frames."""
     frames = [] if returned is None else returned if isinstance(returned, list) else [returned]
-    at, pending, outputs = [0], [], []
     for f in frames:
         if not isinstance(f, Frame):
-            raise TypeError(f"process returned a {type(f).__name__}; return a Frame, a list of Frames or None")
+            raise TypeError(f"{what} returned a {type(f).__name__}; return a Frame, a list of Frames or None")
+    return frames
+
+
+def encode_outputs(frames: list[Frame], inputs: dict[str, Any], seg: OutputSegment, at: list[int],
+                   pending: list) -> list[dict[str, Any]]:
+    """The wire form of one input's output frames (buffers placed from ``at[0]`` on)."""
+    outputs = []
+    for f in frames:
         changed = {n: protocol.encode(n, v, seg, at, pending)
                    for n, v in f.fields.items() if not (n in inputs and inputs[n] is v)}
         dropped = [n for n in inputs if n not in f.fields]
         outputs.append({"port": f.port, "set": changed, "drop": dropped})
+    return outputs
+
+
+def results(returned: Any, frame: Frame, inputs: dict[str, Any], seg: OutputSegment) -> dict[str, Any]:
+    """The reply for what ``process`` returned."""
+    at, pending = [0], []
+    outputs = encode_outputs(as_list(returned, "process"), inputs, seg, at, pending)
     size = protocol.flush(seg, at[0], pending)
     return {"ok": True, "outputs": outputs, "out_size": size}
 
 
+def defines_batch(stage: Any) -> bool:
+    """Whether the stage's class has its own ``process_batch``."""
+    return type(stage).process_batch is not Stage.process_batch
+
+
+def assign(returned: Any, frames: list[Frame]) -> list[list[Frame]]:
+    """Each input frame's outputs among what ``process_batch(frames)`` returned: an output
+    belongs to the input it is, else to the one input with its id and part. Raises for
+    an output that matches no input or several."""
+    out = as_list(returned, "process_batch")
+    each: list[list[Frame]] = [[] for _ in frames]
+    if len(frames) == 1:
+        each[0] = out
+        return each
+    by_object = {id(f): i for i, f in enumerate(frames)}
+    by_id: dict[tuple, list[int]] = {}
+    for i, f in enumerate(frames):
+        by_id.setdefault((f.id, tuple(f.part)), []).append(i)
+    for o in out:
+        i = by_object.get(id(o))
+        if i is None:
+            match = by_id.get((o.id, tuple(o.part)), [])
+            if len(match) != 1:
+                ids = ", ".join(f.id for f in frames)
+                why = "is not in the batch" if not match else f"matches {len(match)} frames of the batch"
+                raise ValueError(f"process_batch returned frame {o.id}, which {why} ({ids}); "
+                                 "return the input Frame objects or frames made with frame.derive()")
+            i = match[0]
+        each[i].append(o)
+    return each
+
+
+def call_one(stage: Any, frame: Frame, batched: bool) -> list[Frame] | BaseException:
+    """One frame through ``process`` (or ``process_batch([frame])``): its outputs or its exception."""
+    log.current_frame = frame.id
+    try:
+        if batched:
+            return assign(stage.process_batch([frame]), [frame])[0]
+        return as_list(stage.process(frame), "process")
+    except Exception as e:  # noqa: BLE001 - fails this frame only
+        return e
+
+
+def call_batch(stage: Any, fresh) -> list[list[Frame] | BaseException]:
+    """Each frame's outputs or exception: one ``process_batch`` call when the class
+    defines it (if it raises, its frames again one at a time, so that only the frame
+    that raises fails), else ``process`` per frame. ``fresh()`` makes the input frames."""
+    frames = fresh()
+    if not defines_batch(stage):
+        return [call_one(stage, f, False) for f in frames]
+    if len(frames) > 1:
+        log.current_frame = ",".join(f.id for f in frames)
+        try:
+            return list(assign(stage.process_batch(list(frames)), frames))
+        except Exception as e:  # noqa: BLE001 - retried frame by frame below
+            log.get_logger().warning("process_batch raised on a batch of %d frames (%s: %s); calling it "
+                                     "again for each frame alone", len(frames), type(e).__name__, e)
+            frames = fresh()  # the failed call may have changed the frames
+    return [call_one(stage, f, True) for f in frames]
+
+
+def serve_batch(stage: Any, msg: dict[str, Any], seg_in: InputSegment, seg_out: OutputSegment) -> dict[str, Any]:
+    """The reply to a batch request: one result per frame, in the request's order."""
+    heads = msg["frames"]
+    inputs = [seg_in.decode(h["fields"], msg["in_size"]) for h in heads]
+
+    def fresh() -> list[Frame]:
+        return [Frame(h["frame"], fields, h["seq"], tuple(h["part"])) for h, fields in zip(heads, inputs)]
+
+    t0 = time.perf_counter()
+    each = call_batch(stage, fresh)
+    busy = time.perf_counter() - t0
+    at, pending, replies = [0], [], []
+    for got, fields in zip(each, inputs):
+        if isinstance(got, BaseException):
+            replies.append({"ok": False, "error": error_text(got)})
+            continue
+        try:
+            replies.append({"ok": True, "outputs": encode_outputs(got, fields, seg_out, at, pending)})
+        except Exception as e:  # noqa: BLE001 - fails this frame only
+            replies.append({"ok": False, "error": error_text(e)})
+    size = protocol.flush(seg_out, at[0], pending)
+    return {"ok": True, "frames": replies, "busy_s": busy, "out_size": size}
+
+
 def serve(stage: Any, rx, tx, seg_in: InputSegment, seg_out: OutputSegment) -> None:
-    """Answers frames until ``close`` or end of input."""
+    """Answers frames and batches until ``close`` or end of input."""
     while True:
         msg = protocol.read(rx)
         if msg is None or msg.get("op") == "close":
             break
+        if msg.get("op") == "batch":
+            try:
+                reply = serve_batch(stage, msg, seg_in, seg_out)
+            except Exception as e:  # noqa: BLE001 - fails the batch's frames, the worker goes on
+                reply = {"ok": False, "error": error_text(e)}
+            log.current_frame = "-"
+            protocol.write(tx, reply)
+            continue
         log.current_frame = msg["frame"]
         try:
             inputs = seg_in.decode(msg["fields"], msg["in_size"])

@@ -485,3 +485,531 @@ fn batched_stages_export_their_batch_sizes_and_waits() {
         "only batched stages have them"
     );
 }
+
+// ---- Batching at joining stages -------------------------------------------------------
+
+/// Keys of `join_probe`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct JoinProbeConfig {
+    /// Probe whose `seen` gets the size of every call (1 for an unbatched call).
+    probe: String,
+    /// Milliseconds to sleep per call.
+    #[serde(default)]
+    ms: u64,
+    /// Run on a worker thread of its own, like model stages.
+    #[serde(default)]
+    heavy: bool,
+}
+
+/// A joining transform that batches: per joined frame it emits the fields of its parts
+/// (the tracked guard included) and the size of the call.
+struct JoinProbe;
+struct JoinProbeRun {
+    sizes: Arc<Alive>,
+    pause: Duration,
+}
+
+impl Stage for JoinProbeRun {
+    fn process(&mut self, input: Input, out: &mut Outputs) -> Result<(), StageError> {
+        self.process_batch(vec![input], std::slice::from_mut(out))
+            .pop()
+            .unwrap()
+    }
+
+    fn process_batch(&mut self, inputs: Vec<Input>, outs: &mut [Outputs]) -> Vec<Result<(), StageError>> {
+        let n = inputs.len();
+        self.sizes.seen.lock().unwrap().push(n as u64);
+        std::thread::sleep(self.pause);
+        inputs
+            .into_iter()
+            .zip(outs.iter_mut())
+            .map(|(input, out)| {
+                let Input::Joined(j) = input else {
+                    return Err(StageError::input("join_probe takes joined frames"));
+                };
+                let mut fields = Fields::new();
+                for m in j.parts.iter().flatten().flatten() {
+                    for (k, v) in m.fields.iter() {
+                        fields.insert(k, v.clone());
+                    }
+                }
+                fields.insert("batch_size", Value::Number(n as f64));
+                let first = j.any().ok_or_else(|| StageError::input("an empty joined frame"))?;
+                out.emit(first.derive_part(dataflow_engine::Part::WHOLE, fields));
+                Ok(())
+            })
+            .collect()
+    }
+}
+
+impl StageKind for JoinProbe {
+    type Config = JoinProbeConfig;
+    const NAME: &'static str = "join_probe";
+    const ROLE: Role = Role::Transform;
+    const DOC: &'static str = "test joining stage recording its batch sizes";
+    const BATCH: bool = true;
+    fn ports(c: &Self::Config) -> Ports {
+        Ports {
+            outputs: vec![OutPort::passing("out", &["batch_size"])],
+            join: Some(Duration::from_secs(30)),
+            heavy: c.heavy,
+            ..Ports::default()
+        }
+    }
+    fn build(c: &Self::Config, _: &BuildContext) -> Result<Built, StageError> {
+        Ok(Built::Stage(Box::new(JoinProbeRun {
+            sizes: probe(&c.probe),
+            pause: Duration::from_millis(c.ms),
+        })))
+    }
+}
+
+fn join_registry() -> Registry {
+    let mut r = registry();
+    r.register::<JoinProbe>().register::<SdFrames>().register::<Keep>();
+    r
+}
+
+fn run_joins(text: &str, out: &Path) -> RunSummary {
+    let src = GraphSource::from_text(Path::new("test.toml"), text.to_string(), &[]).unwrap();
+    let plan = dataflow_engine::plan(&src, &join_registry()).unwrap_or_else(|d| panic!("{d}"));
+    let (rt, opts) = support::in_process(out);
+    rt.block_on(dataflow_engine::run(&plan, opts)).unwrap()
+}
+
+#[test]
+fn batching_a_join_keeps_frames_alive_within_the_edge_bound() {
+    let name = "batch-join-bound";
+    let n = 2000u64;
+    let dir = tempfile::tempdir().unwrap();
+    let s = run_joins(
+        &format!(
+            r#"
+[defaults]
+mailbox = 4
+[stage.src]
+kind = "tracked"
+frames = {n}
+probe = "{name}"
+[stage.fast]
+kind = "passthrough"
+inputs = ["src"]
+[stage.slow]
+kind = "delay"
+inputs = ["fast"]
+ms = 0.5
+[stage.j]
+kind = "join_probe"
+inputs = ["fast", "slow"]
+probe = "{name}-sizes"
+ms = 1
+heavy = true
+batch = {{ max = 4, wait_ms = 2 }}
+[stage.sink]
+kind = "record"
+inputs = ["j"]
+probe = "{name}"
+"#
+        ),
+        dir.path(),
+    );
+    let p = probe(name);
+    assert_eq!(
+        p.seen.lock().unwrap().clone(),
+        (0..n).collect::<Vec<_>>(),
+        "exactly once, in order"
+    );
+    // Five edges of 4 places, plus one frame in the hands of each of the 5 stages; a
+    // batched set holds the places of all its parts until its call is done.
+    let bound = 5 * 4 + 5;
+    let max = p.max.load(Ordering::SeqCst);
+    println!("frames alive at most: {max} (bound {bound})");
+    assert!(max <= bound, "{max} frames were alive at once, over the bound {bound}");
+    assert!(max >= 4, "the join should have filled its queues (max alive {max})");
+    assert_eq!(p.now.load(Ordering::SeqCst), 0, "no frame leaked");
+    assert_eq!((s.failed, s.dropped, stage(&s, "j").sent), (0, 0, n));
+    let sizes = seen(&format!("{name}-sizes"));
+    assert_eq!(sizes.iter().sum::<u64>(), n, "the calls took every set once");
+    let biggest = sizes.iter().copied().max().unwrap_or(0);
+    assert!((2..=4).contains(&biggest), "batches of up to 4 sets, got {biggest}");
+}
+
+/// A `hold` source feeding both inputs of a batched `join_probe` (through `a`).
+fn held_join(name: &str, frames: u64, wait_ms: u64) -> String {
+    format!(
+        r#"
+[stage.src]
+kind = "hold"
+frames = {frames}
+probe = "{name}"
+[stage.a]
+kind = "passthrough"
+inputs = ["src"]
+[stage.j]
+kind = "join_probe"
+inputs = ["src", "a"]
+probe = "{name}-sizes"
+heavy = true
+mailbox = 8
+batch = {{ max = 8, wait_ms = {wait_ms} }}
+[stage.sink]
+kind = "record"
+inputs = ["j"]
+probe = "{name}"
+"#
+    )
+}
+
+#[test]
+fn a_lone_joined_frame_is_processed_once_wait_ms_has_passed() {
+    let name = "batch-join-lone";
+    let dir = tempfile::tempdir().unwrap();
+    let s = run_joins(&held_join(name, 1, 200), dir.path());
+    assert_eq!(seen(name), [0]);
+    assert_eq!(seen(&format!("{name}-sizes")), [1], "one call with the lone set");
+    // The source held its stream open until the frame arrived: `wait_ms` flushed the batch,
+    // not the end of the stream. Generous bounds, not a speed test.
+    let took = probe(name).max.load(Ordering::SeqCst);
+    assert!(
+        (195..10_000).contains(&took),
+        "the lone frame took {took} ms to arrive (wait_ms = 200)"
+    );
+    assert!(!s.interrupted && s.frames_out == 1);
+}
+
+#[test]
+fn the_end_of_the_stream_flushes_a_joins_partial_batch() {
+    let name = "batch-join-eos";
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = Instant::now();
+    let s = run_joins(
+        &format!(
+            r#"
+[stage.src]
+kind = "tracked"
+frames = 3
+probe = "{name}"
+[stage.a]
+kind = "passthrough"
+inputs = ["src"]
+[stage.j]
+kind = "join_probe"
+inputs = ["src", "a"]
+probe = "{name}-sizes"
+mailbox = 8
+batch = {{ max = 8, wait_ms = 60000 }}
+[stage.sink]
+kind = "record"
+inputs = ["j"]
+probe = "{name}"
+"#
+        ),
+        dir.path(),
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "the run waited for the batch's minute"
+    );
+    assert_eq!(
+        seen(name),
+        [0, 1, 2],
+        "the partial batch was flushed at the end, not lost"
+    );
+    assert_eq!(seen(&format!("{name}-sizes")), [3]);
+    assert_eq!((s.frames_out, s.failed), (3, 0));
+}
+
+/// Keys of `sd_frames`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct SdFramesConfig {
+    frames: u64,
+    /// Frames with five captions for a 2×2 grid, which `prompt_mode = "regional"` refuses.
+    #[serde(default)]
+    bad: Vec<u64>,
+    /// Frames of 16×16 pixels, too small for LPIPS.
+    #[serde(default)]
+    tiny: Vec<u64>,
+}
+
+/// A source of what `reconstruct` and `evaluate` read, for the tiny SD fixture: a 64×64
+/// frame (`image`, the reference), four tile captions, an object slice and its box.
+struct SdFrames;
+struct SdFramesRun {
+    next: u64,
+    config: SdFramesConfig,
+}
+
+const CAPTIONS: [&str; 5] = [
+    "a red car on a grey road",
+    "green trees under a blue sky",
+    "a small brown dog",
+    "white clouds over the hills",
+    "a yellow house",
+];
+
+impl Source for SdFramesRun {
+    fn next(&mut self, stop: &StopFlag) -> SourceItem {
+        let seq = self.next;
+        if seq >= self.config.frames || stop.is_set() {
+            return SourceItem::End;
+        }
+        self.next += 1;
+        let side = if self.config.tiny.contains(&seq) { 16 } else { 64 };
+        let image = image::RgbImage::from_fn(side, side, |x, y| {
+            image::Rgb([(x * 4 + seq as u32 * 17) as u8, (y * 4) as u8, ((x + y) * 2) as u8])
+        });
+        let slice = image::RgbaImage::from_fn(16, 16, |x, y| {
+            image::Rgba([200, (x * 16) as u8, (y * 16) as u8, if x + y < 24 { 255 } else { 0 }])
+        });
+        let n = if self.config.bad.contains(&seq) { 5 } else { 4 };
+        let captions: Vec<Option<String>> = (0..n)
+            .map(|k| Some(CAPTIONS[(k + seq as usize) % CAPTIONS.len()].to_string()))
+            .collect();
+        let rect = |x, y, width, height| Value::Rect(dataflow_engine::Rect { x, y, width, height });
+        SourceItem::Frame(
+            Fields::new()
+                .with("image", Value::Image(dataflow_engine::Image::from_rgb(image)))
+                .with("corrected", Value::Texts(captions.into()))
+                .with("grid_rows", Value::Number(2.0))
+                .with("grid_cols", Value::Number(2.0))
+                .with("slice", Value::Image(dataflow_engine::Image::from_rgba(slice)))
+                .with("box", rect(4, 4, 16, 16))
+                .with("frame_size", rect(0, 0, side, side)),
+        )
+    }
+}
+
+impl StageKind for SdFrames {
+    type Config = SdFramesConfig;
+    const NAME: &'static str = "sd_frames";
+    const ROLE: Role = Role::Source;
+    const DOC: &'static str = "test source of frames, captions and slices for the SD fixture";
+    fn ports(_: &Self::Config) -> Ports {
+        Ports {
+            outputs: vec![OutPort::fresh(
+                "out",
+                &[
+                    "image",
+                    "corrected",
+                    "grid_rows",
+                    "grid_cols",
+                    "slice",
+                    "box",
+                    "frame_size",
+                ],
+            )],
+            ..Ports::default()
+        }
+    }
+    fn build(c: &Self::Config, _: &BuildContext) -> Result<Built, StageError> {
+        Ok(Built::Source(Box::new(SdFramesRun {
+            next: 0,
+            config: SdFramesConfig {
+                frames: c.frames,
+                bad: c.bad.clone(),
+                tiny: c.tiny.clone(),
+            },
+        })))
+    }
+}
+
+type Kept = Vec<(u64, Fields)>;
+
+fn kept() -> &'static std::sync::Mutex<std::collections::HashMap<String, Kept>> {
+    static K: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, Kept>>> =
+        std::sync::OnceLock::new();
+    K.get_or_init(Default::default)
+}
+
+/// Keys of `keep`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct KeepConfig {
+    /// Name under which the frames are kept.
+    probe: String,
+}
+
+/// A sink keeping every frame's fields, by name.
+struct Keep;
+struct KeepRun(String);
+
+impl Stage for KeepRun {
+    fn process(&mut self, input: Input, _out: &mut Outputs) -> Result<(), StageError> {
+        if let Input::Message { msg, .. } = input {
+            let mut k = kept().lock().unwrap();
+            k.entry(self.0.clone()).or_default().push((msg.id.seq, msg.fields));
+        }
+        Ok(())
+    }
+}
+
+impl StageKind for Keep {
+    type Config = KeepConfig;
+    const NAME: &'static str = "keep";
+    const ROLE: Role = Role::Sink;
+    const DOC: &'static str = "test sink keeping every frame's fields";
+    fn ports(_: &Self::Config) -> Ports {
+        Ports::default()
+    }
+    fn build(c: &Self::Config, _: &BuildContext) -> Result<Built, StageError> {
+        Ok(Built::Stage(Box::new(KeepRun(c.probe.clone()))))
+    }
+}
+
+/// `sd_frames` → `reconstruct` (the tiny SD fixture, regional prompts) → `evaluate`
+/// (the reference and the reconstruction; tiny LPIPS and CLIP) → `keep`, both model stages
+/// with `batch` when given.
+fn sd_graph(name: &str, frames: u64, bad: &str, batch: &str) -> String {
+    let fixtures = support::root().join("models/fixtures");
+    let dir = |d: &str| fixtures.join(d).display().to_string().replace('\\', "/");
+    format!(
+        r#"
+[stage.src]
+kind = "sd_frames"
+frames = {frames}
+{bad}
+[stage.reconstruct]
+kind = "reconstruct"
+inputs = ["src"]
+model = "sd_ip_adapter"
+model_dir = "{sd}"
+steps = 2
+generate_size = [64, 64]
+prompt_mode = "regional"
+intra_threads = 1
+{batch}
+[stage.evaluate]
+kind = "evaluate"
+inputs = ["src", "reconstruct"]
+lpips = true
+lpips_dir = "{lpips}"
+clip = true
+clip_dir = "{clip}"
+intra_threads = 1
+{batch}
+[stage.sink]
+kind = "keep"
+inputs = ["evaluate"]
+probe = "{name}"
+"#,
+        sd = dir("sd15_ip"),
+        lpips = dir("lpips"),
+        clip = dir("clip"),
+    )
+}
+
+fn take_kept(name: &str) -> Kept {
+    let mut k = kept().lock().unwrap().remove(name).unwrap_or_default();
+    k.sort_by_key(|(seq, _)| *seq);
+    k
+}
+
+#[test]
+fn batched_reconstruct_and_evaluate_equal_one_frame_at_a_time_and_a_bad_frame_fails_alone() {
+    let n = 7u64;
+    let bad = "bad = [2]\ntiny = [5]";
+    let batch = "mailbox = 4\nbatch = { max = 4, wait_ms = 500 }";
+    let mut runs = Vec::new();
+    for (name, batch) in [("sd-batch-none", ""), ("sd-batch-4", batch)] {
+        let dir = tempfile::tempdir().unwrap();
+        let s = run_joins(&sd_graph(name, n, bad, batch), dir.path());
+        // Frame 2 fails at `reconstruct` (regional: five captions for four tiles) and so
+        // reaches `evaluate` without its reconstruction; frame 5 is too small for LPIPS.
+        assert_eq!(
+            (
+                stage(&s, "reconstruct").errors,
+                stage(&s, "evaluate").errors,
+                s.frames_out
+            ),
+            (1, 2, n - 2),
+            "{name}"
+        );
+        let log = std::fs::read_to_string(dir.path().join("errors.jsonl")).unwrap();
+        let lines: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let at = |stage_id: &str| -> Vec<String> {
+            lines
+                .iter()
+                .filter(|l| l["stage"] == stage_id)
+                .map(|l| l["error"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let r = at("reconstruct");
+        assert!(
+            r.len() == 1 && r[0].contains(":2:") && r[0].contains("one caption per tile"),
+            "{name}: {r:?}"
+        );
+        let e = at("evaluate");
+        assert!(
+            e.iter().any(|m| m.contains(":5") && m.contains("LPIPS")),
+            "{name}: {e:?}"
+        );
+        let k = take_kept(name);
+        assert_eq!(
+            k.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            [0, 1, 3, 4, 6],
+            "{name}: the other frames"
+        );
+        runs.push(k);
+    }
+    let (one, batched) = (&runs[0], &runs[1]);
+    let with = |f: &Fields| f.number("sd_batched_with").unwrap();
+    assert!(one.iter().all(|(_, f)| with(f) == 1.0), "unbatched frames run alone");
+    assert!(
+        batched.iter().any(|(_, f)| with(f) > 1.0),
+        "some frames shared their UNet calls: {:?}",
+        batched.iter().map(|(_, f)| with(f)).collect::<Vec<_>>()
+    );
+    for ((seq, a), (_, b)) in one.iter().zip(batched) {
+        let img = |f: &Fields| f.image("image").unwrap().to_rgb().into_raw();
+        // The tiny SD fixture batches bit-identically on the CPU (models/tests/it/sd_batch.rs).
+        assert_eq!(img(a), img(b), "frame {seq}: the reconstruction");
+        for key in ["sd_unet_evals", "psnr_db", "ssim", "cosine"] {
+            assert_eq!(a.number(key), b.number(key), "frame {seq}: {key}");
+        }
+        // LPIPS and CLIP in one batched run: within 1e-6 (as the model tests).
+        for key in ["lpips", "clip_cosine"] {
+            let (x, y) = (a.number(key).unwrap(), b.number(key).unwrap());
+            assert!((x - y).abs() <= 1e-6, "frame {seq}: {key} {x} vs {y}");
+        }
+    }
+}
+
+/// Frames/s of `reconstruct` at batch 1 and 4, with the settings the paper graph's test runs
+/// the tiny SD fixture at (64×64, 3 steps, `regional`), `evaluate` (tiny LPIPS and CLIP)
+/// behind it batched alike. A measurement, not a check (BENCHMARKS.md):
+/// `cargo nextest run --all-features --test it -E 'test(batching_reconstruct_speed)' --run-ignored only --no-capture`.
+#[test]
+#[ignore]
+fn batching_reconstruct_speed() {
+    let n = 32u64;
+    for max in [1, 4] {
+        let name = format!("sd-speed-{max}");
+        let batch = if max == 1 {
+            String::new()
+        } else {
+            format!("mailbox = {max}\nbatch = {{ max = {max}, wait_ms = 1000 }}")
+        };
+        let text = sd_graph(&name, n, "", &batch).replace("steps = 2", "steps = 3");
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = Instant::now();
+        let s = run_joins(&text, dir.path());
+        let secs = t0.elapsed().as_secs_f64();
+        assert_eq!((s.frames_out, s.failed), (n, 0));
+        let k = take_kept(&name);
+        // A call's `sd_seconds` is on each of its frames: count it once per call.
+        let per_call = |f: &Fields| 1.0 / f.number("sd_batched_with").unwrap();
+        let calls: f64 = k.iter().map(|(_, f)| per_call(f)).sum();
+        let sd: f64 = k
+            .iter()
+            .map(|(_, f)| f.number("sd_seconds").unwrap() * per_call(f))
+            .sum();
+        println!(
+            "batch.max = {max}: {n} frames in {secs:.2} s = {:.2} frames/s end to end; \
+             {calls:.0} SD calls, {sd:.2} s in SD = {:.2} frames/s",
+            n as f64 / secs,
+            n as f64 / sd
+        );
+    }
+}

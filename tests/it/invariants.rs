@@ -102,7 +102,7 @@ impl StageKind for Gather {
     const DOC: &'static str = "test join emitting the first part of each frame";
     fn ports(c: &Self::Config) -> Ports {
         Ports {
-            outputs: vec![dataflow_engine::OutPort::passing("out", &[])],
+            outputs: vec![dataflow_engine::OutPort::forwarding("out")],
             join: Some(Duration::from_millis(c.timeout_ms.max(1))),
             ..Ports::default()
         }

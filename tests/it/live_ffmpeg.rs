@@ -88,7 +88,11 @@ impl StageKind for FrameLog {
     const DOC: &'static str = "test sink recording ffmpeg frames";
     fn ports(_: &Self::Config) -> Ports {
         Ports {
-            requires: vec!["image".into(), "ffmpeg_pid".into(), "restarts".into()],
+            requires: vec![
+                dataflow_engine::Field::new("image", dataflow_engine::FieldType::Image),
+                dataflow_engine::Field::new("ffmpeg_pid", dataflow_engine::FieldType::Number),
+                dataflow_engine::Field::new("restarts", dataflow_engine::FieldType::Number),
+            ],
             ..Ports::default()
         }
     }

@@ -469,7 +469,9 @@ impl dataflow_engine::StageKind for LateField {
     const DOC: &'static str = "test stage adding a field from some frame on";
     fn ports(_: &Self::Config) -> dataflow_engine::Ports {
         dataflow_engine::Ports {
-            outputs: vec![dataflow_engine::OutPort::fresh("out", &["early", "late"])],
+            outputs: vec![
+                dataflow_engine::OutPort::new("out").with_each(&["early", "late"], dataflow_engine::FieldType::Number)
+            ],
             ..dataflow_engine::Ports::default()
         }
     }

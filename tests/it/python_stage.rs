@@ -934,3 +934,454 @@ fn python_stage_needs_are_checked_before_the_run() {
     );
     assert_eq!(fine, "");
 }
+
+/// Batched numpy stages: `Tone` maps a whole batch at once (`np.stack`), `ToneEach` the
+/// same per frame through `process`; both record the batch size they saw. `Digest`
+/// hashes the outputs' bytes for the CSV.
+const TONE: &str = r#"
+import hashlib
+import numpy as np
+from dataflow_stage import Stage
+
+
+def tone(imgs):
+    return np.clip(imgs.astype(np.float32) * 0.8 + 20.5, 0, 255).astype(np.uint8)
+
+
+class Tone(Stage):
+    def process_batch(self, frames):
+        imgs = np.stack([f.image("image") for f in frames])
+        out = tone(imgs)
+        emb = imgs.reshape(len(frames), -1)[:, :16].astype(np.float32) / 255.0
+        for f, o, e in zip(frames, out, emb):
+            f.set_image("toned", o)
+            f.set_tensor("emb", e)
+            f.set_number("batch_size", len(frames))
+        return frames
+
+
+class ToneEach(Stage):
+    def process(self, frame):
+        img = frame.image("image")
+        frame.set_image("toned", tone(img))
+        frame.set_tensor("emb", img.reshape(-1)[:16].astype(np.float32) / 255.0)
+        frame.set_number("batch_size", 1)
+        return frame
+
+
+class Digest(Stage):
+    def process(self, frame):
+        frame.set_text("toned_sha", hashlib.sha256(frame.image("toned").tobytes()).hexdigest())
+        frame.set_text("emb_sha", hashlib.sha256(frame.tensor("emb").tobytes()).hexdigest())
+        return frame
+"#;
+
+/// `src -> tone (class, `batch_keys`) -> digest -> csv_sink` over 20 gradient frames;
+/// the CSV's rows by frame.
+fn tone_run(dir: &Path, class: &str, batch_keys: &str) -> Vec<std::collections::HashMap<String, String>> {
+    let out = dir.join(format!("{class}-{}", batch_keys.len()));
+    std::fs::create_dir_all(&out).unwrap();
+    let path = script(dir, "tone.py", TONE);
+    let py = python().display().to_string();
+    let s = run(
+        &format!(
+            r#"
+[stage.src]
+kind = "synthetic"
+frames = 20
+width = 40
+height = 30
+[stage.tone]
+kind = "python"
+inputs = ["src"]
+script = "{path}"
+class = "{class}"
+python = "{py}"
+requires = ["image"]
+outputs = {{ out = ["toned", "emb", "batch_size"] }}
+mailbox = 4
+{batch_keys}
+[stage.digest]
+kind = "python"
+inputs = ["tone"]
+script = "{path}"
+class = "Digest"
+python = "{py}"
+requires = ["toned", "emb"]
+outputs = {{ out = ["toned_sha", "emb_sha"] }}
+[stage.sink]
+kind = "csv_sink"
+inputs = ["digest"]
+path = "out.csv"
+"#
+        ),
+        &out,
+    );
+    assert_eq!(s.failed, 0, "{:?}", errors(&out));
+    let rows = read_csv(&out.join("out.csv"));
+    assert_eq!(rows.len(), 20);
+    rows
+}
+
+#[test]
+fn python_stage_batch_of_4_gives_the_bytes_of_one_at_a_time_and_process_batch_gets_4_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let batch = "batch = { max = 4, wait_ms = 5000 }";
+    let single = tone_run(dir.path(), "Tone", "");
+    let batched = tone_run(dir.path(), "Tone", batch);
+    let each = tone_run(dir.path(), "ToneEach", batch);
+    // 20 frames in 5 full batches: the source outruns the stage and the batch waits long enough.
+    let sizes = |rows: &[std::collections::HashMap<String, String>]| -> Vec<String> {
+        rows.iter().map(|r| r["batch_size"].clone()).collect()
+    };
+    assert_eq!(sizes(&single), vec!["1"; 20], "without `batch`, one frame per call");
+    assert_eq!(sizes(&batched), vec!["4"; 20], "process_batch saw the whole batch");
+    assert_eq!(
+        sizes(&each),
+        vec!["1"; 20],
+        "a class without process_batch gets process per frame"
+    );
+    for (i, ((a, b), c)) in single.iter().zip(&batched).zip(&each).enumerate() {
+        assert_eq!(a["frame"], format!("0:{i}"), "in order");
+        assert_eq!(b["frame"], a["frame"], "in order under batch");
+        assert_eq!(c["frame"], a["frame"]);
+        for col in ["toned_sha", "emb_sha"] {
+            assert_eq!(
+                b[col], a[col],
+                "frame {}: `{col}` differs batched vs one at a time",
+                a["frame"]
+            );
+            assert_eq!(
+                c[col], a[col],
+                "frame {}: `{col}` differs per-frame process",
+                a["frame"]
+            );
+        }
+    }
+    let distinct: std::collections::BTreeSet<&String> = single.iter().map(|r| &r["toned_sha"]).collect();
+    assert_eq!(
+        distinct.len(),
+        20,
+        "each frame's image is its own (the gradient shifts)"
+    );
+}
+
+/// Raises on frames 3 and 9, through `process_batch` (`Batched`) or `process` (`Each`);
+/// records the batch size it saw.
+const RAISES: &str = r#"
+from dataflow_stage import Stage
+
+BAD = (3, 9)
+
+class Batched(Stage):
+    def process_batch(self, frames):
+        for f in frames:
+            if f.seq in BAD:
+                raise ValueError(f"bad frame {f.id}")
+        for f in frames:
+            f.set_number("batch_size", len(frames))
+        return frames
+
+class Each(Stage):
+    def process(self, frame):
+        if frame.seq in BAD:
+            raise ValueError(f"bad frame {frame.id}")
+        return frame.set_number("batch_size", 1)
+"#;
+
+#[test]
+fn python_stage_batch_fails_only_the_frame_that_raises_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = script(dir.path(), "raises.py", RAISES);
+    let py = python().display().to_string();
+    let stage_of = |id: &str, class: &str| {
+        format!(
+            "[stage.{id}]\nkind = \"python\"\ninputs = [\"src\"]\nscript = \"{path}\"\nclass = \"{class}\"\n\
+             python = \"{py}\"\noutputs = {{ out = [\"batch_size\"] }}\nmailbox = 4\n\
+             batch = {{ max = 4, wait_ms = 5000 }}\n[stage.{id}_sink]\nkind = \"csv_sink\"\ninputs = [\"{id}\"]\npath = \"{id}.csv\"\n"
+        )
+    };
+    let s = run(
+        &format!(
+            "[stage.src]\nkind = \"synthetic\"\nframes = 24\nwidth = 8\nheight = 6\n{}{}",
+            stage_of("batched", "Batched"),
+            stage_of("each", "Each")
+        ),
+        dir.path(),
+    );
+    let errs = errors(dir.path());
+    for id in ["batched", "each"] {
+        let mine: Vec<&serde_json::Value> = errs.iter().filter(|e| e["stage"] == id).collect();
+        let frames: Vec<&str> = mine.iter().map(|e| e["frame"].as_str().unwrap()).collect();
+        assert_eq!(
+            frames,
+            ["0:3", "0:9"],
+            "stage {id}: only the raising frames fail: {mine:?}"
+        );
+        for e in &mine {
+            let (frame, text) = (e["frame"].as_str().unwrap(), e["error"].as_str().unwrap());
+            assert_eq!(e["class"], "python");
+            assert!(
+                text.contains(&format!("raised on frame {frame}"))
+                    && text.contains("raises.py")
+                    && text.contains(&format!("ValueError: bad frame {frame}")),
+                "{text}"
+            );
+        }
+        assert_eq!(stage(&s, id).errors, 2);
+        let rows = read_csv(&dir.path().join(format!("{id}.csv")));
+        let got: Vec<&str> = rows.iter().map(|r| r["frame"].as_str()).collect();
+        let want: Vec<String> = (0..24)
+            .filter(|i| ![3, 9].contains(i))
+            .map(|i| format!("0:{i}"))
+            .collect();
+        assert_eq!(got, want, "stage {id}: the other frames arrive, in order");
+        for r in &rows {
+            let seq: u64 = r["frame"][2..].parse().unwrap();
+            // A batch holding a raising frame is called again frame by frame.
+            let size = if id == "batched" && ![0, 2].contains(&(seq / 4)) {
+                "4"
+            } else {
+                "1"
+            };
+            assert_eq!(r["batch_size"], size, "stage {id}: {r:?}");
+        }
+    }
+}
+
+#[test]
+fn killed_python_worker_fails_the_whole_batch_in_flight_once_and_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_dir = dir.path().join("pids");
+    std::fs::create_dir(&pid_dir).unwrap();
+    let code = r#"
+import os, time
+from dataflow_stage import Stage
+
+class SlowBatch(Stage):
+    def setup(self, args):
+        self.dir = args["pid_dir"]
+        open(os.path.join(self.dir, str(os.getpid())), "w").close()
+
+    def process_batch(self, frames):
+        if not os.path.exists(os.path.join(self.dir, "..", "busy")):
+            with open(os.path.join(self.dir, "..", "busy.tmp"), "w") as f:
+                f.write(",".join(fr.id for fr in frames))
+            os.rename(os.path.join(self.dir, "..", "busy.tmp"), os.path.join(self.dir, "..", "busy"))
+            time.sleep(30)
+        return frames
+"#;
+    let text = format!(
+        r#"
+[stage.src]
+kind = "synthetic"
+frames = 16
+width = 16
+height = 12
+[stage.pyb]
+kind = "python"
+inputs = ["src"]
+script = "{}"
+class = "SlowBatch"
+python = "{}"
+restart = "on_failure"
+mailbox = 4
+batch = {{ max = 4, wait_ms = 5000 }}
+args = {{ pid_dir = "{}" }}
+[stage.sink]
+kind = "record"
+inputs = ["pyb"]
+probe = "py_kill_batch"
+"#,
+        script(dir.path(), "slow_batch.py", code),
+        python().display(),
+        pid_dir.display()
+    );
+    let out = dir.path().to_path_buf();
+    let before = series(&scrape(), "dataflow_stage_restarts_total", "pyb").unwrap_or(0.0);
+    let runner = std::thread::spawn(move || run(&text, &out));
+    let busy = dir.path().join("busy");
+    let t0 = Instant::now();
+    while !busy.exists() {
+        assert!(t0.elapsed() < Duration::from_secs(60), "no batch reached the worker");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let in_flight = std::fs::read_to_string(&busy).unwrap();
+    let first = pids(&pid_dir)[0];
+    assert!(Command::new("kill")
+        .args(["-9", &first.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let s = runner.join().unwrap();
+
+    let frames: Vec<&str> = in_flight.split(',').collect();
+    assert_eq!(frames, ["0:0", "0:1", "0:2", "0:3"], "the first batch is full");
+    let workers = pids(&pid_dir);
+    assert_eq!(workers.len(), 2, "a fresh worker after the kill: {workers:?}");
+    let second = *workers.iter().find(|&&p| p != first).unwrap();
+    let errs = errors(dir.path());
+    let failed: Vec<&str> = errs.iter().map(|e| e["frame"].as_str().unwrap()).collect();
+    assert_eq!(failed, frames, "every frame of the batch in flight fails: {errs:?}");
+    let want = format!(
+        "the python worker (pid {first}) of stage `pyb` was killed by signal 9 (SIGKILL: `kill -9`, or the out-of-memory killer) while frames 0:0, 0:1, 0:2, 0:3 (a batch of 4) were in flight; restarted it as pid {second} (restart = \"on_failure\")"
+    );
+    for e in &errs {
+        assert_eq!(e["class"], "python", "{e:?}");
+        assert_eq!(e["error"].as_str().unwrap(), want);
+    }
+    let seen = probe("py_kill_batch").seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        (4..16).collect::<Vec<u64>>(),
+        "the later frames go on through the new worker"
+    );
+    assert_eq!(stage(&s, "pyb").errors, 4);
+    assert_eq!(stage(&s, "pyb").restarts, 1, "one worker replaced, one restart");
+    let after = series(&scrape(), "dataflow_stage_restarts_total", "pyb").unwrap_or(0.0);
+    assert_eq!(after - before, 1.0);
+    for pid in workers {
+        assert!(!alive(pid), "worker {pid} outlived the run");
+    }
+}
+
+#[test]
+fn python_joining_stage_under_batch_gets_whole_joined_frames_in_one_process_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let code = r#"
+from dataflow_stage import Stage
+
+class Square(Stage):
+    def process(self, frame):
+        return frame.set_number("sq", float(frame.seq * frame.seq))
+
+class Both(Stage):
+    def process_batch(self, frames):
+        for f in frames:
+            img = f.image("image")
+            f.set_text("both", f"{img.shape[1]}x{img.shape[0]} sq={f.number('sq'):.0f} lost={f.lost_inputs}")
+            f.set_number("batch_size", len(frames))
+        return frames
+"#;
+    let path = script(dir.path(), "join_batch.py", code);
+    let py = python().display().to_string();
+    let s = run(
+        &format!(
+            r#"
+[stage.src]
+kind = "synthetic"
+frames = 12
+width = 12
+height = 6
+[stage.plain]
+kind = "passthrough"
+inputs = ["src"]
+[stage.square]
+kind = "python"
+inputs = ["src"]
+script = "{path}"
+class = "Square"
+python = "{py}"
+outputs = {{ out = ["sq"] }}
+[stage.both]
+kind = "python"
+inputs = ["plain", "square"]
+script = "{path}"
+class = "Both"
+python = "{py}"
+join_timeout_ms = 10000
+mailbox = 8
+batch = {{ max = 4, wait_ms = 5000 }}
+requires = ["image", "sq"]
+outputs = {{ out = ["both", "lost_inputs", "batch_size"] }}
+[stage.sink]
+kind = "csv_sink"
+inputs = ["both"]
+path = "both.csv"
+texts = true
+"#
+        ),
+        dir.path(),
+    );
+    assert_eq!(s.failed, 0, "{:?}", errors(dir.path()));
+    let rows = read_csv(&dir.path().join("both.csv"));
+    assert_eq!(rows.len(), 12, "one output per frame");
+    for (i, r) in rows.iter().enumerate() {
+        assert_eq!(r["frame"], format!("0:{i}"), "in order");
+        assert_eq!(
+            r["both"],
+            format!("12x6 sq={} lost=0", i * i),
+            "both inputs joined: {r:?}"
+        );
+        assert_eq!(r["batch_size"], "4", "three full batches of joined frames: {r:?}");
+    }
+}
+
+/// Hangs (`Hang`) or exits (`Exit`) in the batch holding frame 5.
+const BAD_BATCH: &str = r#"
+import os, time
+from dataflow_stage import Stage
+
+class Hang(Stage):
+    def process_batch(self, frames):
+        if any(f.seq == 5 for f in frames):
+            time.sleep(30)
+        return frames
+
+class Exit(Stage):
+    def process_batch(self, frames):
+        if any(f.seq == 5 for f in frames):
+            os._exit(3)
+        return frames
+"#;
+
+/// `src (12 frames) -> py (class, restart, batch of 4, timeout_s 0.5) -> record`.
+fn bad_batch_graph(dir: &Path, class: &str, restart: &str, probe: &str) -> String {
+    format!(
+        "[stage.src]\nkind = \"synthetic\"\nframes = 12\nwidth = 8\nheight = 8\n\
+         [stage.py]\nkind = \"python\"\ninputs = [\"src\"]\nscript = \"{}\"\nclass = \"{class}\"\npython = \"{}\"\n\
+         restart = \"{restart}\"\ntimeout_s = 0.5\nmailbox = 4\nbatch = {{ max = 4, wait_ms = 5000 }}\n\
+         [stage.sink]\nkind = \"record\"\ninputs = [\"py\"]\nprobe = \"{probe}\"\n",
+        script(dir, "bad_batch.py", BAD_BATCH),
+        python().display()
+    )
+}
+
+#[test]
+fn python_worker_hung_or_dead_during_a_batch_fails_every_frame_of_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = Instant::now();
+    let s = run(
+        &bad_batch_graph(dir.path(), "Hang", "on_failure", "py_hang_batch"),
+        dir.path(),
+    );
+    assert!(t0.elapsed() < Duration::from_secs(20), "the hung worker held the run");
+    let seen = probe("py_hang_batch").seen.lock().unwrap().clone();
+    assert_eq!(seen, [0, 1, 2, 3, 8, 9, 10, 11], "the other batches go on");
+    let errs = errors(dir.path());
+    let frames: Vec<&str> = errs.iter().map(|e| e["frame"].as_str().unwrap()).collect();
+    assert_eq!(frames, ["0:4", "0:5", "0:6", "0:7"], "{errs:?}");
+    for e in &errs {
+        let text = e["error"].as_str().unwrap();
+        assert_eq!(e["class"], "python");
+        assert!(
+            text.contains("of stage `py` did not answer within 2 s (timeout_s = 0.5 per frame of the batch) and was killed while frames 0:4, 0:5, 0:6, 0:7 (a batch of 4) were in flight; restarted it as pid "),
+            "{text}"
+        );
+    }
+    assert_eq!(stage(&s, "py").restarts, 1, "one worker replaced, one restart");
+
+    let dir = tempfile::tempdir().unwrap();
+    let s = run(
+        &bad_batch_graph(dir.path(), "Exit", "never", "py_exit_batch"),
+        dir.path(),
+    );
+    let fatal = s.fatal.clone().expect("the run must stop with an error");
+    assert!(
+        fatal.contains("stage `py`")
+            && fatal.contains("exited with status 3 while frames 0:4, 0:5, 0:6, 0:7 (a batch of 4) were in flight"),
+        "{fatal}"
+    );
+    let seen = probe("py_exit_batch").seen.lock().unwrap().clone();
+    assert!(seen.iter().all(|f| !(4..8).contains(f)), "{seen:?}");
+}

@@ -71,7 +71,7 @@ impl StageKind for Tracked {
     const DOC: &'static str = "test source counting live frames";
     fn ports(_: &Self::Config) -> Ports {
         Ports {
-            outputs: vec![OutPort::fresh("out", &["guard"])],
+            outputs: vec![OutPort::new("out").with("guard", dataflow_engine::FieldType::Opaque)],
             ..Ports::default()
         }
     }
@@ -142,7 +142,7 @@ impl StageKind for Fault {
     const DOC: &'static str = "test stage that panics";
     fn ports(_: &Self::Config) -> Ports {
         Ports {
-            outputs: vec![OutPort::passing("out", &[])],
+            outputs: vec![OutPort::forwarding("out")],
             ..Ports::default()
         }
     }
@@ -239,7 +239,7 @@ impl StageKind for FixedText {
     const DOC: &'static str = "test stage giving every message the same text";
     fn ports(_: &Self::Config) -> Ports {
         Ports {
-            outputs: vec![OutPort::fresh("out", &["text"])],
+            outputs: vec![OutPort::new("out").with("text", dataflow_engine::FieldType::Text)],
             ..Ports::default()
         }
     }

@@ -10,11 +10,18 @@
 //! kind = "python"
 //! script = "stages/colour_histogram.py"
 //! class = "ColourHistogram"
-//! outputs = { out = ["text"] }
-//! requires = ["image"]
+//! outputs = { out = ["caption: text"] }
+//! requires = ["image: image"]
 //! inputs = ["src"]
 //! ```
 //!
+//! A field is `"name: type"` (`image`, `text`, `texts`, `bytes`, `number`, `rect`,
+//! `record`, `opaque`), checked against the producers and consumers when the graph is
+//! validated and, in debug builds, against what the class returns; a bare `"name"` is of
+//! any type (the class decides).
+//!
+//! `batch = { max = 8, wait_ms = 20 }` hands the class's `process_batch` up to 8 frames
+//! in one call (one request to the worker; per-frame outputs and errors).
 //! `join_timeout_ms = N` makes it a joining stage (the class gets one frame holding the
 //! fields of every input's parts and `lost_inputs`); `needs = ["torch"]` adds modules to
 //! the pre-run check.
@@ -46,7 +53,7 @@ mod worker;
 
 use std::time::Duration;
 
-use dataflow_engine::{BuildContext, Built, KeyProblem, OutPort, Ports, Role, StageError, StageKind};
+use dataflow_engine::{BuildContext, Built, Field, FieldType, KeyProblem, OutPort, Ports, Role, StageError, StageKind};
 use dataflow_monitoring::names;
 
 pub use config::PythonConfig;
@@ -65,28 +72,51 @@ fn port_names(c: &PythonConfig) -> Vec<String> {
     names
 }
 
+/// A field as the graph declares it: `"name: type"`, or `"name"` of any type.
+fn field_of(entry: &str) -> Result<Field, String> {
+    let Some((name, ty)) = entry.split_once(':') else {
+        return Ok(Field::new(entry.trim(), FieldType::Any));
+    };
+    FieldType::parse(ty.trim())
+        .map(|t| Field::new(name.trim(), t))
+        .ok_or_else(|| {
+            let known: Vec<&str> = FieldType::ALL.iter().map(|t| t.name()).collect();
+            format!(
+                "field `{entry}`: unknown type `{}`; write `name: type` with one of {}",
+                ty.trim(),
+                known.join(", ")
+            )
+        })
+}
+
 impl StageKind for Python {
     type Config = PythonConfig;
     const NAME: &'static str = "python";
     const ROLE: Role = Role::Transform;
     const DOC: &'static str =
         "Runs a Python class (dataflow_stage.Stage) in a worker process per replica; pixels cross by shared memory.";
+    /// Under `batch`, the gathered frames go to the worker in one request and the
+    /// class's `process_batch` gets them all.
+    const BATCH: bool = true;
 
     fn ports(c: &Self::Config) -> Ports {
         let outputs = port_names(c)
             .iter()
             .map(|n| {
-                let adds: Vec<&str> = c
-                    .outputs
-                    .get(n)
-                    .map(|v| v.iter().map(String::as_str).collect())
-                    .unwrap_or_default();
-                OutPort::passing(n, &adds)
+                let mut port = OutPort::forwarding(n);
+                for f in c.outputs.get(n).into_iter().flatten().filter_map(|e| field_of(e).ok()) {
+                    port = port.with(&f.name, f.ty);
+                }
+                if c.join_timeout_ms.is_some() {
+                    // Parts that did not arrive in time, added by the stage.
+                    port = port.with("lost_inputs", FieldType::Number);
+                }
+                port
             })
             .collect();
         let mut ports = Ports {
             outputs,
-            requires: c.requires.clone(),
+            requires: c.requires.iter().filter_map(|e| field_of(e).ok()).collect(),
             heavy: true,
             ..Ports::default()
         };
@@ -95,7 +125,14 @@ impl StageKind for Python {
     }
 
     fn validate(c: &Self::Config) -> Vec<KeyProblem> {
-        config::validate(c)
+        let mut problems = config::validate(c);
+        let outputs = c.outputs.values().flatten().map(|e| ("outputs", e));
+        for (key, entry) in outputs.chain(c.requires.iter().map(|e| ("requires", e))) {
+            if let Err(message) = field_of(entry) {
+                problems.push(KeyProblem { key, message });
+            }
+        }
+        problems
     }
 
     fn check(c: &Self::Config, ctx: &BuildContext) -> Vec<String> {
@@ -119,7 +156,10 @@ impl StageKind for Python {
         Ok(Built::Stage(Box::new(stage::Run {
             spawn,
             worker,
-            ports: port_names(c),
+            ports: port_names(c)
+                .into_iter()
+                .map(|n| ctx.output(&n).map(|id| (n, id)))
+                .collect::<Result<_, _>>()?,
             timeout: Duration::from_secs_f64(c.timeout_s),
             restart: ctx.restart,
             inference,

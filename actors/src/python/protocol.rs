@@ -58,8 +58,20 @@ pub(super) enum Request<'a> {
         in_size: u64,
         fields: BTreeMap<&'a str, WireField>,
     },
+    /// Several frames in one call (a stage under `batch`): each frame's pixels, tensors
+    /// and bytes at their own offsets in the input segment.
+    Batch { in_size: u64, frames: Vec<WireFrame<'a>> },
     /// End of stream: the worker calls `close()` and exits.
     Close,
+}
+
+/// One frame of a batch request.
+#[derive(Debug, Serialize)]
+pub(super) struct WireFrame<'a> {
+    pub frame: String,
+    pub seq: u64,
+    pub part: [u32; 2],
+    pub fields: BTreeMap<&'a str, WireField>,
 }
 
 /// What the worker answers.
@@ -79,6 +91,22 @@ pub(super) struct Reply {
     /// Seconds the stage's `process` took (the rest of a call is hand-over cost).
     #[serde(default)]
     pub busy_s: f64,
+    /// For a batch request: one result per frame, in the request's order.
+    #[serde(default)]
+    pub frames: Vec<FrameReply>,
+}
+
+/// One frame's result in the reply to a batch request.
+#[derive(Debug, Deserialize)]
+pub(super) struct FrameReply {
+    /// Whether this frame succeeded.
+    pub ok: bool,
+    /// The traceback's last lines when it did not.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Its output frames.
+    #[serde(default)]
+    pub outputs: Vec<WireOutput>,
 }
 
 /// One output frame: the input's fields, less `drop`, plus `set`.
@@ -132,20 +160,54 @@ pub(super) fn receive(r: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
 
 /// The frame request for `msg`, its pixels and bytes written into `seg` (grown as needed).
 pub(super) fn encode<'a>(msg: &'a Message, seg: &mut Segment) -> io::Result<Request<'a>> {
-    let mut need = 0u64;
-    for (_, v) in msg.fields.iter() {
-        match v {
-            Value::Image(img) => need += aligned(img.data.len() as u64),
-            Value::Bytes(b) => need += aligned(b.len() as u64),
-            v => {
-                if let Some(t) = TensorF32::of(v) {
-                    need += aligned(t.le_bytes().len() as u64);
-                }
-            }
-        }
-    }
-    seg.reserve(need)?;
+    seg.reserve(shm_bytes(msg))?;
+    let fields = encode_fields(msg, seg, &mut 0)?;
+    Ok(Request::Frame {
+        frame: msg.id.to_string(),
+        seq: msg.id.seq,
+        part: [msg.part.index, msg.part.count],
+        in_size: seg.size(),
+        fields,
+    })
+}
+
+/// The batch request for `msgs`: their pixels and bytes written one frame after the
+/// other into `seg` (grown as needed).
+pub(super) fn encode_batch<'a>(msgs: &'a [Message], seg: &mut Segment) -> io::Result<Request<'a>> {
+    seg.reserve(msgs.iter().map(shm_bytes).sum())?;
     let mut at = 0u64;
+    let frames = msgs
+        .iter()
+        .map(|msg| {
+            Ok(WireFrame {
+                frame: msg.id.to_string(),
+                seq: msg.id.seq,
+                part: [msg.part.index, msg.part.count],
+                fields: encode_fields(msg, seg, &mut at)?,
+            })
+        })
+        .collect::<io::Result<_>>()?;
+    Ok(Request::Batch {
+        in_size: seg.size(),
+        frames,
+    })
+}
+
+/// Bytes `msg` takes in the input segment (each buffer aligned).
+fn shm_bytes(msg: &Message) -> u64 {
+    msg.fields
+        .iter()
+        .map(|(_, v)| match v {
+            Value::Image(img) => aligned(img.data.len() as u64),
+            Value::Bytes(b) => aligned(b.len() as u64),
+            v => TensorF32::of(v).map_or(0, |t| aligned(t.le_bytes().len() as u64)),
+        })
+        .sum()
+}
+
+/// The wire fields of `msg`, its buffers written into `seg` from offset `at` on
+/// (advanced past them); `seg` must already hold [`shm_bytes`] from `at`.
+fn encode_fields<'a>(msg: &'a Message, seg: &Segment, at: &mut u64) -> io::Result<BTreeMap<&'a str, WireField>> {
     let mut fields = BTreeMap::new();
     for (name, v) in msg.fields.iter() {
         let f = match v {
@@ -157,33 +219,33 @@ pub(super) fn encode<'a>(msg: &'a Message, seg: &mut Segment) -> io::Result<Requ
                 v: [r.x, r.y, r.width, r.height],
             },
             Value::Image(img) => {
-                seg.write_at(&img.data, at)?;
+                seg.write_at(&img.data, *at)?;
                 let f = WireField::Image {
                     h: img.height,
                     w: img.width,
                     c: img.format.channels() as u32,
-                    offset: at,
+                    offset: *at,
                 };
-                at += aligned(img.data.len() as u64);
+                *at += aligned(img.data.len() as u64);
                 f
             }
             Value::Bytes(b) => {
-                seg.write_at(b, at)?;
+                seg.write_at(b, *at)?;
                 let f = WireField::Bytes {
-                    offset: at,
+                    offset: *at,
                     len: b.len() as u64,
                 };
-                at += aligned(b.len() as u64);
+                *at += aligned(b.len() as u64);
                 f
             }
             Value::Opaque(_) => match TensorF32::of(v) {
                 Some(t) => {
-                    seg.write_at(t.le_bytes(), at)?;
+                    seg.write_at(t.le_bytes(), *at)?;
                     let f = WireField::Tensor {
                         shape: t.shape().iter().map(|&d| d as u64).collect(),
-                        offset: at,
+                        offset: *at,
                     };
-                    at += aligned(t.le_bytes().len() as u64);
+                    *at += aligned(t.le_bytes().len() as u64);
                     f
                 }
                 // Engine-private values stay on the Rust side and travel on with the frame.
@@ -192,13 +254,7 @@ pub(super) fn encode<'a>(msg: &'a Message, seg: &mut Segment) -> io::Result<Requ
         };
         fields.insert(name, f);
     }
-    Ok(Request::Frame {
-        frame: msg.id.to_string(),
-        seq: msg.id.seq,
-        part: [msg.part.index, msg.part.count],
-        in_size: seg.size(),
-        fields,
-    })
+    Ok(fields)
 }
 
 /// The fields of one output frame: `input`'s, less `drop`, plus `set` (pixels read

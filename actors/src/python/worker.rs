@@ -1,5 +1,5 @@
-//! One worker process per replica: start, handshake, one frame at a time with a
-//! deadline, stderr into the engine's log, kill on drop.
+//! One worker process per replica: start, handshake, one call (a frame or a batch) at
+//! a time with a deadline, stderr into the engine's log, kill on drop.
 //!
 //! # Lifetime
 //! The stage's `build` starts the worker (before the source opens) and waits for its
@@ -62,6 +62,9 @@ pub(super) enum CallError {
     /// The engine could not hand the frame over or read the reply.
     Io(String),
 }
+
+/// One frame's result in a batch: its outputs, or the traceback of its failure.
+pub(super) type FrameResult = Result<Vec<WireOutput>, String>;
 
 /// A running worker process.
 pub(super) struct Worker {
@@ -166,6 +169,48 @@ impl Worker {
             r if r.ok => Ok((r.outputs, r.busy_s)),
             r => Err(CallError::Raised(r.error.unwrap_or_else(|| "(no traceback)".into()))),
         }
+    }
+
+    /// Hands the frames of `msgs` to the worker in one request and waits up to `timeout`
+    /// for the per-frame results (outputs, or the traceback of a frame that raised) and
+    /// the seconds the stage's code took for the whole batch. On a timeout the worker is
+    /// killed. A reply with no result for some frame is an `Io` error.
+    pub(super) fn call_batch(
+        &mut self,
+        msgs: &[Message],
+        timeout: Duration,
+    ) -> Result<(Vec<FrameResult>, f64), CallError> {
+        let req = protocol::encode_batch(msgs, &mut self.seg_in)
+            .map_err(|e| CallError::Io(format!("cannot write the batch into shared memory: {e}")))?;
+        if let Ok(mut f) = self.frame.lock() {
+            *f = msgs.iter().map(|m| m.id.to_string()).collect::<Vec<_>>().join(",");
+        }
+        let reply = self.request(&req, timeout);
+        if let Ok(mut f) = self.frame.lock() {
+            *f = "-".into();
+        }
+        let reply = reply?;
+        if !reply.ok {
+            return Err(CallError::Raised(
+                reply.error.unwrap_or_else(|| "(no traceback)".into()),
+            ));
+        }
+        if reply.frames.len() != msgs.len() {
+            return Err(CallError::Io(format!(
+                "the worker answered {} results for a batch of {} frames",
+                reply.frames.len(),
+                msgs.len()
+            )));
+        }
+        let each = reply
+            .frames
+            .into_iter()
+            .map(|r| match r.ok {
+                true => Ok(r.outputs),
+                false => Err(r.error.unwrap_or_else(|| "(no traceback)".into())),
+            })
+            .collect();
+        Ok((each, reply.busy_s))
     }
 
     /// The output segment, to read returned images from.

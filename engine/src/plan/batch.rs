@@ -90,19 +90,13 @@ pub(super) fn read(cx: &mut Ctx, id: &str, t: &toml::Table) -> Option<Batch> {
     }
 }
 
-/// Refuses `batch` on stage `raw` when its kind cannot batch, when it joins its inputs,
-/// or when a batch could never fill (`max` above the places of its input edge).
+/// Refuses `batch` on stage `raw` when its kind cannot batch, or when a batch could never
+/// fill (`max` above the places of its input edge). A joining stage of a kind that
+/// batches gathers complete frames (every input's parts of one frame) into its batches.
 pub(super) fn check(cx: &mut Ctx, registry: &Registry, kind: &dyn ErasedKind, raw: &Raw) {
     let Some(batch) = raw.batch else { return };
     let id = raw.id.as_str();
     let at = ["stage", id, "batch"];
-    if raw.ports.as_ref().is_some_and(|p| p.join.is_some()) {
-        let msg = format!(
-            "stage `{id}` joins its inputs by frame, and a joining stage does not batch: it gets the parts of one frame per call"
-        );
-        cx.err(&at, Some(id), msg, Some("remove `batch` from this stage".into()));
-        return;
-    }
     if !kind.batch() {
         let batching: Vec<&str> = registry.kinds().filter(|k| k.batch()).map(|k| k.name()).collect();
         let help = if batching.is_empty() {
@@ -113,7 +107,14 @@ pub(super) fn check(cx: &mut Ctx, registry: &Registry, kind: &dyn ErasedKind, ra
                 batching.join(", ")
             )
         };
-        let msg = format!("kind `{}` does not batch: it handles one message per call", kind.name());
+        let msg = if raw.ports.as_ref().is_some_and(|p| p.join.is_some()) {
+            format!(
+                "stage `{id}` joins its inputs by frame, and its kind `{}` does not batch: it gets the parts of one frame per call",
+                kind.name()
+            )
+        } else {
+            format!("kind `{}` does not batch: it handles one message per call", kind.name())
+        };
         cx.err(&at, Some(id), msg, Some(help));
         return;
     }
@@ -159,7 +160,7 @@ mod tests {
         }
     }
 
-    /// A joining kind that would batch: joins still refuse `batch`.
+    /// A joining kind that batches: it gathers complete frames into its batches.
     struct BatchJoin;
     impl StageKind for BatchJoin {
         type Config = NoKeys;
@@ -180,10 +181,25 @@ mod tests {
         }
     }
 
-    /// The passes' test kinds, `batcher` and `batch_join`.
+    /// A joining kind that does not batch.
+    struct PlainJoin;
+    impl StageKind for PlainJoin {
+        type Config = NoKeys;
+        const NAME: &'static str = "plain_join";
+        const ROLE: Role = Role::Transform;
+        const DOC: &'static str = "joins images by frame, one frame per call";
+        fn ports(c: &NoKeys) -> Ports {
+            BatchJoin::ports(c)
+        }
+        fn build(_: &NoKeys, _: &BuildContext) -> Result<Built, StageError> {
+            Err(StageError::new("build", "the validation tests' kinds are never built"))
+        }
+    }
+
+    /// The passes' test kinds, `batcher`, `batch_join` and `plain_join`.
     fn registry() -> Registry {
         let mut r = super::super::testkit::registry();
-        r.register::<Batcher>().register::<BatchJoin>();
+        r.register::<Batcher>().register::<BatchJoin>().register::<PlainJoin>();
         r
     }
 
@@ -247,11 +263,11 @@ mod tests {
     }
 
     #[test]
-    fn batch_is_refused_on_kinds_that_do_not_batch_on_joins_and_beyond_the_mailbox() {
+    fn batch_is_refused_on_kinds_that_do_not_batch_joins_included_and_beyond_the_mailbox() {
         let text = format!(
             "{HEAD}[stage.m]\nkind = \"map\"\ninputs = [\"s\"]\nbatch = {{ max = 2 }}\n\
 [stage.t]\nkind = \"map\"\nneed = \"tile\"\ninputs = [\"m.out\"]\n\
-[stage.j]\nkind = \"batch_join\"\ninputs = [\"m.side\", \"t.out\"]\nbatch = {{ max = 2, wait_ms = 5 }}\n\
+[stage.j]\nkind = \"plain_join\"\ninputs = [\"m.side\", \"t.out\"]\nbatch = {{ max = 2, wait_ms = 5 }}\n\
 [stage.b]\nkind = \"batcher\"\ninputs = [\"j\"]\nbatch = {{ max = 8, wait_ms = 5 }}\n\
 [stage.k]\nkind = \"sink\"\ninputs = [\"b\"]\n"
         );
@@ -259,9 +275,28 @@ mod tests {
             diagnostics(&text),
             [
                 "6: kind `map` does not batch: it handles one message per call (help: remove `batch` from this stage; kinds that batch: batch_join, batcher)",
-                "14: stage `j` joins its inputs by frame, and a joining stage does not batch: it gets the parts of one frame per call (help: remove `batch` from this stage)",
+                "14: stage `j` joins its inputs by frame, and its kind `plain_join` does not batch: it gets the parts of one frame per call (help: remove `batch` from this stage; kinds that batch: batch_join, batcher)",
                 "18: `batch.max` = 8 is more than `mailbox` = 4: a batch holds its messages' places on the input edge until it is done, so it could never fill (help: set `mailbox = 8` (or more) on this stage, or lower `batch.max`)",
             ]
+        );
+    }
+
+    #[test]
+    fn a_joining_kind_that_batches_takes_batch() {
+        let text = format!(
+            "{HEAD}[stage.m]\nkind = \"map\"\ninputs = [\"s\"]\n\
+[stage.t]\nkind = \"map\"\nneed = \"tile\"\ninputs = [\"m.out\"]\n\
+[stage.j]\nkind = \"batch_join\"\ninputs = [\"m.side\", \"t.out\"]\nbatch = {{ max = 4, wait_ms = 5 }}\n\
+[stage.k]\nkind = \"sink\"\ninputs = [\"j\"]\n"
+        );
+        let plan = super::super::plan(&source(&text), &registry()).unwrap_or_else(|d| panic!("{d:?}"));
+        let j = &plan.stages[plan.index("j").expect("j")];
+        assert_eq!(
+            j.batch,
+            Some(Batch {
+                max: 4,
+                wait: Duration::from_millis(5)
+            })
         );
     }
 }

@@ -207,6 +207,7 @@ impl Plan {
             graph_dir: self.graph_dir.clone(),
             inputs: s.inputs.iter().map(|e| e.text.clone()).collect(),
             restart: s.restart,
+            outputs: s.ports.outputs.clone(),
         }
     }
 
@@ -282,7 +283,7 @@ pub fn plan(src: &GraphSource, registry: &Registry) -> Result<Plan, Diagnostics>
     inputs::resolve(&mut cx, &mut raws);
     let consumers = topology::consumers(&mut cx, &raws);
     let order = topology::order(&mut cx, &raws);
-    fields::check(&mut cx, &raws, &order);
+    fields::check(&mut cx, &mut raws, &order);
     if !cx.errors.is_empty() {
         return Err(Diagnostics(cx.errors));
     }

@@ -10,8 +10,11 @@ use serde::Deserialize;
 use super::tables::Header;
 use super::{read_stages, table_of, tables, Ctx, Raw};
 use crate::graph::GraphSource;
+use crate::message::FieldType;
 use crate::registry::Registry;
-use crate::stage::{check_range_opt, BuildContext, Built, KeyProblem, OutPort, Ports, Role, StageError, StageKind};
+use crate::stage::{
+    check_range_opt, BuildContext, Built, Field, KeyProblem, OutPort, Ports, Role, StageError, StageKind,
+};
 
 fn never_built() -> Result<Built, StageError> {
     Err(StageError::new("build", "the validation tests' kinds are never built"))
@@ -31,7 +34,7 @@ impl StageKind for Src {
     const DOC: &'static str = "frames with an `image`";
     fn ports(_: &NoKeys) -> Ports {
         Ports {
-            outputs: vec![OutPort::fresh("out", &["image"])],
+            outputs: vec![OutPort::new("out").with("image", FieldType::Image)],
             ..Ports::default()
         }
     }
@@ -44,15 +47,26 @@ impl StageKind for Src {
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct MapConfig {
-    /// The field it needs (default `image`).
+    /// The field it needs, `name` (of any type) or `name: type` (default `image: image`).
     #[serde(default)]
     need: Option<String>,
+    /// A field it adds on `out`, as `name: type`.
+    #[serde(default)]
+    add: Option<String>,
     /// A fraction.
     #[serde(default)]
     rate: Option<f64>,
 }
 
-/// Needs one field, adds `tile` on `out`, passes its input on `side`.
+/// `name: type` as a field; a bare `name` is of any type.
+fn field(text: &str) -> Field {
+    match text.split_once(':') {
+        Some((n, t)) => Field::new(n.trim(), FieldType::parse(t.trim()).expect("a known type")),
+        None => Field::new(text, FieldType::Any),
+    }
+}
+
+/// Needs one field, adds `tile` (and `add`) on `out`, passes its input on `side`.
 pub(super) struct Map;
 impl StageKind for Map {
     type Config = MapConfig;
@@ -60,9 +74,13 @@ impl StageKind for Map {
     const ROLE: Role = Role::Transform;
     const DOC: &'static str = "adds a tile";
     fn ports(c: &MapConfig) -> Ports {
+        let mut out = OutPort::forwarding("out").with("tile", FieldType::Rect);
+        if let Some(f) = c.add.as_deref().map(field) {
+            out = out.with(&f.name, f.ty);
+        }
         Ports {
-            outputs: vec![OutPort::passing("out", &["tile"]), OutPort::passing("side", &[])],
-            requires: vec![c.need.clone().unwrap_or_else(|| "image".into())],
+            outputs: vec![out, OutPort::forwarding("side")],
+            requires: vec![field(c.need.as_deref().unwrap_or("image: image"))],
             ..Ports::default()
         }
     }
@@ -85,8 +103,11 @@ impl StageKind for Join {
     const DOC: &'static str = "joins an image and a text";
     fn ports(_: &NoKeys) -> Ports {
         Ports {
-            outputs: vec![OutPort::passing("out", &[])],
-            requires: vec!["image".into(), "text".into()],
+            outputs: vec![OutPort::forwarding("out")],
+            requires: vec![
+                Field::new("image", FieldType::Image),
+                Field::new("text", FieldType::Text),
+            ],
             join: Some(Duration::from_secs(1)),
             heavy: false,
         }
@@ -131,7 +152,7 @@ impl StageKind for Noise {
     const CHANNEL: bool = true;
     fn ports(_: &NoiseConfig) -> Ports {
         Ports {
-            outputs: vec![OutPort::passing("out", &[])],
+            outputs: vec![OutPort::forwarding("out")],
             ..Ports::default()
         }
     }
@@ -202,7 +223,7 @@ impl StageKind for Describe {
     const DOC: &'static str = "describes a frame";
     fn ports(_: &DescribeConfig) -> Ports {
         Ports {
-            outputs: vec![OutPort::passing("out", &["text"])],
+            outputs: vec![OutPort::forwarding("out").with("text", FieldType::Text)],
             ..Ports::default()
         }
     }

@@ -9,12 +9,17 @@
 //! Outputs and errors stay per message: each input's outputs are completed in arrival
 //! order (through the sequencer when the stage is replicated, so order is restored
 //! across replicas); a failed input is recorded and its gap passed on alone.
+//!
+//! A joining stage batches its *sets*: the join completes a frame's parts (or its
+//! timeout passes) as without batching, and the ready set, with the places of all its
+//! parts, goes into the batch instead of being run at once. Its outputs are routed as a
+//! join's are, and its places freed, once the batch's call is done.
 
 use std::time::Instant;
 
 use ractor::ActorRef;
 
-use super::group::StageMsg;
+use super::group::{route, StageMsg};
 use super::sequencer::complete;
 use super::stage_actor::ActorState;
 use super::worker::BatchOutcome;
@@ -23,12 +28,18 @@ use crate::message::{FrameId, Message, Part};
 use crate::plan::Batch;
 use crate::stage::{Input, StageError};
 
-/// A message waiting for its batch's call, with the place it holds.
+/// What an input of a batch holds until its call is done.
+pub(super) enum Held {
+    /// A message: its arrival order (for the sequencer), its part and its place.
+    Message { order: u64, part: Part, permit: Permit },
+    /// A joined frame: the places of all its parts.
+    Joined(Vec<Permit>),
+}
+
+/// An input waiting for its batch's call, with the places it holds.
 struct Waiting {
-    input: usize,
-    order: u64,
-    msg: Message,
-    permit: Permit,
+    input: Input,
+    held: Held,
 }
 
 /// The batch a replica is gathering.
@@ -41,16 +52,19 @@ pub(super) struct Gathering {
     number: u64,
     /// Sends the `Flush` for the batch being gathered once `wait_ms` has passed.
     timer: Option<tokio::task::JoinHandle<()>>,
+    /// The replica's own actor, which the timer sends its `Flush` to.
+    me: ActorRef<StageMsg>,
 }
 
 impl Gathering {
-    pub(super) fn new(batch: Batch) -> Self {
+    pub(super) fn new(batch: Batch, me: ActorRef<StageMsg>) -> Self {
         Gathering {
             batch,
             waiting: Vec::with_capacity(batch.max),
             first: None,
             number: 0,
             timer: None,
+            me,
         }
     }
 
@@ -64,24 +78,19 @@ impl Gathering {
 
 impl ActorState {
     /// A message for a batched stage: kept for the batch, which is called when full.
-    pub(super) async fn gather(
-        &mut self,
-        myself: &ActorRef<StageMsg>,
-        input: usize,
-        order: u64,
-        msg: Message,
-        permit: Permit,
-    ) {
+    pub(super) async fn gather(&mut self, input: usize, order: u64, msg: Message, permit: Permit) {
+        let part = msg.part;
+        let held = Held::Message { order, part, permit };
+        self.gather_input(Input::Message { input, msg }, held).await;
+    }
+
+    /// An input (a message or a joined frame) kept for the batch, which is called when full.
+    pub(super) async fn gather_input(&mut self, input: Input, held: Held) {
         let Some(g) = self.gathering.as_mut() else { return };
-        g.waiting.push(Waiting {
-            input,
-            order,
-            msg,
-            permit,
-        });
+        g.waiting.push(Waiting { input, held });
         if g.waiting.len() == 1 {
             g.first = Some(Instant::now());
-            let (me, number, wait) = (myself.clone(), g.number, g.batch.wait);
+            let (me, number, wait) = (g.me.clone(), g.number, g.batch.wait);
             // With `wait_ms = 0` the flush still queues behind the messages already in
             // the mailbox, so the batch takes what was waiting.
             g.timer = Some(tokio::spawn(async move {
@@ -103,7 +112,7 @@ impl ActorState {
     }
 
     /// Calls the stage with the batch gathered so far (none: nothing to do), then sends
-    /// each input's outputs on, in arrival order, and frees its place.
+    /// each input's outputs on, in arrival order, and frees its places.
     pub(super) async fn flush_batch(&mut self) {
         let Some(g) = self.gathering.as_mut() else { return };
         g.stop_timer();
@@ -118,23 +127,28 @@ impl ActorState {
             m.size.record(waiting.len() as f64);
             m.wait.record(waited.as_secs_f64());
         }
-        let mut held: Vec<(u64, FrameId, Part, Permit)> = Vec::with_capacity(waiting.len());
-        let mut inputs = Vec::with_capacity(waiting.len());
-        for w in waiting {
-            held.push((w.order, w.msg.id, w.msg.part, w.permit));
-            inputs.push(Input::Message {
-                input: w.input,
-                msg: w.msg,
-            });
-        }
-        let frames: Vec<FrameId> = held.iter().map(|h| h.1).collect();
+        let frames: Vec<FrameId> = waiting.iter().map(|w| w.input.frame()).collect();
+        let (inputs, held): (Vec<Input>, Vec<Held>) = waiting.into_iter().map(|w| (w.input, w.held)).unzip();
         let results = self.run_batch(inputs, &frames).await;
-        for ((order, frame, part, permit), outs) in held.into_iter().zip(results) {
-            if outs.is_none() {
-                // Failed: joins downstream need not wait for this frame.
-                group.gap_downstream(frame, part);
+        for ((held, frame), outs) in held.into_iter().zip(frames).zip(results) {
+            match held {
+                Held::Message { order, part, permit } => {
+                    if outs.is_none() {
+                        // Failed: joins downstream need not wait for this frame.
+                        group.gap_downstream(frame, part);
+                    }
+                    complete(&group, &shared, order, outs.unwrap_or_default(), Some(permit)).await;
+                }
+                Held::Joined(places) => {
+                    match outs {
+                        Some(outs) => {
+                            route(&group, &shared, outs).await;
+                        }
+                        None => group.gap_downstream(frame, Part::WHOLE),
+                    }
+                    drop(places);
+                }
             }
-            complete(&group, &shared, order, outs.unwrap_or_default(), Some(permit)).await;
         }
     }
 

@@ -3,6 +3,7 @@
 
 use std::sync::atomic::Ordering;
 
+use super::batch::Held;
 use super::group::route;
 use super::stage_actor::ActorState;
 use crate::edge::Permit;
@@ -13,7 +14,8 @@ use crate::stage::{Input, Role};
 impl ActorState {
     /// Hands a ready joined frame to the stage, sends its outputs on, then frees the
     /// places its parts held. A frame of which nothing arrived is not run: its gap
-    /// goes on downstream.
+    /// goes on downstream. A batched joining stage keeps the frame, with its places, for
+    /// its batch instead (`batch::flush_batch` routes it and frees them).
     pub(super) async fn emit_join(&mut self, ready: Ready<Permit>) {
         let (group, shared) = (self.args.group.clone(), self.args.shared.clone());
         let id = ready.joined.id;
@@ -23,6 +25,10 @@ impl ActorState {
         }
         if ready.joined.lost() > 0 {
             shared.stats[group.index].incomplete.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.gathering.is_some() {
+            let held = Held::Joined(ready.held);
+            return Box::pin(self.gather_input(Input::Joined(ready.joined), held)).await;
         }
         match self.run_input(Some(Input::Joined(ready.joined))).await {
             Some(outs) => {
@@ -74,12 +80,17 @@ impl ActorState {
         }
     }
 
+    /// Emits the frames whose timeout has passed, or (`all`, at the end of the stream)
+    /// every frame still waiting; then, at the end, a batched stage's partial batch.
     pub(super) async fn expire_joins(&mut self, all: bool) {
         if self.args.join.is_none() {
             return;
         }
         for r in self.joins.due(all) {
             self.emit_join(r).await;
+        }
+        if all {
+            Box::pin(self.flush_batch()).await;
         }
     }
 }

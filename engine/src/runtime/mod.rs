@@ -26,6 +26,7 @@
 //! How a run ends (end of stream, a stop request, an abort) is in [`shutdown`].
 
 mod batch;
+mod contract;
 mod group;
 mod joins;
 mod sequencer;

@@ -152,7 +152,7 @@ mod tests {
     use serde::Deserialize;
 
     use crate::graph::GraphSource;
-    use crate::message::{Fields, Value};
+    use crate::message::{FieldType, Fields, Value};
     use crate::registry::Registry;
     use crate::runtime::{run, RunOptions};
     use crate::stage::{
@@ -188,7 +188,7 @@ mod tests {
         const DOC: &'static str = "numbers";
         fn ports(_: &CountConfig) -> Ports {
             Ports {
-                outputs: vec![OutPort::fresh("out", &["n"])],
+                outputs: vec![OutPort::new("out").with("n", FieldType::Number)],
                 ..Ports::default()
             }
         }
@@ -219,7 +219,7 @@ mod tests {
         const DOC: &'static str = "passes frames on, on a worker thread";
         fn ports(_: &NoKeys) -> Ports {
             Ports {
-                outputs: vec![OutPort::passing("out", &[])],
+                outputs: vec![OutPort::forwarding("out")],
                 heavy: true,
                 ..Ports::default()
             }

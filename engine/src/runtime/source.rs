@@ -37,9 +37,10 @@ impl Actor for SourceActor {
     async fn pre_start(&self, _myself: ActorRef<()>, a: SourceArgs) -> Result<Self::State, ActorProcessingErr> {
         let (config, ctx) = (a.config.clone(), a.ctx.clone());
         let built = tokio::task::spawn_blocking(move || config.build(&ctx)).await??;
-        let Built::Source(mut source) = built else {
+        let Built::Source(source) = built else {
             return Err(format!("stage `{}` is not a source", a.ctx.stage).into());
         };
+        let mut source = super::contract::source(source, &a.ctx);
         if let Ok(mut t) = a.totals.lock() {
             t.push(source.total());
         }

@@ -84,7 +84,7 @@ impl Actor for StageActor {
             ticker,
             eos_seen: 0,
             joins: JoinTable::new(args.n_inputs, args.join.unwrap_or_default(), args.mailbox),
-            gathering: args.batch.map(Gathering::new),
+            gathering: args.batch.map(|b| Gathering::new(b, myself.clone())),
             spare: Vec::new(),
             args,
         })
@@ -109,7 +109,7 @@ impl Actor for StageActor {
         // ractor moves this future a few times per message, so its size is copied each
         // time: the rare arms are boxed, leaving the size of the data path.
         match msg {
-            StageMsg::Data { input, order, delivery } => state.on_data(&myself, input, order, delivery).await,
+            StageMsg::Data { input, order, delivery } => state.on_data(input, order, delivery).await,
             StageMsg::Gap { input, frame, part } => Box::pin(state.on_gap(input, frame, part)).await,
             StageMsg::Tick => Box::pin(state.expire_joins(false)).await,
             StageMsg::Flush { batch } => Box::pin(state.on_flush(batch)).await,
@@ -146,7 +146,7 @@ impl ActorState {
     /// routed (in arrival order when replicated) and then its input place freed. The
     /// group and shared state are borrowed, not cloned: every actor of the run would
     /// otherwise touch the same reference counts once per message.
-    async fn on_data(&mut self, myself: &ActorRef<StageMsg>, input: usize, order: u64, delivery: Delivery) {
+    async fn on_data(&mut self, input: usize, order: u64, delivery: Delivery) {
         let (msg, permit) = match delivery.take() {
             Ok(taken) => taken,
             Err((frame, part)) => {
@@ -169,7 +169,7 @@ impl ActorState {
             shared.at_sink(msg.id);
         }
         if self.gathering.is_some() {
-            Box::pin(self.gather(myself, input, order, msg, permit)).await;
+            Box::pin(self.gather(input, order, msg, permit)).await;
             return;
         }
         let (frame, part) = (msg.id, msg.part);

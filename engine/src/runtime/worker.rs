@@ -86,7 +86,7 @@ pub(super) fn run_guarded_batch(stage: &mut dyn Stage, inputs: Vec<Input>) -> Ba
 
 pub(super) fn build_stage(config: &dyn Configured, ctx: &BuildContext) -> Result<Box<dyn Stage>, StageError> {
     match config.build(ctx)? {
-        Built::Stage(s) => Ok(s),
+        Built::Stage(s) => Ok(super::contract::stage(s, ctx)),
         Built::Source(_) => Err(StageError::new(
             "build",
             "a source was built where a stage was expected",
