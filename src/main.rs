@@ -175,10 +175,15 @@ struct RunArgs {
     /// Keep serving the metrics this many seconds after the run ends (so a short run can be scraped).
     #[arg(long, default_value_t = 0.0)]
     linger: f64,
-    /// Run only the stages placed on this machine (`machine = "..."`); edges to
-    /// other machines go over zenoh. Without it, a placed graph runs whole here.
+    /// Run only the stages placed on this machine (`machine = "..."`), or on the pool
+    /// it is a member of; edges to other machines go over zenoh. Without it, a placed
+    /// graph runs whole here.
     #[arg(long, value_name = "NAME")]
     machine: Option<String>,
+    /// With --machine: run the stages of this pool as one of its members (a machine the
+    /// pool lists, or, when the pool has `min`/`max`, any machine that joins at run time).
+    #[arg(long, value_name = "NAME", requires = "machine")]
+    pool: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -420,6 +425,7 @@ fn run_command(registry: &Registry, args: RunArgs) -> Result<ExitCode> {
         drain_timeout,
         linger,
         machine,
+        pool,
     } = args;
     let src = match load(&graph, &overrides, registry) {
         Ok(s) => s,
@@ -438,17 +444,27 @@ fn run_command(registry: &Registry, args: RunArgs) -> Result<ExitCode> {
     let stop = dataflow_engine::StopFlag::default();
     let (plan, bridges) = match &machine {
         None => {
-            if plan.is_distributed() {
+            if plan.is_distributed() && plan.pools.is_empty() {
                 eprintln!(
                     "note: {} places stages on machines; running every stage in this process (pass --machine NAME to run one machine's part)",
                     graph.display()
+                );
+            } else if plan.is_distributed() {
+                eprintln!(
+                    "note: {} places stages on machines and pools ({}); running every stage in this process, each pool's stages once (pass --machine NAME [--pool POOL] to run one machine's part)",
+                    graph.display(),
+                    plan.pools.keys().cloned().collect::<Vec<_>>().join(", ")
                 );
             }
             (plan, None)
         }
         Some(m) => {
             // Check the cut before opening any socket.
-            if let Err(e) = plan.check_machine(m) {
+            let at = dataflow_engine::Placement {
+                machine: m.clone(),
+                pool: pool.clone(),
+            };
+            if let Err(e) = plan.check_machine(&at) {
                 eprintln!("error: {e}");
                 return Ok(ExitCode::from(1));
             }
@@ -459,7 +475,7 @@ fn run_command(registry: &Registry, args: RunArgs) -> Result<ExitCode> {
                     return Ok(ExitCode::from(1));
                 }
             };
-            match plan.partition(m, &bridges) {
+            match plan.partition(&at, &bridges) {
                 Ok(p) => (p, Some(bridges)),
                 Err(e) => {
                     eprintln!("error: {e}");

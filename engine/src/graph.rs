@@ -206,11 +206,11 @@ impl GraphSource {
 fn apply_override(values: &mut toml::Table, o: &Override) -> Result<(), String> {
     let shown = o.path.join(".");
     match o.path[0].as_str() {
-        "stage" | "machines" if o.path.len() == 3 => {}
+        "stage" | "machines" | "pools" if o.path.len() == 3 => {}
         "graph" | "defaults" | "channel" | "metrics" if o.path.len() == 2 => {}
         _ => {
             return Err(format!(
-                "`--set {shown}=...`: unknown key path; use stage.<id>.<key>, channel.<key>, graph.<key>, defaults.<key>, metrics.<key> or machines.<name>.<key>"
+                "`--set {shown}=...`: unknown key path; use stage.<id>.<key>, channel.<key>, graph.<key>, defaults.<key>, metrics.<key>, machines.<name>.<key> or pools.<name>.<key>"
             ))
         }
     }

@@ -29,8 +29,8 @@ pub mod tagged;
 
 pub use graph::{Diagnostic, Diagnostics, GraphSource, Override};
 pub use message::{FieldType, Fields, FrameId, Image, Message, Part, PixelFormat, Rect, Value};
-pub use partition::{BridgeError, Bridges, CrossingEdge, PartitionError};
-pub use plan::{plan, MachineSpec, Plan, Restart, TlsSpec, WhenFull};
+pub use partition::{BridgeError, Bridges, CrossingEdge, PartitionError, Placement};
+pub use plan::{plan, MachineSpec, Plan, PoolSpec, Restart, TlsSpec, WhenFull};
 pub use registry::Registry;
 pub use runtime::{run, RunError, RunEvent, RunOptions, RunSummary};
 pub use stage::{

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use crate::plan::{InputEdge, Plan, PlannedStage, WhenFull};
+use crate::plan::{InputEdge, Plan, PlannedStage, PoolSpec, WhenFull};
 use crate::registry::Configured;
 use crate::stage::Role;
 
@@ -27,10 +27,14 @@ pub struct CrossingEdge {
     pub to: String,
     /// Index of the edge in the consumer's `inputs`.
     pub input: usize,
-    /// Machine of the producer.
+    /// Placement unit of the producer: its machine, or its pool's name.
     pub from_machine: String,
-    /// Machine of the consumer.
+    /// Placement unit of the consumer: its machine, or its pool's name.
     pub to_machine: String,
+    /// The producer's pool, when it runs on one (`from_machine` is then the pool's name).
+    pub from_pool: Option<PoolSpec>,
+    /// The consumer's pool, when it runs on one (`to_machine` is then the pool's name).
+    pub to_pool: Option<PoolSpec>,
     /// Capacity of the consumer's input edge: the messages the link may hold.
     pub mailbox: usize,
     /// Policy of the consumer's input edge.
@@ -41,6 +45,54 @@ impl CrossingEdge {
     /// Id of the bridge stages on both machines: `<from>.<port>-><to>`.
     pub fn stage_id(&self) -> String {
         format!("{}.{}->{}", self.from, self.port, self.to)
+    }
+}
+
+/// Which part of a distributed graph this process runs (`dataflow run G --machine M
+/// [--pool P]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// The machine this process runs as (`--machine`): a machine of `[machines]`, or
+    /// any name for a member that joins a pool with `min`/`max` at run time.
+    pub machine: String,
+    /// The pool it joins (`--pool`); `None` for a machine's own stages or a static
+    /// member (the pool is then found from `[pools]`).
+    pub pool: Option<String>,
+}
+
+impl Placement {
+    /// `--machine machine`, without `--pool`.
+    pub fn machine(machine: impl Into<String>) -> Self {
+        Placement {
+            machine: machine.into(),
+            pool: None,
+        }
+    }
+
+    /// `--machine machine --pool pool`.
+    pub fn member(machine: impl Into<String>, pool: impl Into<String>) -> Self {
+        Placement {
+            machine: machine.into(),
+            pool: Some(pool.into()),
+        }
+    }
+}
+
+impl From<&str> for Placement {
+    fn from(machine: &str) -> Self {
+        Placement::machine(machine)
+    }
+}
+
+impl From<&String> for Placement {
+    fn from(machine: &String) -> Self {
+        Placement::machine(machine.as_str())
+    }
+}
+
+impl From<&Placement> for Placement {
+    fn from(p: &Placement) -> Self {
+        p.clone()
     }
 }
 
@@ -112,6 +164,54 @@ pub enum PartitionError {
         /// Machines that have stages.
         placed: String,
     },
+    /// The pool that `--machine` is a member of has no stage placed on it.
+    #[error("{file}: machine `{machine}` is a member of pool `{pool}`, but no stage is placed on the pool; placed machines and pools: {placed}")]
+    EmptyPool {
+        /// Graph file.
+        file: String,
+        /// The machine asked for.
+        machine: String,
+        /// Its pool.
+        pool: String,
+        /// Machines and pools that have stages.
+        placed: String,
+    },
+    /// `--pool` names no pool of the graph.
+    #[error("{file}: --pool {pool}: the graph has no pool `{pool}` (pools: {known}){hint}")]
+    UnknownPool {
+        /// Graph file.
+        file: String,
+        /// The pool asked for.
+        pool: String,
+        /// Known pools.
+        known: String,
+        /// "did you mean" text, or empty.
+        hint: String,
+    },
+    /// `--machine M --pool P` where P lists its members and M is not one of them.
+    #[error("{file}: machine `{machine}` is not a member of pool `{pool}` (members: {members}) and the pool takes no members at run time; add `{machine}` to [pools.{pool}] machines, or give the pool `min`/`max` so that machines may join with --pool {pool}")]
+    NotAMember {
+        /// Graph file.
+        file: String,
+        /// The machine asked for.
+        machine: String,
+        /// The pool asked for.
+        pool: String,
+        /// The pool's static members.
+        members: String,
+    },
+    /// `--machine M --pool P` where M already runs other stages.
+    #[error("{file}: machine `{machine}` cannot join pool `{pool}`: it runs {runs}; a pool member runs only the pool's stages, so give this process another machine name")]
+    Taken {
+        /// Graph file.
+        file: String,
+        /// The machine asked for.
+        machine: String,
+        /// The pool asked for.
+        pool: String,
+        /// What the machine runs already: "its own stages" or "pool `<name>`".
+        runs: String,
+    },
     /// The transport could not make a bridge.
     #[error("{file}: edge `{edge}` ({from_machine} -> {to_machine}): {source}")]
     Bridge {
@@ -135,7 +235,8 @@ impl Plan {
         self.stages.iter().any(|s| s.machine.is_some())
     }
 
-    /// Every edge whose two ends are placed on different machines, in plan order.
+    /// Every edge whose two ends are placed on different placement units (machines
+    /// or pools), in plan order.
     pub fn crossing_edges(&self) -> Vec<CrossingEdge> {
         let mut out = Vec::new();
         for consumer in &self.stages {
@@ -158,6 +259,8 @@ impl Plan {
                         input,
                         from_machine: fm.clone(),
                         to_machine: tm.clone(),
+                        from_pool: self.pools.get(fm).cloned(),
+                        to_pool: self.pools.get(tm).cloned(),
                         mailbox: consumer.mailbox,
                         when_full: consumer.when_full,
                     });
@@ -167,53 +270,140 @@ impl Plan {
         out
     }
 
-    /// Whether `machine` can run a part of this graph: it is described in `[machines]`
-    /// and has stages placed on it.
-    pub fn check_machine(&self, machine: &str) -> Result<(), PartitionError> {
+    /// Whether `at` can run a part of this graph, and the placement unit whose stages
+    /// it runs: its own machine name, or the name of the pool it is a member of (a
+    /// static member listed in the pool's `machines`, or a member that joins a pool
+    /// with `min`/`max` through `at.pool`).
+    pub fn check_machine(&self, at: impl Into<Placement>) -> Result<String, PartitionError> {
+        let at = at.into();
         let file = self.file.display().to_string();
-        if !self.machines.contains_key(machine) {
-            let known: Vec<&str> = self.machines.keys().map(String::as_str).collect();
-            let hint = crate::graph::did_you_mean(machine, known.iter().copied())
-                .map(|h| format!("; did you mean `{h}`?"))
-                .unwrap_or_default();
-            if !self.is_distributed() {
-                return Err(PartitionError::NotPlaced {
-                    file,
-                    machine: machine.into(),
-                });
+        let machine = at.machine.as_str();
+        let unit = match &at.pool {
+            Some(pool) => self.member_of(&file, machine, pool)?,
+            None => {
+                if !self.machines.contains_key(machine) {
+                    return Err(self.unknown_machine(file, machine));
+                }
+                match self.pools.values().find(|p| p.machines.iter().any(|m| m == machine)) {
+                    Some(p) => p.name.clone(),
+                    None => machine.to_string(),
+                }
             }
-            return Err(PartitionError::UnknownMachine {
-                file,
-                machine: machine.into(),
-                known: if known.is_empty() {
-                    "none".into()
-                } else {
-                    known.join(", ")
-                },
-                hint,
-            });
-        }
-        let local: Vec<bool> = self
-            .stages
-            .iter()
-            .map(|s| s.machine.as_deref() == Some(machine))
-            .collect();
-        if !local.iter().any(|l| *l) {
+        };
+        if !self.stages.iter().any(|s| s.machine.as_deref() == Some(unit.as_str())) {
             let mut placed: Vec<&str> = self.stages.iter().filter_map(|s| s.machine.as_deref()).collect();
             placed.sort();
             placed.dedup();
+            let placed = placed.join(", ");
+            if unit != machine {
+                return Err(PartitionError::EmptyPool {
+                    file,
+                    machine: machine.into(),
+                    pool: unit,
+                    placed,
+                });
+            }
             return Err(PartitionError::Empty {
                 file,
-                machine: machine.into(),
-                placed: placed.join(", "),
+                machine: unit,
+                placed,
             });
         }
-        Ok(())
+        Ok(unit)
     }
 
-    /// The part of the graph that runs on `machine`, with a bridge for every crossing edge.
-    pub fn partition(&self, machine: &str, bridges: &dyn Bridges) -> Result<Plan, PartitionError> {
-        self.check_machine(machine)?;
+    /// `--machine` names no machine of `[machines]` (and no `--pool` was given).
+    fn unknown_machine(&self, file: String, machine: &str) -> PartitionError {
+        if !self.is_distributed() {
+            return PartitionError::NotPlaced {
+                file,
+                machine: machine.into(),
+            };
+        }
+        let known: Vec<&str> = self.machines.keys().map(String::as_str).collect();
+        let mut hint = crate::graph::did_you_mean(machine, known.iter().copied())
+            .map(|h| format!("; did you mean `{h}`?"))
+            .unwrap_or_default();
+        let open: Vec<&str> = self
+            .pools
+            .values()
+            .filter(|p| p.dynamic)
+            .map(|p| p.name.as_str())
+            .collect();
+        if !open.is_empty() {
+            hint.push_str(&format!(
+                "; to join a pool at run time, add --pool {}",
+                open.join(" | ")
+            ));
+        }
+        PartitionError::UnknownMachine {
+            file,
+            machine: machine.into(),
+            known: if known.is_empty() {
+                "none".into()
+            } else {
+                known.join(", ")
+            },
+            hint,
+        }
+    }
+
+    /// The pool `pool` that `machine` joins with `--pool`: it must exist, and take
+    /// `machine` (a listed member, or any machine when it has `min`/`max`); a machine
+    /// that runs stages of its own or belongs to another pool cannot join.
+    fn member_of(&self, file: &str, machine: &str, pool: &str) -> Result<String, PartitionError> {
+        let Some(spec) = self.pools.get(pool) else {
+            let known: Vec<&str> = self.pools.keys().map(String::as_str).collect();
+            return Err(PartitionError::UnknownPool {
+                file: file.into(),
+                pool: pool.into(),
+                known: if known.is_empty() {
+                    "the graph has none".into()
+                } else {
+                    known.join(", ")
+                },
+                hint: crate::graph::did_you_mean(pool, known.iter().copied())
+                    .map(|h| format!("; did you mean `{h}`?"))
+                    .unwrap_or_default(),
+            });
+        };
+        let listed = spec.machines.iter().any(|m| m == machine);
+        if !listed && !spec.dynamic {
+            return Err(PartitionError::NotAMember {
+                file: file.into(),
+                machine: machine.into(),
+                pool: pool.into(),
+                members: spec.machines.join(", "),
+            });
+        }
+        let elsewhere = self
+            .pools
+            .values()
+            .find(|p| p.name != pool && p.machines.iter().any(|m| m == machine))
+            .map(|p| format!("pool `{}`", p.name))
+            .or_else(|| {
+                self.stages
+                    .iter()
+                    .any(|s| s.machine.as_deref() == Some(machine))
+                    .then(|| "its own stages".to_string())
+            });
+        if let Some(runs) = elsewhere {
+            return Err(PartitionError::Taken {
+                file: file.into(),
+                machine: machine.into(),
+                pool: pool.into(),
+                runs,
+            });
+        }
+        Ok(pool.to_string())
+    }
+
+    /// The part of the graph that `at` runs (see [`Plan::check_machine`]), with a
+    /// bridge for every crossing edge. A pool member runs the pool's stages; its
+    /// bridges are those of the edges into and out of the pool.
+    pub fn partition(&self, at: impl Into<Placement>, bridges: &dyn Bridges) -> Result<Plan, PartitionError> {
+        let unit = self.check_machine(at)?;
+        let machine = unit.as_str();
         let file = self.file.display().to_string();
         let local: Vec<bool> = self
             .stages

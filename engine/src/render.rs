@@ -13,6 +13,41 @@ fn edge_label(plan: &Plan, from: usize, port: usize) -> String {
     }
 }
 
+/// The stages placed on each pool (DESIGN §7), by pool name: a picture draws a pool
+/// as a cluster around its stages.
+fn pool_members(plan: &Plan) -> Vec<(&str, Vec<usize>)> {
+    plan.pools
+        .keys()
+        .map(|name| {
+            let members = (0..plan.stages.len())
+                .filter(|&i| plan.stages[i].machine.as_deref() == Some(name.as_str()))
+                .collect();
+            (name.as_str(), members)
+        })
+        .filter(|(_, m): &(&str, Vec<usize>)| !m.is_empty())
+        .collect()
+}
+
+/// `pool gpus: gpu1, gpu2 (+ up to 4 at run time)`.
+fn pool_label(plan: &Plan, name: &str) -> String {
+    let Some(p) = plan.pools.get(name) else {
+        return format!("pool {name}");
+    };
+    let mut label = format!("pool {name}");
+    if !p.machines.is_empty() {
+        label.push_str(&format!(": {}", p.machines.join(", ")));
+    }
+    if p.dynamic {
+        let max = if p.max == usize::MAX {
+            "any number".to_string()
+        } else {
+            format!("up to {}", p.max)
+        };
+        label.push_str(&format!(" (min {}, {max} joining at run time)", p.min));
+    }
+    label
+}
+
 /// Graphviz `dot` text of the plan.
 pub fn dot(plan: &Plan) -> String {
     let mut s = format!(
@@ -34,6 +69,16 @@ pub fn dot(plan: &Plan) -> String {
             "  \"{}\" [label=\"{}\\n({}){}\", shape={}];\n",
             st.id, st.id, st.kind, reps, shape
         ));
+    }
+    for (name, members) in pool_members(plan) {
+        s.push_str(&format!(
+            "  subgraph \"cluster_{name}\" {{\n    label=\"{}\";\n    style=dashed;\n",
+            pool_label(plan, name)
+        ));
+        for i in members {
+            s.push_str(&format!("    \"{}\";\n", plan.stages[i].id));
+        }
+        s.push_str("  }\n");
     }
     for st in &plan.stages {
         for e in &st.inputs {
@@ -80,6 +125,13 @@ pub fn mermaid(plan: &Plan) -> String {
             r
         ));
     }
+    for (n, (name, members)) in pool_members(plan).into_iter().enumerate() {
+        s.push_str(&format!("  subgraph pool{n}[\"{}\"]\n", pool_label(plan, name)));
+        for i in members {
+            s.push_str(&format!("    {}\n", id(i)));
+        }
+        s.push_str("  end\n");
+    }
     for (i, st) in plan.stages.iter().enumerate() {
         for e in &st.inputs {
             let label = edge_label(plan, e.from, e.port);
@@ -96,13 +148,18 @@ pub fn mermaid(plan: &Plan) -> String {
 /// JSON Schema of a graph file for the kinds in `registry`, so editors can complete it.
 pub fn schema(registry: &Registry) -> serde_json::Value {
     use serde_json::json;
+    let machine_ref = json!({"description": "Placement: the machine this stage runs on, a list of machines (an anonymous pool) or { pool = \"<name>\" } (DESIGN §7).",
+        "oneOf": [
+            {"type": "string"},
+            {"type": "array", "items": {"type": "string"}, "minItems": 1, "uniqueItems": true},
+            {"type": "object", "additionalProperties": false, "required": ["pool"], "properties": {"pool": {"type": "string"}}}]});
     let reserved = json!({
         "inputs": {"type": "array", "items": {"type": "string"}, "description": "Producers this stage reads from: `stage` or `stage.port`."},
         "mailbox": {"type": "integer", "minimum": 1, "description": "Capacity of each input edge, in messages."},
         "when_full": {"enum": ["block", "drop_newest", "drop_oldest"], "description": "What a producer does when the edge is full."},
         "replicas": {"type": "integer", "minimum": 1, "description": "Number of replicas, each with its own state (e.g. model session)."},
         "restart": {"enum": ["never", "on_failure"], "description": "What happens when the stage panics."},
-        "machine": {"type": "string", "description": "Placement: the machine this stage runs on."},
+        "machine": machine_ref.clone(),
         "batch": {"type": "object", "additionalProperties": false, "required": ["max"],
             "description": "Kinds that batch only: up to `max` messages per call, or what arrived `wait_ms` after the first.",
             "properties": {
@@ -161,12 +218,19 @@ pub fn schema(registry: &Registry) -> serde_json::Value {
                 "name": {"type": "string"}, "seed": {"type": "integer", "minimum": 0}, "description": {"type": "string"}}},
             "defaults": {"type": "object", "additionalProperties": false, "properties": {
                 "mailbox": reserved["mailbox"], "when_full": reserved["when_full"], "restart": reserved["restart"],
-                "machine": {"type": "string", "description": "Placement of stages that do not set `machine`."}}},
+                "machine": machine_ref}},
             "metrics": {"type": "object", "additionalProperties": false, "properties": {
                 "listen": {"type": "string", "description": "Prometheus endpoint, e.g. 127.0.0.1:9464"}}},
             "channel": {"type": "object", "description": "Defaults every channel stage inherits (snr_db, modulation, ...)."},
             "machines": {"type": "object", "description": "How each machine joins the others (DESIGN §7).",
                 "additionalProperties": machine},
+            "pools": {"type": "object", "description": "Pools of machines that share the stages placed on them (DESIGN §7).",
+                "additionalProperties": {"type": "object", "additionalProperties": false, "properties": {
+                    "machines": {"type": "array", "items": {"type": "string"}, "uniqueItems": true, "description": "Static members, each in [machines]."},
+                    "min": {"type": "integer", "minimum": 1, "description": "Members needed before frames flow (default 1); with min or max, machines may join at run time with --pool."},
+                    "max": {"type": "integer", "minimum": 1, "description": "Most members at once."},
+                    "connect": {"type": "array", "items": {"type": "string"}, "description": "Endpoints a member that is not in [machines] connects to."},
+                    "ack_timeout_ms": {"type": "integer", "minimum": 1, "description": "A member whose oldest unacknowledged frame is older than this is considered dead (default 2000)."}}}},
             "stage": {"type": "object", "additionalProperties": {"oneOf": variants}}
         },
         "$defs": defs

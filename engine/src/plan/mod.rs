@@ -12,8 +12,9 @@
 //! 3. [`kinds`]: each stage's kind and its own keys, deserialised by the kind
 //!    (`[channel]` keys inherited by channel kinds); `batch` only where the kind
 //!    batches and the stage does not join ([`batch`]).
-//! 4. [`placement`]: `machine` names a `[machines.<name>]` table; once one stage is
-//!    placed, all are.
+//! 4. [`placement`]: `[pools]`, and `machine` names a `[machines.<name>]` table, a
+//!    list of them (an anonymous pool) or a `[pools.<name>]`; once one stage is placed,
+//!    all are; a source runs on one machine, and no edge joins two pools.
 //! 5. [`inputs`]: every input names a stage and one of its output ports.
 //! 6. [`topology`]: every source and transform has a consumer; no cycle; the
 //!    topological order.
@@ -27,6 +28,9 @@ mod fields;
 mod inputs;
 mod kinds;
 mod placement;
+#[cfg(test)]
+mod pool_partition;
+mod pools;
 mod reserved;
 mod tables;
 #[cfg(test)]
@@ -78,7 +82,7 @@ pub const RESERVED_KEYS: &[&str] = &[
     "machine",
     "batch",
 ];
-pub(super) const TOP_LEVEL: &[&str] = &["graph", "defaults", "metrics", "channel", "stage", "machines"];
+pub(super) const TOP_LEVEL: &[&str] = &["graph", "defaults", "metrics", "channel", "stage", "machines", "pools"];
 pub(super) const GRAPH_KEYS: &[&str] = &["name", "seed", "description"];
 pub(super) const DEFAULT_KEYS: &[&str] = &["mailbox", "when_full", "restart", "machine"];
 pub(super) const METRICS_KEYS: &[&str] = &["listen"];
@@ -122,6 +126,32 @@ pub struct TlsSpec {
     #[serde(default)]
     pub mtls: bool,
 }
+
+/// A pool of machines that share the stages placed on it (`machine = [...]` or
+/// `machine = { pool = "<name>" }` with `[pools.<name>]`, DESIGN §7): each frame goes
+/// to one member. The engine checks the keys; a transport gives them meaning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSpec {
+    /// `[pools.<name>]`'s name, or `pool-<stage id>` for an anonymous `machine = [...]`
+    /// (the first stage, in file order, that wrote that list).
+    pub name: String,
+    /// Static members, each described in `[machines]` (may be empty when `min`/`max` is used).
+    pub machines: Vec<String>,
+    /// Members that must be present before frames flow (default 1).
+    pub min: usize,
+    /// Most members at once; `usize::MAX` when not given.
+    pub max: usize,
+    /// Whether `min` or `max` was given: then machines that are not listed may join
+    /// at run time (`dataflow run G --machine <m> --pool <name>`).
+    pub dynamic: bool,
+    /// Endpoints a member that is not in `[machines]` connects to.
+    pub connect: Vec<String>,
+    /// A member whose oldest unacknowledged frame is older than this is considered dead.
+    pub ack_timeout: std::time::Duration,
+}
+
+/// `ack_timeout_ms` of a pool when not given.
+pub const DEFAULT_POOL_ACK_TIMEOUT_MS: u64 = 2000;
 
 /// Default edge capacity in messages.
 pub const DEFAULT_MAILBOX: usize = 4;
@@ -190,6 +220,9 @@ pub struct Plan {
     pub stages: Vec<PlannedStage>,
     /// `[machines.<name>]` tables (empty for a one-machine graph).
     pub machines: BTreeMap<String, MachineSpec>,
+    /// Pools by name: `[pools.<name>]` and the anonymous `machine = [...]` lists
+    /// (empty when no stage is placed on a pool).
+    pub pools: BTreeMap<String, PoolSpec>,
 }
 
 impl Plan {
@@ -234,7 +267,10 @@ struct Raw {
     when_full: WhenFull,
     replicas: usize,
     restart: Restart,
-    machine: Option<String>,
+    /// `machine` as written (by [`reserved`]), else `[defaults] machine`.
+    machine: Option<reserved::MachineRef>,
+    /// The placement unit (by [`placement`]): a machine's name, or a pool's.
+    unit: Option<String>,
     /// `batch` as read (by [`reserved`]), refused by [`kinds`] where the kind cannot batch.
     batch: Option<Batch>,
 }
@@ -279,15 +315,16 @@ pub fn plan(src: &GraphSource, registry: &Registry) -> Result<Plan, Diagnostics>
     let header = tables::check(&mut cx, registry);
     let stages_t = table_of(&src.values, "stage");
     let mut raws = read_stages(&mut cx, registry, &header, &stages_t);
-    placement::check(&mut cx, &raws, &header, &stages_t);
+    let pools = placement::check(&mut cx, &mut raws, &header, &stages_t);
     inputs::resolve(&mut cx, &mut raws);
+    placement::pool_edges(&mut cx, &raws, &pools);
     let consumers = topology::consumers(&mut cx, &raws);
     let order = topology::order(&mut cx, &raws);
     fields::check(&mut cx, &mut raws, &order);
     if !cx.errors.is_empty() {
         return Err(Diagnostics(cx.errors));
     }
-    Ok(assemble(src, header, &raws, &order, &consumers))
+    Ok(assemble(src, header, pools, &raws, &order, &consumers))
 }
 
 /// Passes 2 and 3 over every stage: reserved keys, then the kind and its own keys.
@@ -336,6 +373,7 @@ fn stage_ids(cx: &mut Ctx, stages_t: &toml::Table) -> Vec<String> {
 fn assemble(
     src: &GraphSource,
     header: tables::Header,
+    pools: BTreeMap<String, PoolSpec>,
     raws: &[Raw],
     order: &[usize],
     consumers: &[Vec<Vec<(usize, usize)>>],
@@ -376,7 +414,7 @@ fn assemble(
             when_full: r.when_full,
             replicas: r.replicas,
             restart: r.restart,
-            machine: r.machine.clone(),
+            machine: r.unit.clone(),
             batch: r.batch.filter(|b| b.max > 1),
             stream: if r.role == Some(Role::Source) {
                 next_stream = next_stream.saturating_sub(1);
@@ -396,6 +434,7 @@ fn assemble(
         channel: header.channel,
         stages,
         machines: header.machines,
+        pools,
     }
 }
 

@@ -14,7 +14,122 @@ pub(super) struct Defaults {
     /// Panic policy.
     pub restart: Restart,
     /// Placement.
-    pub machine: Option<String>,
+    pub machine: Option<MachineRef>,
+}
+
+/// A stage's `machine` as written (DESIGN §7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum MachineRef {
+    /// `machine = "cam"`: one machine.
+    One(String),
+    /// `machine = ["gpu1", "gpu2"]`: an anonymous pool of these machines.
+    List(Vec<String>),
+    /// `machine = { pool = "gpus" }`: the pool `[pools.gpus]`.
+    Pool(String),
+}
+
+/// What `machine` accepts, for the messages.
+const MACHINE_FORMS: &str = "machine = \"cam\", machine = [\"gpu1\", \"gpu2\"] or machine = { pool = \"gpus\" }";
+
+/// `machine` at `at` (a stage's or `[defaults]`'), when present and well formed.
+fn machine(cx: &mut Ctx, v: Option<&toml::Value>, at: &[&str], stage: Option<&str>) -> Option<MachineRef> {
+    match v? {
+        toml::Value::String(s) => Some(MachineRef::One(s.clone())),
+        toml::Value::Array(a) => {
+            let mut names = Vec::new();
+            for (i, item) in a.iter().enumerate() {
+                let idx = i.to_string();
+                let mut item_at = at.to_vec();
+                item_at.push(&idx);
+                match item {
+                    toml::Value::String(s) if names.contains(s) => cx.err(
+                        &item_at,
+                        stage,
+                        format!("machine `{s}` is listed twice in `machine`"),
+                        Some("list each machine of the pool once".into()),
+                    ),
+                    toml::Value::String(s) => names.push(s.clone()),
+                    o => cx.err(
+                        &item_at,
+                        stage,
+                        format!("a pool's machine must be a string, found {}", type_name(o)),
+                        Some(MACHINE_FORMS.into()),
+                    ),
+                }
+            }
+            if a.is_empty() {
+                cx.err(
+                    at,
+                    stage,
+                    "`machine = []` lists no machine".into(),
+                    Some(MACHINE_FORMS.into()),
+                );
+            }
+            (names.len() == a.len() && !a.is_empty()).then_some(MachineRef::List(names))
+        }
+        toml::Value::Table(t) => pool_ref(cx, t, at, stage),
+        o => {
+            cx.err(
+                at,
+                stage,
+                format!(
+                    "`machine` must be a machine name, a list of machines or a pool, found {}",
+                    type_name(o)
+                ),
+                Some(MACHINE_FORMS.into()),
+            );
+            None
+        }
+    }
+}
+
+/// `machine = { pool = "<name>" }`: one key, a string.
+fn pool_ref(cx: &mut Ctx, t: &toml::Table, at: &[&str], stage: Option<&str>) -> Option<MachineRef> {
+    let mut ok = true;
+    for k in t.keys().filter(|k| k.as_str() != "pool") {
+        let mut key_at = at.to_vec();
+        key_at.push(k);
+        let hint = crate::graph::did_you_mean(k, ["pool"]).map(|_| "did you mean `pool`? ".to_string());
+        cx.err(
+            &key_at,
+            stage,
+            format!("unknown key `{k}` in `machine = {{ ... }}`"),
+            Some(format!(
+                "{}the only key is `pool`: machine = {{ pool = \"<name>\" }} with a [pools.<name>] table",
+                hint.unwrap_or_default()
+            )),
+        );
+        ok = false;
+    }
+    match t.get("pool") {
+        Some(toml::Value::String(p)) if ok => Some(MachineRef::Pool(p.clone())),
+        Some(toml::Value::String(_)) => None,
+        Some(o) => {
+            let mut key_at = at.to_vec();
+            key_at.push("pool");
+            cx.err(
+                &key_at,
+                stage,
+                format!(
+                    "`pool` must be the name of a [pools.<name>] table, found {}",
+                    type_name(o)
+                ),
+                Some(MACHINE_FORMS.into()),
+            );
+            None
+        }
+        None => {
+            if ok {
+                cx.err(
+                    at,
+                    stage,
+                    "`machine = { ... }` names no pool".into(),
+                    Some(MACHINE_FORMS.into()),
+                );
+            }
+            None
+        }
+    }
 }
 
 /// Reads `[defaults]`; a wrong value is reported and the built-in default used.
@@ -36,19 +151,7 @@ pub(super) fn defaults(cx: &mut Ctx, t: &toml::Table) -> Defaults {
         "never | on_failure",
     )
     .unwrap_or(Restart::OnFailure);
-    let machine = match t.get("machine") {
-        None => None,
-        Some(toml::Value::String(s)) => Some(s.clone()),
-        Some(o) => {
-            cx.err(
-                &["defaults", "machine"],
-                None,
-                format!("`machine` must be a string, found {}", type_name(o)),
-                None,
-            );
-            None
-        }
-    };
+    let machine = machine(cx, t.get("machine"), &["defaults", "machine"], None);
     Defaults {
         mailbox,
         when_full,
@@ -87,17 +190,11 @@ pub(super) fn stage(cx: &mut Ctx, id: &str, t: &toml::Table, defaults: &Defaults
         )
         .unwrap_or(defaults.restart),
         machine: defaults.machine.clone(),
+        unit: None,
         batch: super::batch::read(cx, id, t),
     };
-    match t.get("machine") {
-        None => {}
-        Some(toml::Value::String(s)) => raw.machine = Some(s.clone()),
-        Some(o) => cx.err(
-            &["stage", id, "machine"],
-            Some(id),
-            format!("`machine` must be a string, found {}", type_name(o)),
-            None,
-        ),
+    if let Some(m) = machine(cx, t.get("machine"), &["stage", id, "machine"], Some(id)) {
+        raw.machine = Some(m);
     }
     raw.inputs = inputs(cx, id, t.get("inputs"));
     raw
@@ -260,7 +357,7 @@ mailbox = "big"
 when_full = "wait"
 replicas = 0
 restart = "never"
-machine = ["x"]
+machine = ["x", "x"]
 inputs = ["b", 3]
 "#,
         );
@@ -276,11 +373,11 @@ inputs = ["b", 3]
             [
                 "`mailbox` must be an integer >= 1, found 0",
                 "`restart` must be one of never | on_failure, found \"sometimes\"",
-                "`machine` must be a string, found integer",
+                "`machine` must be a machine name, a list of machines or a pool, found integer",
                 "`mailbox` must be an integer >= 1, found \"big\"",
                 "`when_full` must be one of block | drop_newest | drop_oldest, found \"wait\"",
                 "`replicas` must be an integer >= 1, found 0",
-                "`machine` must be a string, found array",
+                "machine `x` is listed twice in `machine`",
                 "an input must be a string like \"split.tile0\", found integer",
             ]
         );
@@ -289,5 +386,56 @@ inputs = ["b", 3]
         assert_eq!(raw.when_full, WhenFull::DropOldest);
         assert_eq!(raw.restart, Restart::Never);
         assert_eq!(raw.inputs, ["b"]);
+    }
+
+    #[test]
+    fn machine_reads_a_name_a_list_or_a_pool() {
+        use super::MachineRef;
+        let src = source(
+            r#"
+[defaults]
+machine = { pool = "gpus" }
+[stage.a]
+machine = "cam"
+[stage.b]
+machine = ["gpu1", "gpu2"]
+[stage.c]
+[stage.d]
+machine = { pol = "gpus" }
+[stage.e]
+machine = []
+[stage.f]
+machine = { pool = 3 }
+"#,
+        );
+        let mut got = Vec::new();
+        let errors = errors_of(&src, |cx| {
+            let d = super::defaults(cx, &table_of(&src.values, "defaults"));
+            let stages = table_of(&src.values, "stage");
+            for id in ["a", "b", "c", "d", "e", "f"] {
+                let t = stages.get(id).and_then(|t| t.as_table()).expect("a table");
+                got.push(super::stage(cx, id, t, &d).machine);
+            }
+        });
+        let pool = Some(MachineRef::Pool("gpus".into()));
+        assert_eq!(
+            got,
+            [
+                Some(MachineRef::One("cam".into())),
+                Some(MachineRef::List(vec!["gpu1".into(), "gpu2".into()])),
+                pool.clone(),
+                pool.clone(),
+                pool.clone(),
+                pool,
+            ]
+        );
+        assert_eq!(
+            errors,
+            [
+                "unknown key `pol` in `machine = { ... }`",
+                "`machine = []` lists no machine",
+                "`pool` must be the name of a [pools.<name>] table, found integer",
+            ]
+        );
     }
 }
