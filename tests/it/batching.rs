@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dataflow_engine::{
-    BuildContext, Built, Fields, GraphSource, Input, OutPort, Outputs, Ports, Registry, Role, RunSummary, Source,
-    SourceItem, Stage, StageError, StageKind, StopFlag, Value,
+    BuildContext, Built, FieldType, Fields, GraphSource, Input, OutPort, Outputs, Ports, Registry, Role, RunSummary,
+    Source, SourceItem, Stage, StageError, StageKind, StopFlag, Value,
 };
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -91,7 +91,7 @@ impl StageKind for BatchProbe {
     const BATCH: bool = true;
     fn ports(c: &Self::Config) -> Ports {
         Ports {
-            outputs: vec![OutPort::passing("out", &["batch_size"])],
+            outputs: vec![OutPort::forwarding("out").with("batch_size", FieldType::Number)],
             heavy: c.heavy,
             ..Ports::default()
         }
@@ -155,7 +155,7 @@ impl StageKind for Hold {
     const DOC: &'static str = "test source that holds its stream open";
     fn ports(_: &Self::Config) -> Ports {
         Ports {
-            outputs: vec![OutPort::fresh("out", &["image_name"])],
+            outputs: vec![OutPort::new("out").with("image_name", FieldType::Text)],
             ..Ports::default()
         }
     }
@@ -551,7 +551,7 @@ impl StageKind for JoinProbe {
     const BATCH: bool = true;
     fn ports(c: &Self::Config) -> Ports {
         Ports {
-            outputs: vec![OutPort::passing("out", &["batch_size"])],
+            outputs: vec![OutPort::forwarding("out").with("batch_size", FieldType::Number)],
             join: Some(Duration::from_secs(30)),
             heavy: c.heavy,
             ..Ports::default()
@@ -788,18 +788,12 @@ impl StageKind for SdFrames {
     const DOC: &'static str = "test source of frames, captions and slices for the SD fixture";
     fn ports(_: &Self::Config) -> Ports {
         Ports {
-            outputs: vec![OutPort::fresh(
-                "out",
-                &[
-                    "image",
-                    "corrected",
-                    "grid_rows",
-                    "grid_cols",
-                    "slice",
-                    "box",
-                    "frame_size",
-                ],
-            )],
+            outputs: vec![OutPort::new("out")
+                .with("image", FieldType::Image)
+                .with("corrected", FieldType::Texts)
+                .with_each(&["grid_rows", "grid_cols"], FieldType::Number)
+                .with("slice", FieldType::Image)
+                .with_each(&["box", "frame_size"], FieldType::Rect)],
             ..Ports::default()
         }
     }

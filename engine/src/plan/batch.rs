@@ -137,8 +137,9 @@ mod tests {
 
     use super::super::testkit::{source, NoKeys};
     use super::Batch;
+    use crate::message::FieldType;
     use crate::registry::Registry;
-    use crate::stage::{BuildContext, Built, OutPort, Ports, Role, StageError, StageKind};
+    use crate::stage::{BuildContext, Built, Field, OutPort, Ports, Role, StageError, StageKind};
 
     /// A transform that takes the reserved `batch` key (validated only, never built).
     struct Batcher;
@@ -150,8 +151,8 @@ mod tests {
         const BATCH: bool = true;
         fn ports(_: &NoKeys) -> Ports {
             Ports {
-                outputs: vec![OutPort::passing("out", &[])],
-                requires: vec!["image".into()],
+                outputs: vec![OutPort::forwarding("out")],
+                requires: vec![Field::new("image", FieldType::Image)],
                 ..Ports::default()
             }
         }
@@ -170,8 +171,8 @@ mod tests {
         const BATCH: bool = true;
         fn ports(_: &NoKeys) -> Ports {
             Ports {
-                outputs: vec![OutPort::passing("out", &[])],
-                requires: vec!["image".into()],
+                outputs: vec![OutPort::forwarding("out")],
+                requires: vec![Field::new("image", FieldType::Image)],
                 join: Some(Duration::from_secs(1)),
                 heavy: false,
             }
