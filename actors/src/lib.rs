@@ -47,6 +47,7 @@ pub mod util;
 pub mod video_sink;
 pub mod wire;
 pub mod zenoh_link;
+pub(crate) mod zenoh_pool;
 
 use dataflow_engine::Registry;
 

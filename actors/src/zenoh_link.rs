@@ -4,7 +4,7 @@
 //! # Protocol (one link per crossing edge)
 //! Keys: `dataflow/<graph>/<from>/<port>/<to>/<input>/data` (transmitter → receiver)
 //! and `…/ack` (receiver → transmitter). A data sample is the message written by
-//! [`crate::wire`] with a small [`Header`] in the attachment: the transmitter's
+//! [`crate::wire`] with a small `Header` in the attachment: the transmitter's
 //! epoch (random per process), the message's sequence number on this link, and the
 //! first sequence number not yet acknowledged (`base`). End of stream is a header
 //! with no payload, numbered like a frame.
@@ -22,7 +22,7 @@
 //!   `CongestionControl::Block`, drops → `CongestionControl::Drop`.
 //! - **Start-up order.** The receiver announces itself (`Hello`, once a second);
 //!   the transmitter sends only to a receiver it has heard from, logging
-//!   "waiting for receiver on <key>" until then. zenoh itself retries the connection
+//!   "waiting for receiver on `<key>`" until then. zenoh itself retries the connection
 //!   with backoff (250 ms doubling to 4 s).
 //! - **Restarts.** When zenoh reports no subscriber on the data key any more the
 //!   receiver is gone (`dataflow_link_up` = 0): the transmitter keeps what it holds
@@ -35,6 +35,12 @@
 //! - **Ctrl-C** on the transmitter ends its sources; end of stream crosses the link
 //!   like a frame. Ctrl-C on the receiver sends `Stop` upstream: the transmitter ends
 //!   its sources too and the receiver keeps receiving until that end of stream.
+//!
+//! # Pools
+//! An edge into or out of a pool of machines (`CrossingEdge::to_pool` / `from_pool`,
+//! issue 22) gets other ends: the producer's dispatching sink, a member's receiver, a
+//! member's transmitter (this module's transmitter, tied to the member's book), and the
+//! consumer's merging receiver. The protocol is in `actors/src/zenoh_pool.rs`.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -46,8 +52,8 @@ use bytes::Bytes;
 use crossbeam_channel::{Receiver as ChanRx, RecvTimeoutError, Sender as ChanTx};
 use dataflow_engine::registry::Configured;
 use dataflow_engine::{
-    BridgeError, Bridges, BuildContext, Built, CrossingEdge, Input, MachineSpec, Outputs, Plan, Ports, Source,
-    SourceItem, Stage, StageError, StopFlag, TlsSpec, WhenFull,
+    BridgeError, Bridges, BuildContext, Built, CrossingEdge, FrameId, Input, MachineSpec, Outputs, Plan, PoolSpec,
+    Ports, Source, SourceItem, Stage, StageError, StopFlag, TlsSpec, WhenFull,
 };
 use dataflow_monitoring::names;
 use serde::{Deserialize, Serialize};
@@ -55,6 +61,7 @@ use zenoh::qos::CongestionControl;
 use zenoh::Wait;
 
 use crate::wire;
+use crate::zenoh_pool::{out_key, skip_key, Book, MergeReceiver, PoolReceiver, PoolSender};
 
 /// Why the zenoh side of a distributed run could not start.
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +90,7 @@ pub enum LinkError {
 
 /// Attachment of every data sample.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-enum Header {
+pub(crate) enum Header {
     Frame { epoch: u64, seq: u64, base: u64 },
     Eos { epoch: u64, seq: u64, base: u64 },
 }
@@ -113,13 +120,13 @@ fn read_control(key: &str, payload: &[u8]) -> Result<Control, String> {
     })
 }
 
-fn random_id() -> u64 {
+pub(crate) fn random_id() -> u64 {
     use rand::Rng;
     rand::rng().random::<u64>() | 1
 }
 
 /// One chunk of a zenoh key: stage ids may hold characters zenoh reserves.
-fn chunk(s: &str) -> String {
+pub(crate) fn chunk(s: &str) -> String {
     let mut out = String::new();
     for c in s.chars() {
         if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') {
@@ -185,6 +192,18 @@ fn config(plan: &Plan, machine: &str, files: bool) -> Result<zenoh::Config, Link
             .map_err(|e| err(format!("`{key}` = {value}: {e}")))
     };
     let mut connect: Vec<String> = spec.connect.clone();
+    if !plan.machines.contains_key(machine) {
+        // A member joining a pool at run time: the pools' `connect` endpoints.
+        for p in plan.pools.values() {
+            connect.extend(
+                p.connect
+                    .iter()
+                    .filter(|e| !connect.contains(e))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            );
+        }
+    }
     if let Some(r) = &spec.router {
         set("mode", "\"client\"".into())?;
         connect = vec![r.clone()];
@@ -309,6 +328,10 @@ pub struct ZenohBridges {
     stop: StopFlag,
     /// Acknowledging threads of the receiving bridges, joined by [`ZenohBridges::close`].
     ack_threads: Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>,
+    /// Per pool this process is a member of: which frames have left it.
+    books: Mutex<std::collections::HashMap<String, Arc<Book>>>,
+    /// Per pool: how many crossing edges go into it (the consumer waits for each one's end).
+    pool_inputs: std::collections::HashMap<String, usize>,
 }
 
 impl ZenohBridges {
@@ -327,11 +350,19 @@ impl ZenohBridges {
                 "{e}; check [machines.{machine}] listen (is the port free? is the address this machine's?)"
             ),
         })?;
+        let mut pool_inputs = std::collections::HashMap::new();
+        for e in plan.crossing_edges() {
+            if let Some(p) = &e.to_pool {
+                *pool_inputs.entry(p.name.clone()).or_insert(0) += 1;
+            }
+        }
         Ok(ZenohBridges {
             session,
             machine: machine.to_string(),
             stop,
             ack_threads: Arc::new(Mutex::new(Vec::new())),
+            books: Mutex::new(std::collections::HashMap::new()),
+            pool_inputs,
         })
     }
 
@@ -364,6 +395,23 @@ struct LinkConfig {
     stop: StopFlag,
     ack_threads: Arc<Mutex<Vec<std::thread::JoinHandle<()>>>>,
     sender: bool,
+    /// Which pool end this is, when the edge goes into or out of a pool.
+    pool: PoolEnd,
+}
+
+/// The end of a crossing edge that touches a pool, as this process plays it.
+#[derive(Clone)]
+enum PoolEnd {
+    /// An ordinary point-to-point link.
+    None,
+    /// Producer → pool: dispatch to members.
+    Dispatch(PoolSpec),
+    /// Pool → consumer, on a member: an ordinary transmitter tied to the member's book.
+    MemberOut(PoolSpec, Arc<Book>),
+    /// Producer → pool, on a member: the member's receiver.
+    MemberIn(PoolSpec, Arc<Book>),
+    /// Pool → consumer, on the consumer: merge the members.
+    Merge(PoolSpec, usize),
 }
 
 impl Bridges for ZenohBridges {
@@ -382,10 +430,29 @@ impl Bridges for ZenohBridges {
 }
 
 impl ZenohBridges {
+    fn book(&self, pool: &str) -> Arc<Book> {
+        let mut books = self.books.lock().unwrap_or_else(|p| p.into_inner());
+        books.entry(pool.to_string()).or_default().clone()
+    }
+
     fn link(&self, edge: &CrossingEdge, sender: bool) -> LinkConfig {
+        let (key, pool) = match (&edge.from_pool, &edge.to_pool, sender) {
+            (_, Some(p), true) => (link_key(edge), PoolEnd::Dispatch(p.clone())),
+            (_, Some(p), false) => (link_key(edge), PoolEnd::MemberIn(p.clone(), self.book(&p.name))),
+            (Some(p), None, true) => (
+                out_key(edge, p, &self.machine),
+                PoolEnd::MemberOut(p.clone(), self.book(&p.name)),
+            ),
+            (Some(p), None, false) => {
+                let inputs = self.pool_inputs.get(&p.name).copied().unwrap_or(1);
+                (link_key(edge), PoolEnd::Merge(p.clone(), inputs))
+            }
+            (None, None, _) => (link_key(edge), PoolEnd::None),
+        };
         LinkConfig {
             edge: edge.clone(),
-            key: link_key(edge),
+            key,
+            pool,
             session: self.session.clone(),
             machine: self.machine.clone(),
             stop: self.stop.clone(),
@@ -414,6 +481,28 @@ impl Configured for LinkConfig {
         Vec::new()
     }
     fn build(&self, _ctx: &BuildContext) -> Result<Built, StageError> {
+        match &self.pool {
+            PoolEnd::Dispatch(p) => {
+                let s = PoolSender::open(&self.edge, p, &self.session, &self.machine, &self.stop)?;
+                return Ok(Built::Stage(Box::new(s)));
+            }
+            PoolEnd::MemberIn(p, book) => {
+                let r = PoolReceiver::open(
+                    &self.edge,
+                    p,
+                    &self.session,
+                    &self.machine,
+                    book.clone(),
+                    &self.ack_threads,
+                )?;
+                return Ok(Built::Source(Box::new(r)));
+            }
+            PoolEnd::Merge(p, inputs) => {
+                let r = MergeReceiver::open(&self.edge, p, &self.session, *inputs, self.ack_threads.clone())?;
+                return Ok(Built::Source(Box::new(r)));
+            }
+            PoolEnd::MemberOut(..) | PoolEnd::None => {}
+        }
         if self.sender {
             Ok(Built::Stage(Box::new(LinkSender::open(self)?)))
         } else {
@@ -422,7 +511,7 @@ impl Configured for LinkConfig {
     }
 }
 
-fn link_error(key: &str, what: &str, e: impl std::fmt::Display) -> StageError {
+pub(crate) fn link_error(key: &str, what: &str, e: impl std::fmt::Display) -> StageError {
     StageError::new("link", format!("{what} on {key}: {e}"))
 }
 
@@ -445,7 +534,12 @@ impl LinkMetrics {
             up: metrics::gauge!(names::LINK_UP, &l),
             lost: metrics::counter!(names::LINK_LOST, &l),
             reordered: metrics::counter!(names::LINK_REORDERED, &l),
-            resent: metrics::counter!(names::LINK_RESENT, &l),
+            resent: metrics::counter!(
+                names::LINK_RESENT,
+                names::LABEL_FROM => edge.from.clone(),
+                names::LABEL_TO => edge.to.clone(),
+                names::LABEL_MEMBER => edge.to_machine.clone()
+            ),
             bytes: metrics::counter!(names::LINK_SENT_BYTES, &l),
         };
         m.up.set(0.0);
@@ -487,6 +581,14 @@ struct LinkSender {
     last_check: Option<Instant>,
     stop: StopFlag,
     metrics: LinkMetrics,
+    /// On a pool member: its book and this link's index there, and the liveliness
+    /// token that tells the consumer this member sends.
+    book: Option<(Arc<Book>, usize)>,
+    /// On a pool member: how long to wait at the end for a consumer that went.
+    pool_grace: Option<Duration>,
+    /// On a pool member: the frame of each message not acknowledged yet, by sequence number.
+    out_ids: Arc<Mutex<std::collections::BTreeMap<u64, FrameId>>>,
+    _token: Option<zenoh::liveliness::LivelinessToken>,
 }
 
 impl LinkSender {
@@ -505,12 +607,32 @@ impl LinkSender {
         let (tx, acks) = crossbeam_channel::unbounded();
         let ack_key = format!("{}/ack", c.key);
         let (key, malformed) = (ack_key.clone(), AtomicU64::new(0));
+        let epoch = random_id();
+        // On a pool member, acknowledgements settle the member's book at once (the sink
+        // may be idle after its last frame and read its own acknowledgements no more).
+        let out_ids: Arc<Mutex<std::collections::BTreeMap<u64, FrameId>>> = Arc::default();
+        let book = match &c.pool {
+            PoolEnd::MemberOut(_, book) => Some((book.clone(), out_ids.clone())),
+            _ => None,
+        };
         let acks_sub = c
             .session
             .declare_subscriber(ack_key.clone())
             .callback(
                 move |s: zenoh::sample::Sample| match read_control(&key, &s.payload().to_bytes()) {
                     Ok(ctl) => {
+                        if let (Control::Ack { epoch: e, next, .. }, Some((book, ids))) = (&ctl, &book) {
+                            if *e == epoch {
+                                let done = {
+                                    let mut ids = ids.lock().unwrap_or_else(|p| p.into_inner());
+                                    let rest = ids.split_off(next);
+                                    std::mem::replace(&mut *ids, rest)
+                                };
+                                for id in done.into_values() {
+                                    book.out_acked(id);
+                                }
+                            }
+                        }
                         let _ = tx.send(ctl);
                     }
                     Err(text) => {
@@ -524,14 +646,41 @@ impl LinkSender {
             )
             .wait()
             .map_err(|e| link_error(&ack_key, "cannot subscribe to acknowledgements", e))?;
+        let (book, token) = match &c.pool {
+            PoolEnd::MemberOut(pool, book) => {
+                let token = c
+                    .session
+                    .liveliness()
+                    .declare_token(c.key.clone())
+                    .wait()
+                    .map_err(|e| link_error(&c.key, "cannot declare the member's liveliness token", e))?;
+                let skip = skip_key(&c.edge, pool);
+                let skip_pub = c
+                    .session
+                    .declare_publisher(skip.clone())
+                    .congestion_control(CongestionControl::Block)
+                    .wait()
+                    .map_err(|e| link_error(&skip, "cannot declare the publisher", e))?;
+                let index = book.add_out(c.key.clone(), skip_pub);
+                (Some((book.clone(), index)), Some(token))
+            }
+            _ => (None, None),
+        };
         Ok(LinkSender {
+            book,
+            _token: token,
             key: data_key,
             edge: c.edge.clone(),
             machine: c.machine.clone(),
             publisher,
             _acks_sub: acks_sub,
             acks,
-            epoch: random_id(),
+            epoch,
+            out_ids,
+            pool_grace: match &c.pool {
+                PoolEnd::MemberOut(p, _) => Some(p.ack_timeout),
+                _ => None,
+            },
             next_seq: 0,
             acked: 0,
             window: c.edge.mailbox.max(1),
@@ -735,6 +884,12 @@ impl Stage for LinkSender {
         while self.queue.len() >= self.window {
             self.wait_step(&format!("frame {}", msg.id))?;
         }
+        if let Some((book, index)) = &self.book {
+            book.out_sent(*index, msg.id);
+            if let Ok(mut ids) = self.out_ids.lock() {
+                ids.insert(self.next_seq, msg.id);
+            }
+        }
         self.queue.push_back(Entry {
             seq: self.next_seq,
             body: Body::Frame(zenoh::bytes::ZBytes::from(body), len),
@@ -754,7 +909,23 @@ impl Stage for LinkSender {
         self.pump();
         self.check_presence();
         self.flush()?;
+        let mut gone_since: Option<Instant> = None;
         while !self.queue.is_empty() {
+            if let (Some(limit), true) = (self.pool_grace, self.receiver.is_none() && self.acked > 0) {
+                // A pool member whose consumer went after taking frames from it: the
+                // consumer ends only once it has every frame, so what is left here are
+                // copies another member delivered (it was taken for dead). Wait a little
+                // in case the consumer only lost its connection, then end.
+                let since = *gone_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= limit {
+                    tracing::warn!(link = %self.key, left = self.queue.len() - 1,
+                        "the consumer on machine `{}` has ended: {} message(s) held here were not needed (another member delivered them)",
+                        self.edge.to_machine, self.queue.len() - 1);
+                    break;
+                }
+            } else {
+                gone_since = None;
+            }
             let left = self.queue.len() - 1;
             self.wait_step(&format!("{left} frame(s) and end of stream"))?;
         }
@@ -763,7 +934,7 @@ impl Stage for LinkSender {
     }
 }
 
-enum AckEvent {
+pub(crate) enum AckEvent {
     /// A fresh transmitter epoch starts at `base`.
     Start { epoch: u64, base: u64 },
     /// Message `seq` left the edge (or was found missing, or was end of stream).
@@ -775,14 +946,22 @@ enum AckEvent {
 }
 
 /// Cumulative acknowledgement of one transmitter epoch.
-struct Tracker {
+pub(crate) struct Tracker {
     epoch: u64,
-    next: u64,
+    pub(crate) next: u64,
     done: BTreeSet<u64>,
 }
 
 impl Tracker {
-    fn done(&mut self, seq: u64) -> bool {
+    pub(crate) fn new(epoch: u64, next: u64) -> Tracker {
+        Tracker {
+            epoch,
+            next,
+            done: BTreeSet::new(),
+        }
+    }
+
+    pub(crate) fn done(&mut self, seq: u64) -> bool {
         if seq < self.next {
             return false;
         }
@@ -796,7 +975,7 @@ impl Tracker {
 }
 
 /// Publishes `Hello` once a second and a cumulative `Ack` whenever it advances.
-fn ack_loop(
+pub(crate) fn ack_loop(
     publisher: zenoh::pubsub::Publisher<'static>,
     events: ChanRx<AckEvent>,
     rx: u64,

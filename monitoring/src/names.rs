@@ -31,8 +31,18 @@ pub const LINK_UP: &str = "dataflow_link_up";
 pub const LINK_LOST: &str = "dataflow_link_lost_total";
 /// Messages that arrived after a later one over an edge between machines. Labels: `from`, `to`.
 pub const LINK_REORDERED: &str = "dataflow_link_reordered_total";
-/// Messages sent again to a receiver that came back. Labels: `from`, `to`.
+/// Messages sent again: to a receiver that came back, or, into a pool, to another
+/// member after `member` was found dead. Labels: `from`, `to`, `member`.
 pub const LINK_RESENT: &str = "dataflow_link_resent_total";
+/// Frames a pool's consumer received again from `member` after another member had
+/// delivered them, and discarded. Labels: `from`, `to`, `member`.
+pub const LINK_DUPLICATES: &str = "dataflow_link_duplicates_total";
+/// Members of a pool the producer currently sends to. Labels: `pool`.
+pub const POOL_MEMBERS: &str = "dataflow_pool_members";
+/// Free places the producer sees at a pool member. Labels: `from`, `to`, `member`.
+pub const POOL_CREDITS: &str = "dataflow_pool_credits";
+/// Frames the producer sent into a pool, per member (re-sends included). Labels: `from`, `to`, `member`.
+pub const POOL_SENT: &str = "dataflow_pool_sent_total";
 /// Payload bytes published over an edge between machines. Labels: `from`, `to`.
 pub const LINK_SENT_BYTES: &str = "dataflow_link_sent_bytes_total";
 /// Connections refused on a machine's TLS endpoints (no certificate, or one not signed by
@@ -87,6 +97,10 @@ pub const LABEL_REASON: &str = "reason";
 pub const LABEL_FROM: &str = "from";
 /// Label key: consuming stage of an edge.
 pub const LABEL_TO: &str = "to";
+/// Label key: the pool member (machine name) a link series is about.
+pub const LABEL_MEMBER: &str = "member";
+/// Label key: pool name.
+pub const LABEL_POOL: &str = "pool";
 /// Label key: graph name.
 pub const LABEL_GRAPH: &str = "graph";
 /// Label key: model name.
@@ -134,7 +148,7 @@ use MetricKind::{Counter, Gauge, Histogram};
 /// [`crate::describe_all`] registers these; [`ALL`] is the list of their names.
 pub const METRICS: &[MetricSpec] = &METRIC_TABLE;
 
-const METRIC_TABLE: [MetricSpec; 34] = [
+const METRIC_TABLE: [MetricSpec; 38] = [
     spec(
         STAGE_MESSAGES_RECEIVED,
         Counter,
@@ -252,8 +266,36 @@ const METRIC_TABLE: [MetricSpec; 34] = [
         LINK_RESENT,
         Counter,
         Some(metrics::Unit::Count),
-        &[LABEL_FROM, LABEL_TO],
-        "Messages sent again to a receiver that came back.",
+        &[LABEL_FROM, LABEL_TO, LABEL_MEMBER],
+        "Messages sent again: to a receiver that came back, or to another pool member after one was found dead.",
+    ),
+    spec(
+        LINK_DUPLICATES,
+        Counter,
+        Some(metrics::Unit::Count),
+        &[LABEL_FROM, LABEL_TO, LABEL_MEMBER],
+        "Frames a pool's consumer received again from a member and discarded.",
+    ),
+    spec(
+        POOL_MEMBERS,
+        Gauge,
+        Some(metrics::Unit::Count),
+        &[LABEL_POOL],
+        "Members of a pool the producer currently sends to.",
+    ),
+    spec(
+        POOL_CREDITS,
+        Gauge,
+        Some(metrics::Unit::Count),
+        &[LABEL_FROM, LABEL_TO, LABEL_MEMBER],
+        "Free places the producer sees at a pool member.",
+    ),
+    spec(
+        POOL_SENT,
+        Counter,
+        Some(metrics::Unit::Count),
+        &[LABEL_FROM, LABEL_TO, LABEL_MEMBER],
+        "Frames sent into a pool, per member (re-sends included).",
     ),
     spec(
         LINK_SENT_BYTES,

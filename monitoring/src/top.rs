@@ -19,6 +19,12 @@
 //! - *utilization*: `dataflow_stage_utilization`;
 //! - *bottleneck*: the stage with the highest utilization (compared as shown, to the
 //!   percent), ties broken by the fullest input queue; none when every stage is idle.
+//! - *pools* (issue 22; [`pool_rows`], [`render_pools`]): under the stage table, one line per
+//!   pool member of an edge into or out of a pool, from `dataflow_pool_sent_total`
+//!   (frames sent to it and their rate), `dataflow_pool_credits` (free places seen by the
+//!   producer), `dataflow_link_resent_total` (frames re-sent after it was found dead)
+//!   and `dataflow_link_duplicates_total` (copies of it the consumer discarded), and
+//!   `dataflow_pool_members` per pool.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
@@ -26,7 +32,8 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use crate::names::{
-    EDGE_CAPACITY, EDGE_QUEUE_DEPTH, LABEL_FROM, LABEL_KIND, LABEL_STAGE, LABEL_TO, STAGE_DROPPED, STAGE_ERRORS,
+    EDGE_CAPACITY, EDGE_QUEUE_DEPTH, LABEL_FROM, LABEL_KIND, LABEL_MEMBER, LABEL_POOL, LABEL_STAGE, LABEL_TO,
+    LINK_DUPLICATES, LINK_RESENT, POOL_CREDITS, POOL_MEMBERS, POOL_SENT, STAGE_DROPPED, STAGE_ERRORS,
     STAGE_MESSAGES_RECEIVED, STAGE_MESSAGES_SENT, STAGE_RESTARTS, STAGE_UTILIZATION,
 };
 use crate::MonitoringError;
@@ -439,6 +446,130 @@ pub fn render(rows: &[StageRow], source: &str) -> String {
     out
 }
 
+/// One pool member of one edge into or out of a pool, as `dataflow top` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolRow {
+    /// The edge, `from->to`.
+    pub edge: String,
+    /// The member (its machine name).
+    pub member: String,
+    /// Frames sent to it per second (from the second scrape on).
+    pub rate: Option<f64>,
+    /// Frames sent to it so far.
+    pub sent: f64,
+    /// Free places the producer sees at it.
+    pub credits: Option<f64>,
+    /// Frames re-sent to other members after it was found dead.
+    pub resent: f64,
+    /// Copies from it the consumer discarded.
+    pub duplicates: f64,
+}
+
+/// Pool members from two scrapes (see the module's definitions), and the members per
+/// pool from `dataflow_pool_members`.
+pub fn pool_rows(
+    previous: Option<&[Sample]>,
+    current: &[Sample],
+    elapsed: Duration,
+) -> (Vec<PoolRow>, BTreeMap<String, f64>) {
+    let key = |s: &Sample| -> Option<(String, String)> {
+        let (from, to, member) = (s.label(LABEL_FROM)?, s.label(LABEL_TO)?, s.label(LABEL_MEMBER)?);
+        Some((format!("{from}->{to}"), member.to_owned()))
+    };
+    let mut rows: BTreeMap<(String, String), PoolRow> = BTreeMap::new();
+    let mut pools = BTreeMap::new();
+    // Members appear through the pool-only series; re-sends count only for them.
+    for s in current {
+        if s.name == POOL_MEMBERS {
+            if let Some(p) = s.label(LABEL_POOL) {
+                pools.insert(p.to_owned(), s.value);
+            }
+            continue;
+        }
+        if ![POOL_SENT, POOL_CREDITS, LINK_DUPLICATES].contains(&s.name.as_str()) {
+            continue;
+        }
+        let Some((edge, member)) = key(s) else { continue };
+        let row = rows.entry((edge.clone(), member.clone())).or_insert_with(|| PoolRow {
+            edge,
+            member,
+            rate: None,
+            sent: 0.0,
+            credits: None,
+            resent: 0.0,
+            duplicates: 0.0,
+        });
+        match s.name.as_str() {
+            POOL_SENT => row.sent += s.value,
+            POOL_CREDITS => row.credits = Some(row.credits.unwrap_or(0.0) + s.value),
+            _ => row.duplicates += s.value,
+        }
+    }
+    for s in current.iter().filter(|s| s.name == LINK_RESENT) {
+        if let Some(row) = key(s).and_then(|k| rows.get_mut(&k)) {
+            row.resent += s.value;
+        }
+    }
+    if let (Some(previous), true) = (previous, elapsed > Duration::ZERO) {
+        for row in rows.values_mut() {
+            let before: f64 = previous
+                .iter()
+                .filter(|s| s.name == POOL_SENT && key(s).is_some_and(|(e, m)| e == row.edge && m == row.member))
+                .map(|s| s.value)
+                .sum();
+            let increase = if row.sent >= before {
+                row.sent - before
+            } else {
+                row.sent
+            };
+            row.rate = Some(increase / elapsed.as_secs_f64());
+        }
+    }
+    (rows.into_values().collect(), pools)
+}
+
+/// The pool lines under the stage table; empty when the endpoint shows no pool.
+pub fn render_pools(rows: &[PoolRow], pools: &BTreeMap<String, f64>) -> String {
+    if rows.is_empty() && pools.is_empty() {
+        return String::new();
+    }
+    let mut out = String::new();
+    for (pool, n) in pools {
+        let _ = writeln!(out, "pool {pool}: {n:.0} member(s)");
+    }
+    let mut table = vec![["EDGE", "MEMBER", "FRAMES/S", "SENT", "CREDITS", "RESENT", "DUPLICATES"].map(str::to_owned)];
+    for r in rows {
+        table.push([
+            r.edge.clone(),
+            r.member.clone(),
+            r.rate.map_or("-".into(), |v| format!("{v:.1}")),
+            format!("{:.0}", r.sent),
+            r.credits.map_or("-".into(), |v| format!("{v:.0}")),
+            format!("{:.0}", r.resent),
+            format!("{:.0}", r.duplicates),
+        ]);
+    }
+    let mut widths = [0usize; 7];
+    for line in &table {
+        for (w, cell) in widths.iter_mut().zip(line) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for line in &table {
+        let mut text = String::new();
+        for (i, (cell, w)) in line.iter().zip(widths).enumerate() {
+            if i <= 1 {
+                let _ = write!(text, "{cell:<w$} ");
+            } else {
+                let _ = write!(text, "{cell:>w$} ");
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
 fn percent(fraction: f64) -> String {
     format!("{:.0}%", fraction * 100.0)
 }
@@ -473,9 +604,15 @@ pub fn run(options: &TopOptions, out: &mut impl Write) -> Result<(), MonitoringE
         let frame = match scrape(&options.endpoint, timeout) {
             Ok(current) => {
                 let now = Instant::now();
-                let rows = match history.front() {
-                    Some((at, before)) => compute(Some(before), &current, now.duration_since(*at)),
-                    None => compute(None, &current, Duration::ZERO),
+                let (rows, (members, pools)) = match history.front() {
+                    Some((at, before)) => (
+                        compute(Some(before), &current, now.duration_since(*at)),
+                        pool_rows(Some(before), &current, now.duration_since(*at)),
+                    ),
+                    None => (
+                        compute(None, &current, Duration::ZERO),
+                        pool_rows(None, &current, Duration::ZERO),
+                    ),
                 };
                 history.push_back((now, current));
                 while history.len() > 1
@@ -485,7 +622,7 @@ pub fn run(options: &TopOptions, out: &mut impl Write) -> Result<(), MonitoringE
                 {
                     history.pop_front();
                 }
-                render(&rows, &options.endpoint)
+                render(&rows, &options.endpoint) + &render_pools(&members, &pools)
             }
             Err(e) if options.once => return Err(e),
             Err(e) => format!("dataflow top  {}\n{e}\n(retrying)\n", options.endpoint),
@@ -535,6 +672,48 @@ dataflow_edge_capacity{from="slow",to="sink"} 8
 dataflow_stage_processing_seconds_bucket{stage="slow",kind="delay",le="+Inf"} 30 1700000000000
 dataflow_stage_processing_seconds_sum{stage="slow",kind="delay"} 29.5
 "#;
+
+    #[test]
+    fn pool_members_show_rates_credits_resends_and_duplicates() {
+        let before = parse_exposition(
+            "dataflow_pool_sent_total{from=\"src\",to=\"work\",member=\"gpu1\"} 10\n\
+             dataflow_pool_sent_total{from=\"src\",to=\"work\",member=\"gpu2\"} 10\n",
+        )
+        .unwrap();
+        let after = parse_exposition(
+            "dataflow_pool_sent_total{from=\"src\",to=\"work\",member=\"gpu1\"} 30\n\
+             dataflow_pool_sent_total{from=\"src\",to=\"work\",member=\"gpu2\"} 14\n\
+             dataflow_pool_credits{from=\"src\",to=\"work\",member=\"gpu1\"} 3\n\
+             dataflow_link_resent_total{from=\"src\",to=\"work\",member=\"gpu2\"} 4\n\
+             dataflow_link_resent_total{from=\"a\",to=\"b\",member=\"rx\"} 9\n\
+             dataflow_link_duplicates_total{from=\"work\",to=\"sink\",member=\"gpu2\"} 2\n\
+             dataflow_pool_members{pool=\"gpus\"} 2\n",
+        )
+        .unwrap();
+        let (rows, pools) = pool_rows(Some(&before), &after, Duration::from_secs(2));
+        assert_eq!(pools.get("gpus"), Some(&2.0));
+        // A point-to-point link's re-sends (a->b) make no pool row.
+        assert_eq!(rows.len(), 3, "{rows:?}");
+        let g1 = rows
+            .iter()
+            .find(|r| r.edge == "src->work" && r.member == "gpu1")
+            .unwrap();
+        assert_eq!(
+            (g1.rate, g1.sent, g1.credits, g1.resent),
+            (Some(10.0), 30.0, Some(3.0), 0.0)
+        );
+        let g2 = rows
+            .iter()
+            .find(|r| r.edge == "src->work" && r.member == "gpu2")
+            .unwrap();
+        assert_eq!((g2.rate, g2.resent), (Some(2.0), 4.0));
+        let d = rows.iter().find(|r| r.edge == "work->sink").unwrap();
+        assert_eq!(d.duplicates, 2.0);
+        let text = render_pools(&rows, &pools);
+        assert!(text.starts_with("pool gpus: 2 member(s)\nEDGE"), "{text}");
+        assert!(text.contains("src->work  gpu1"), "{text}");
+        assert_eq!(render_pools(&[], &BTreeMap::new()), "");
+    }
 
     #[test]
     fn parses_labels_escapes_and_specials() {

@@ -17,6 +17,7 @@ mod newcomer;
 mod noisy_channel;
 mod outcomes;
 mod paper;
+mod pool;
 mod pool_graph;
 mod python_stage;
 mod python_torch;
