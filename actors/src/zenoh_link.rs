@@ -472,7 +472,7 @@ impl Configured for LinkConfig {
             }
         } else {
             Ports {
-                outputs: vec![dataflow_engine::OutPort::fresh("out", &[])],
+                outputs: vec![dataflow_engine::OutPort::new("out")],
                 ..Ports::default()
             }
         }

@@ -50,21 +50,6 @@ impl std::fmt::Display for Field {
     }
 }
 
-/// A field declared without a type (`any`). Only for the callers not converted yet
-/// (`plan/batch.rs`'s tests, `tests/it/batching.rs`); kinds declare typed fields.
-impl From<&str> for Field {
-    fn from(name: &str) -> Self {
-        Field::new(name, FieldType::Any)
-    }
-}
-
-/// A field declared without a type (`any`); see `From<&str>`.
-impl From<String> for Field {
-    fn from(name: String) -> Self {
-        Field::new(name, FieldType::Any)
-    }
-}
-
 /// One output port of a stage.
 #[derive(Debug, Clone)]
 pub struct OutPort {
@@ -110,26 +95,6 @@ impl OutPort {
     pub fn with_each(mut self, names: &[&str], ty: FieldType) -> Self {
         self.adds.extend(names.iter().map(|n| Field::new(*n, ty)));
         self
-    }
-
-    /// A port named `name` adding untyped (`any`) `adds`, carrying the input's fields
-    /// along. Only for the callers not converted yet (`plan/batch.rs`'s tests,
-    /// `zenoh_link.rs`, `tests/it/batching.rs`); use [`OutPort::forwarding`] and
-    /// [`OutPort::with`]. To be removed with [`OutPort::fresh`] once they are converted.
-    pub fn passing(name: &str, adds: &[&str]) -> Self {
-        OutPort {
-            adds: adds.iter().map(|s| Field::from(*s)).collect(),
-            ..OutPort::forwarding(name)
-        }
-    }
-
-    /// A port named `name` whose messages carry only untyped (`any`) `adds`; see
-    /// [`OutPort::passing`]. Use [`OutPort::new`] and [`OutPort::with`].
-    pub fn fresh(name: &str, adds: &[&str]) -> Self {
-        OutPort {
-            adds: adds.iter().map(|s| Field::from(*s)).collect(),
-            ..OutPort::new(name)
-        }
     }
 }
 
