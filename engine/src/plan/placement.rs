@@ -250,6 +250,7 @@ fn members(
 /// No edge joins two different pools (v1): the link carries a pool's frames between
 /// one machine and the members.
 pub(super) fn pool_edges(cx: &mut Ctx, raws: &[Raw], pools: &BTreeMap<String, PoolSpec>) {
+    one_input_per_pool(cx, raws, pools);
     for r in raws {
         let Some(to) = r.unit.as_deref().filter(|u| pools.contains_key(*u)) else {
             continue;
@@ -271,6 +272,40 @@ pub(super) fn pool_edges(cx: &mut Ctx, raws: &[Raw], pools: &BTreeMap<String, Po
                 ),
                 Some(format!(
                     "place one of the two stages on a machine, or both on pool `{to}`"
+                )),
+            );
+        }
+    }
+}
+
+/// v1: a pool takes one edge from outside. Each edge into a pool dispatches its frames on
+/// its own, so two edges (two inputs of a join, or one output read by two pool stages)
+/// could send the parts of one frame to different members.
+fn one_input_per_pool(cx: &mut Ctx, raws: &[Raw], pools: &BTreeMap<String, PoolSpec>) {
+    let mut first: BTreeMap<&str, (String, String)> = BTreeMap::new();
+    for r in raws {
+        let Some(to) = r.unit.as_deref().filter(|u| pools.contains_key(*u)) else {
+            continue;
+        };
+        for e in &r.edges {
+            if raws[e.from].unit.as_deref() == Some(to) {
+                continue;
+            }
+            let Some((stage, input)) = first.get(to) else {
+                first.insert(to, (r.id.clone(), e.text.clone()));
+                continue;
+            };
+            let n = r.inputs.iter().position(|t| *t == e.text).unwrap_or(0).to_string();
+            cx.err(
+                &["stage", &r.id, "inputs", &n],
+                Some(&r.id),
+                format!(
+                    "pool `{to}` already takes `{input}` (stage `{stage}`) from outside; a second edge into a pool (`{}`) is not supported yet: each edge dispatches its frames on its own, so parts of one frame could reach different members",
+                    e.text
+                ),
+                Some(format!(
+                    "bring everything pool `{to}` needs through one stage outside it, or place stage `{}` on a machine",
+                    r.id
                 )),
             );
         }
@@ -401,6 +436,43 @@ machine = "cam"
                 "test.toml:11:1: error: stage `cam`: a source cannot run on pool `pool-cam`: each member would start the stream again and frame ids would collide\n  help: place the source on one machine (machine = \"cam\") and the stages that read from it on the pool",
                 "test.toml:14:11: error: stage `a`: input `cam` runs on pool `pool-cam` and this stage on pool `gpus`: an edge between two pools is not supported yet\n  help: place one of the two stages on a machine, or both on pool `gpus`",
             ]
+        );
+    }
+
+    #[test]
+    fn a_second_edge_into_a_pool_is_refused() {
+        let errors = shown(
+            r#"
+[pools.gpus]
+machines = ["gpu1", "gpu2"]
+[stage.cam]
+kind = "src"
+machine = "cam"
+[stage.a]
+kind = "map"
+inputs = ["cam"]
+machine = "cam"
+[stage.j]
+kind = "join"
+inputs = ["a", "a.side"]
+machine = { pool = "gpus" }
+[stage.out]
+kind = "sink"
+inputs = ["j"]
+machine = "cam"
+"#,
+        );
+        let second: Vec<&String> = errors
+            .iter()
+            .filter(|e| e.contains("a second edge into a pool"))
+            .collect();
+        assert_eq!(second.len(), 1, "{errors:#?}");
+        assert!(
+            second[0].starts_with("test.toml:18:")
+                && second[0].contains("stage `j`: pool `gpus` already takes `a` (stage `j`) from outside; a second edge into a pool (`a.side`)")
+                && second[0].contains("help: bring everything pool `gpus` needs through one stage outside it, or place stage `j` on a machine"),
+            "{}",
+            second[0]
         );
     }
 
