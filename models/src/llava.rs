@@ -334,39 +334,8 @@ impl Llava {
         }
         let e = self.export.clone();
         let started = Instant::now();
-        let prompt: Vec<i64> = self.prompt_ids(query)?.into_iter().map(i64::from).collect();
-        let s = prompt.len();
+        let (embeds, s) = self.prompt_embeds(images, query)?;
         let hidden = e.hidden_size;
-
-        // Image features, then the prompt's embeddings with the image rows replaced.
-        let (h, w) = (e.image_size[0] as usize, e.image_size[1] as usize);
-        let pixels = tensor_f32(&[b, 3, h, w], self.pixel_values(images))?;
-        let out = self.vision.run(vec![("pixel_values".into(), pixels.into())])?;
-        let (fshape, feats) = out.f32("image_features")?;
-        if fshape != [b, e.image_seq_length, hidden] {
-            return Err(ModelError::Invalid(format!(
-                "image_features has shape {fshape:?}, expected [{b}, {}, {hidden}]",
-                e.image_seq_length
-            )));
-        }
-        let ids: Vec<i64> = (0..b).flat_map(|_| prompt.iter().copied()).collect();
-        let mut embeds = self.embed_ids(&ids, b, s)?;
-        let image_id = i64::from(e.image_token_id);
-        let positions: Vec<usize> = (0..s).filter(|&i| prompt[i] == image_id).collect();
-        if positions.len() != e.image_seq_length {
-            return Err(ModelError::Invalid(format!(
-                "the prompt has {} image tokens, the vision encoder gives {}",
-                positions.len(),
-                e.image_seq_length
-            )));
-        }
-        for row in 0..b {
-            for (j, &p) in positions.iter().enumerate() {
-                let dst = (row * s + p) * hidden;
-                let src = (row * e.image_seq_length + j) * hidden;
-                embeds[dst..dst + hidden].copy_from_slice(&feats[src..src + hidden]);
-            }
-        }
 
         let mut picker = Picker::with_seeds(options.decoding, seeds)?;
         let mut generated: Vec<Vec<u32>> = vec![Vec::new(); b];
@@ -387,17 +356,7 @@ impl Llava {
             } else {
                 (all_embeds.clone(), total, 0)
             };
-            let mut inputs: Vec<(String, DynValue)> = vec![
-                ("inputs_embeds".into(), tensor_f32(&[b, seq_len, hidden], seq_embeds)?),
-                ("attention_mask".into(), tensor_i64(&[b, total], vec![1; b * total])?),
-                (
-                    "position_ids".into(),
-                    tensor_i64(
-                        &[b, seq_len],
-                        (0..b).flat_map(|_| (past_len..total).map(|p| p as i64)).collect(),
-                    )?,
-                ),
-            ];
+            let mut inputs = step_inputs(b, hidden, seq_embeds, seq_len, past_len, total)?;
             let fresh_past;
             let past_now = if options.use_cache {
                 std::mem::take(&mut past)
@@ -406,47 +365,30 @@ impl Llava {
                 fresh_past
             };
             inputs.extend(past_now);
-            // Bytes of a KV cache of `len` positions.
-            let kv = |len: usize| (2 * e.num_layers * b * e.num_key_value_heads * len * e.head_dim * 4) as u64;
+            let kv = |len: usize| kv_cache_bytes(&e, b, len);
             if step > 0 {
-                // Written in: embeddings, mask, positions (8-byte ids); read out: the logits.
-                let written = 4 * b * seq_len * hidden + 8 * b * total + 8 * b * seq_len;
-                host_bytes += (written + 4 * b * e.vocab_size) as u64;
-                if self.decoder.provider() == ActiveProvider::Cuda && !self.bind_cache {
-                    // The past in (empty without the cache), the presents out.
-                    host_bytes += kv(past_len) + kv(total);
-                }
+                host_bytes += self.step_host_bytes(b, seq_len, past_len, total);
             }
             if options.use_cache {
                 kv_bytes = kv(past_len);
             }
             let mut res = self.run_decoder(inputs)?;
             let (lshape, logits) = res.f32("logits")?;
-            // The last position only, or (older exports) every position.
-            let positions = lshape.get(1).copied().unwrap_or(0);
-            if lshape.len() != 3
-                || lshape[0] != b
-                || lshape[2] != e.vocab_size
-                || (positions != 1 && positions != seq_len)
-            {
-                return Err(ModelError::Invalid(format!(
-                    "logits has shape {lshape:?}, expected [{b}, 1, {0}] (or [{b}, {seq_len}, {0}])",
-                    e.vocab_size
-                )));
-            }
-            let mut next = Vec::with_capacity(b);
-            for row in 0..b {
-                let at = (row * positions + positions - 1) * e.vocab_size;
-                let token = picker.pick(row, &logits[at..at + e.vocab_size]);
-                if !done[row] {
-                    if options.stop_at_stop_tokens && e.stop_token_ids.contains(&token) {
-                        done[row] = true;
-                    } else {
-                        generated[row].push(token);
-                    }
-                }
-                next.push(i64::from(token));
-            }
+            let positions = check_logits(&lshape, b, seq_len, e.vocab_size)?;
+            let stops: &[u32] = if options.stop_at_stop_tokens {
+                &e.stop_token_ids
+            } else {
+                &[]
+            };
+            let next = pick_next(
+                &mut picker,
+                &logits,
+                positions,
+                e.vocab_size,
+                stops,
+                &mut done,
+                &mut generated,
+            );
             if step == 0 {
                 prefill = started.elapsed();
             } else {
@@ -459,15 +401,7 @@ impl Llava {
                 decode_started = Some(Instant::now());
             }
             if options.use_cache {
-                past = Vec::with_capacity(2 * e.num_layers);
-                for i in 0..e.num_layers {
-                    for kind in ["key", "value"] {
-                        past.push((
-                            format!("past_key_values.{i}.{kind}"),
-                            res.take(&format!("present.{i}.{kind}"))?,
-                        ));
-                    }
-                }
+                past = take_presents(&mut res, e.num_layers)?;
             }
             let new = self.embed_ids(&next, b, 1)?;
             // The new token's ids in, its embeddings out.
@@ -501,6 +435,58 @@ impl Llava {
             host_bytes,
             kv_bytes,
         })
+    }
+
+    /// Bytes a decode step moves between host and device: written in, the embeddings, mask
+    /// and positions (8-byte ids); read out, the logits; and, on CUDA with the cache not
+    /// bound, the past in (empty without the cache) and the presents out.
+    fn step_host_bytes(&self, b: usize, seq_len: usize, past_len: usize, total: usize) -> u64 {
+        let e = &self.export;
+        let written = 4 * b * seq_len * e.hidden_size + 8 * b * total + 8 * b * seq_len;
+        let mut bytes = (written + 4 * b * e.vocab_size) as u64;
+        if self.decoder.provider() == ActiveProvider::Cuda && !self.bind_cache {
+            bytes += kv_cache_bytes(e, b, past_len) + kv_cache_bytes(e, b, total);
+        }
+        bytes
+    }
+
+    /// The prompt's embeddings for each image, `[b, s, hidden]` flattened, with the image
+    /// token rows replaced by the vision encoder's features; and the prompt length `s`.
+    fn prompt_embeds(&mut self, images: &[&RgbImage], query: &str) -> Result<(Vec<f32>, usize), ModelError> {
+        let e = self.export.clone();
+        let prompt: Vec<i64> = self.prompt_ids(query)?.into_iter().map(i64::from).collect();
+        let (b, s, hidden) = (images.len(), prompt.len(), e.hidden_size);
+
+        // Image features, then the prompt's embeddings with the image rows replaced.
+        let (h, w) = (e.image_size[0] as usize, e.image_size[1] as usize);
+        let pixels = tensor_f32(&[b, 3, h, w], self.pixel_values(images))?;
+        let out = self.vision.run(vec![("pixel_values".into(), pixels.into())])?;
+        let (fshape, feats) = out.f32("image_features")?;
+        if fshape != [b, e.image_seq_length, hidden] {
+            return Err(ModelError::Invalid(format!(
+                "image_features has shape {fshape:?}, expected [{b}, {}, {hidden}]",
+                e.image_seq_length
+            )));
+        }
+        let ids: Vec<i64> = (0..b).flat_map(|_| prompt.iter().copied()).collect();
+        let mut embeds = self.embed_ids(&ids, b, s)?;
+        let image_id = i64::from(e.image_token_id);
+        let positions: Vec<usize> = (0..s).filter(|&i| prompt[i] == image_id).collect();
+        if positions.len() != e.image_seq_length {
+            return Err(ModelError::Invalid(format!(
+                "the prompt has {} image tokens, the vision encoder gives {}",
+                positions.len(),
+                e.image_seq_length
+            )));
+        }
+        for row in 0..b {
+            for (j, &p) in positions.iter().enumerate() {
+                let dst = (row * s + p) * hidden;
+                let src = (row * e.image_seq_length + j) * hidden;
+                embeds[dst..dst + hidden].copy_from_slice(&feats[src..src + hidden]);
+            }
+        }
+        Ok((embeds, s))
     }
 
     /// One decoder run, through the I/O binding that keeps `present.*` in the provider's
@@ -657,4 +643,80 @@ pub fn resize_bicubic_antialiased(img: &RgbImage, width: u32, height: u32) -> Rg
         out = resample_pass(&out, height, false);
     }
     out
+}
+
+/// A decoder step's inputs but the cache: embeddings `[b, seq_len, hidden]`, a mask of ones
+/// over `total` positions, and positions `past_len..total` for each row.
+fn step_inputs(
+    b: usize,
+    hidden: usize,
+    embeds: Vec<f32>,
+    seq_len: usize,
+    past_len: usize,
+    total: usize,
+) -> Result<Vec<(String, DynValue)>, ModelError> {
+    let positions = (0..b).flat_map(|_| (past_len..total).map(|p| p as i64)).collect();
+    Ok(vec![
+        ("inputs_embeds".into(), tensor_f32(&[b, seq_len, hidden], embeds)?),
+        ("attention_mask".into(), tensor_i64(&[b, total], vec![1; b * total])?),
+        ("position_ids".into(), tensor_i64(&[b, seq_len], positions)?),
+    ])
+}
+
+/// Bytes of a KV cache of `len` positions for `b` rows (f32 keys and values, every layer).
+fn kv_cache_bytes(e: &LlavaExport, b: usize, len: usize) -> u64 {
+    (2 * e.num_layers * b * e.num_key_value_heads * len * e.head_dim * 4) as u64
+}
+
+/// Each row's next token from its last logits; a row that picks one of `stops` is done, and
+/// a done row keeps picking (its draws stay aligned) without growing its caption.
+fn pick_next(
+    picker: &mut Picker,
+    logits: &[f32],
+    positions: usize,
+    vocab: usize,
+    stops: &[u32],
+    done: &mut [bool],
+    generated: &mut [Vec<u32>],
+) -> Vec<i64> {
+    let mut next = Vec::with_capacity(done.len());
+    for row in 0..done.len() {
+        let at = (row * positions + positions - 1) * vocab;
+        let token = picker.pick(row, &logits[at..at + vocab]);
+        if !done[row] {
+            if stops.contains(&token) {
+                done[row] = true;
+            } else {
+                generated[row].push(token);
+            }
+        }
+        next.push(i64::from(token));
+    }
+    next
+}
+
+/// The last position of each row's logits, `[b, 1, vocab]` (or, from older exports, every
+/// position, `[b, seq_len, vocab]`): the positions per row.
+fn check_logits(lshape: &[usize], b: usize, seq_len: usize, vocab: usize) -> Result<usize, ModelError> {
+    let positions = lshape.get(1).copied().unwrap_or(0);
+    if lshape.len() != 3 || lshape[0] != b || lshape[2] != vocab || (positions != 1 && positions != seq_len) {
+        return Err(ModelError::Invalid(format!(
+            "logits has shape {lshape:?}, expected [{b}, 1, {vocab}] (or [{b}, {seq_len}, {vocab}])"
+        )));
+    }
+    Ok(positions)
+}
+
+/// The decoder's `present.*` outputs as the next step's `past_key_values.*` inputs.
+fn take_presents(res: &mut RunOutputs, layers: usize) -> Result<Vec<(String, DynValue)>, ModelError> {
+    let mut past = Vec::with_capacity(2 * layers);
+    for i in 0..layers {
+        for kind in ["key", "value"] {
+            past.push((
+                format!("past_key_values.{i}.{kind}"),
+                res.take(&format!("present.{i}.{kind}"))?,
+            ));
+        }
+    }
+    Ok(past)
 }
