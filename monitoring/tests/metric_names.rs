@@ -166,6 +166,9 @@ fn dashboard_has_the_promised_panels() {
     for q in ["psnr_db", "ssim", "lpips", "bleu", "cosine"] {
         assert!(has(&format!("dataflow_quality_{q}_bucket")), "no panel for {q}");
     }
+    // Pools (issue 22): members' rates, credits, re-sends and duplicates.
+    assert!(has("rate(dataflow_pool_sent_total") && has("dataflow_pool_members") && has("dataflow_pool_credits"));
+    assert!(has("dataflow_link_resent_total") && has("dataflow_link_duplicates_total"));
     // Every panel with queries uses the datasource variable.
     for p in panels.iter().filter(|p| p["targets"].is_array()) {
         assert_eq!(p["datasource"]["uid"], "${datasource}", "panel {}", p["title"]);
