@@ -1,13 +1,15 @@
 //! Throughput of the batched model paths (issue 20): LLaVA captions (tiles/s at several
 //! batch sizes, with the KV cache in host memory and bound to the provider's memory, and the
 //! bytes the decode loop copies between the host and the provider's memory per step), BART beam search (texts/s at several batch sizes, batched and one text at a time)
-//! and, when the asset is there, ISNet (frames/s at several batch sizes).
+//! and, when the asset is there, ISNet (frames/s at several batch sizes) and the CenterNet
+//! detector (images/s at several batch sizes, batched and one image at a time).
 //!
 //! ```sh
 //! cargo run --release -p dataflow-models --example batch_speed -- \
 //!     --provider cpu --llava models/fixtures/llava --batches 1,4,8 --tokens 16 \
 //!     --bart models/fixtures/bart --bart-batches 1,4,8 --bart-beams 4 \
-//!     --isnet assets/models/isnet/isnet-medium.onnx --isnet-batches 1,2
+//!     --isnet assets/models/isnet/isnet-medium.onnx --isnet-batches 1,2 \
+//!     --detect assets/models/detect/centernet.onnx --detect-batches 1,2,4
 //! ```
 //!
 //! `--provider cuda` (or `auto`) runs the same on the GPU. `--isnet` and `--bart` are
@@ -19,6 +21,7 @@
 use std::time::Instant;
 
 use dataflow_models::bart::Bart;
+use dataflow_models::detect::{DetectOptions, Detector};
 use dataflow_models::isnet::Isnet;
 use dataflow_models::llava::{GenerateOptions, Llava, QUERY};
 use dataflow_models::provider::{Provider, SessionOptions};
@@ -40,6 +43,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut provider, mut llava_dir, mut isnet_path) = (Provider::Cpu, "models/fixtures/llava".to_string(), None);
     let (mut batches, mut isnet_batches, mut tokens) = (vec![1, 4, 8], vec![1, 2], 16usize);
     let (mut bart_dir, mut bart_batches, mut bart_beams) = (None, vec![1, 4, 8], 4usize);
+    let (mut detect_path, mut detect_batches) = (None, vec![1, 2, 4]);
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().unwrap_or_else(|| panic!("{flag} needs a value"));
@@ -53,6 +57,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--bart" => bart_dir = Some(value),
             "--bart-batches" => bart_batches = list(&value),
             "--bart-beams" => bart_beams = value.parse()?,
+            "--detect" => detect_path = Some(value),
+            "--detect-batches" => detect_batches = list(&value),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -65,6 +71,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(path) = isnet_path {
         isnet_speed(&path, &options, &isnet_batches)?;
+    }
+    if let Some(path) = detect_path {
+        detect_speed(&path, &options, &detect_batches)?;
     }
     Ok(())
 }
@@ -223,6 +232,58 @@ fn isnet_speed(
             "isnet {} batch {b}: {:.3} frames/s",
             isnet.provider(),
             b as f64 / started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// One timed way of detecting the batch.
+type DetectCall<'a> = dyn FnMut(&mut Detector) -> Result<(), Box<dyn std::error::Error>> + 'a;
+
+/// Images/s of CenterNet on 640×480 frames (resizing included), batched (`detect_batch`,
+/// one model call) and one image at a time (`detect`): each way warmed once, then timed
+/// over at least 1 s, three times interleaved; the best of the three (the machine is
+/// shared, so the best is the least disturbed).
+fn detect_speed(path: &str, options: &SessionOptions, batches: &[usize]) -> Result<(), Box<dyn std::error::Error>> {
+    let mut detector = Detector::load(path, options)?;
+    let o = DetectOptions::default();
+    let frames: Vec<RgbImage> = (0..batches.iter().copied().max().unwrap_or(1))
+        .map(|k| tile(k, 640, 480))
+        .collect();
+    for &b in batches {
+        let refs: Vec<&RgbImage> = frames.iter().take(b).collect();
+        let mut batched = |d: &mut Detector| -> Result<(), Box<dyn std::error::Error>> {
+            for r in d.detect_batch(&refs, o) {
+                r?;
+            }
+            Ok(())
+        };
+        let mut alone = |d: &mut Detector| -> Result<(), Box<dyn std::error::Error>> {
+            for image in &refs {
+                d.detect(image, o)?;
+            }
+            Ok(())
+        };
+        let per_second = |d: &mut Detector, call: &mut DetectCall<'_>| {
+            let (started, mut calls) = (Instant::now(), 0u32);
+            while calls < 3 || started.elapsed().as_secs_f64() < 1.0 {
+                call(d)?;
+                calls += 1;
+            }
+            Ok::<f64, Box<dyn std::error::Error>>(f64::from(calls) * b as f64 / started.elapsed().as_secs_f64())
+        };
+        batched(&mut detector)?;
+        alone(&mut detector)?;
+        let (mut best_batched, mut best_alone) = (0.0f64, 0.0f64);
+        for _ in 0..3 {
+            best_batched = best_batched.max(per_second(&mut detector, &mut batched)?);
+            best_alone = best_alone.max(per_second(&mut detector, &mut alone)?);
+        }
+        println!(
+            "centernet {} batch {b}: {best_batched:.1} images/s batched, {best_alone:.1} images/s one at a time \
+             ({:.2}x)",
+            detector.provider(),
+            best_batched / best_alone
         );
     }
     Ok(())

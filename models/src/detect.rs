@@ -11,6 +11,17 @@
 //!   normalisation); output `tower_0/detections` f32 `[1, 100, 6]`, already decoded from
 //!   the heat maps, best first: `x1, y1, x2, y2` in input pixels (0–512), score, class id
 //!   (0-based, the standard COCO-80 order of [`COCO_NAMES`]).
+//! - Batches: the TF.js graph was frozen at batch 1, so besides the declared `[1, ...]`
+//!   the converted graph holds it in 20 `Reshape`s to `[1, ...]` (squeeze-excite blocks,
+//!   the flattening before `TopK`) and in its box gather, a TF `batch_gather` whose
+//!   per-image row offsets were folded away (`Reshape` of `wh` to `[16384, 4]`, `Gather`
+//!   of `[-1]` indices). [`Detector::load`] opens all of it in memory
+//!   ([`crate::batchdim::open_batch_inside`], the file is not changed, so the set-up's
+//!   conversion and its checksum stamp stay as they are) and [`Detector::detect_batch`]
+//!   runs `[B, 512, 512, 3]` in one call. On the CPU every output (boxes, scores,
+//!   classes, heat maps) is bit-identical to one image at a time (tested on the samples).
+//!   A converted file that does not have that form (a `model_path` of another
+//!   conversion) is loaded as it is, with a warning, and runs one image per call.
 //! - Cost: BENCHMARKS.md §12 (tens of ms against ISNet's seconds).
 //!
 //! Post-processing: rows below the score threshold are dropped, boxes are scaled back to
@@ -28,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ModelError;
 use crate::isnet::BBox;
 use crate::provider::{ActiveProvider, SessionOptions};
-use crate::session::{load_session, IoSpec, LoadedSession, TensorSpec};
+use crate::session::{load_session, load_session_rewritten, IoSpec, LoadedSession, TensorSpec};
 
 /// The 80 COCO class names in the model's class order (index = class id).
 pub const COCO_NAMES: [&str; 80] = [
@@ -122,6 +133,8 @@ pub const INPUT_SIZE: u32 = 512;
 pub const INPUT: &str = "tower_0/images:0";
 /// Name of the decoded detections output.
 pub const OUTPUT: &str = "tower_0/detections";
+/// The box gather whose batch offsets the TF.js graph folded away (see the module docs).
+pub const BATCH_GATHER: &str = "tower_0/BatchGather/GatherV2";
 /// Rows of the detections output.
 pub const ROWS: usize = 100;
 /// Default score threshold, chosen on photos (BENCHMARKS.md §12): the right objects of
@@ -186,21 +199,49 @@ impl Default for DetectOptions {
 #[derive(Debug)]
 pub struct Detector {
     session: LoadedSession,
+    /// Most images per model call: unbounded once the batch is opened, else 1.
+    max_batch: usize,
 }
 
 impl Detector {
-    /// The tensors the converted CenterNet must have.
+    /// The tensors the converted CenterNet must have (any batch).
     pub fn io_spec() -> IoSpec {
         let side = i64::from(INPUT_SIZE);
         IoSpec::new()
-            .input(TensorSpec::f32(INPUT, &[1, side, side, 3]))
-            .output(TensorSpec::f32(OUTPUT, &[1, ROWS as i64, 6]))
+            .input(TensorSpec::f32(INPUT, &[-1, side, side, 3]))
+            .output(TensorSpec::f32(OUTPUT, &[-1, ROWS as i64, 6]))
     }
 
-    /// Loads the converted model (e.g. `assets/` + [`CENTERNET`]).
+    /// Loads the converted model (e.g. `assets/` + [`CENTERNET`]) with its batch opened
+    /// (see the module docs); a file whose graph cannot be opened runs one image per call.
     pub fn load(path: impl AsRef<Path>, options: &SessionOptions) -> Result<Self, ModelError> {
-        let session = load_session(path, options, &Self::io_spec())?;
-        Ok(Detector { session })
+        let path = path.as_ref();
+        if !path.is_file() {
+            return Err(ModelError::ModelNotFound {
+                path: path.to_path_buf(),
+            });
+        }
+        let bytes = std::fs::read(path).map_err(|e| ModelError::Invalid(format!("reading {}: {e}", path.display())))?;
+        match crate::batchdim::open_batch_inside(&bytes, &[BATCH_GATHER]) {
+            Ok(opened) => Ok(Detector {
+                session: load_session_rewritten(path, &opened, options, &Self::io_spec())?,
+                max_batch: usize::MAX,
+            }),
+            Err(reason) => {
+                tracing::warn!(model = %path.display(), %reason,
+                    "cannot open the detector's batch dimension; it runs one image per call \
+                     (re-run `scripts/setup-assets` for the CenterNet this code knows)");
+                Ok(Detector {
+                    session: load_session(path, options, &Self::io_spec())?,
+                    max_batch: 1,
+                })
+            }
+        }
+    }
+
+    /// Most images one model call takes (`usize::MAX` when the batch is open, else 1).
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
     }
 
     /// The provider the session runs on (`cpu` / `cuda`).
@@ -215,16 +256,29 @@ impl Detector {
 
     /// The raw `[100, 6]` output for a prepared input (see [`preprocess`]).
     pub fn run_raw(&mut self, input: &[f32]) -> Result<Vec<f32>, ModelError> {
+        self.run_batch_raw(input, 1)
+    }
+
+    /// The raw `[n, 100, 6]` output for `n` prepared inputs one after the other, in one
+    /// model call (`n` at most [`Detector::max_batch`]).
+    pub fn run_batch_raw(&mut self, input: &[f32], n: usize) -> Result<Vec<f32>, ModelError> {
+        if n > self.max_batch {
+            return Err(ModelError::Invalid(format!(
+                "{} runs {} image(s) per call, asked for {n}",
+                self.path().display(),
+                self.max_batch
+            )));
+        }
         let side = INPUT_SIZE as usize;
         let mut outputs = self
             .session
-            .run_f32(&[(INPUT, &[1, side, side, 3], input)], &[OUTPUT])?;
+            .run_f32(&[(INPUT, &[n, side, side, 3], input)], &[OUTPUT])?;
         let raw = outputs
             .pop()
             .ok_or_else(|| ModelError::Invalid("CenterNet returned no output".into()))?;
-        if raw.data.len() != ROWS * 6 {
+        if raw.data.len() != n * ROWS * 6 {
             return Err(ModelError::Invalid(format!(
-                "CenterNet output has shape {:?}, expected [1, {ROWS}, 6]",
+                "CenterNet output has shape {:?}, expected [{n}, {ROWS}, 6]",
                 raw.shape
             )));
         }
@@ -233,21 +287,48 @@ impl Detector {
 
     /// Detects the objects of `image`. An empty image has none.
     pub fn detect(&mut self, image: &RgbImage, options: DetectOptions) -> Result<Detections, ModelError> {
-        let (width, height) = image.dimensions();
-        if width == 0 || height == 0 || options.max_objects == 0 {
-            return Ok(Detections {
-                objects: Vec::new(),
-                inference: Duration::ZERO,
-            });
+        self.detect_batch(&[image], options)
+            .pop()
+            .unwrap_or_else(|| Err(ModelError::Invalid("no result for the one image".into())))
+    }
+
+    /// Detects the objects of each image, the images of any sizes (each is resized to the
+    /// model's 512²) in one model call (up to [`Detector::max_batch`] per call); each
+    /// frame's `inference` is its share of the call. An empty image has no objects; a
+    /// failed call fails the frames in it.
+    pub fn detect_batch(
+        &mut self,
+        images: &[&RgbImage],
+        options: DetectOptions,
+    ) -> Vec<Result<Detections, ModelError>> {
+        let none = || Detections {
+            objects: Vec::new(),
+            inference: Duration::ZERO,
+        };
+        let mut results: Vec<Result<Detections, ModelError>> = images.iter().map(|_| Ok(none())).collect();
+        let run: Vec<usize> = (0..images.len())
+            .filter(|&i| images[i].width() > 0 && images[i].height() > 0 && options.max_objects > 0)
+            .collect();
+        let per_image = ROWS * 6;
+        for chunk in run.chunks(self.max_batch.max(1)) {
+            let input: Vec<f32> = chunk.iter().flat_map(|&i| preprocess(images[i])).collect();
+            let started = Instant::now();
+            let raw = self.run_batch_raw(&input, chunk.len());
+            let share = started.elapsed() / chunk.len() as u32;
+            for (k, &i) in chunk.iter().enumerate() {
+                results[i] = match &raw {
+                    Ok(raw) => {
+                        let (width, height) = images[i].dimensions();
+                        Ok(Detections {
+                            objects: postprocess(&raw[k * per_image..(k + 1) * per_image], width, height, options),
+                            inference: share,
+                        })
+                    }
+                    Err(e) => Err(ModelError::Invalid(e.to_string())),
+                };
+            }
         }
-        let input = preprocess(image);
-        let started = Instant::now();
-        let raw = self.run_raw(&input)?;
-        let inference = started.elapsed();
-        Ok(Detections {
-            objects: postprocess(&raw, width, height, options),
-            inference,
-        })
+        results
     }
 }
 

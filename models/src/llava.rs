@@ -382,7 +382,7 @@ impl Llava {
             };
             let next = pick_next(
                 &mut picker,
-                &logits,
+                logits,
                 positions,
                 e.vocab_size,
                 stops,

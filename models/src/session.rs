@@ -475,6 +475,17 @@ pub fn load_session_batched(
     load(path, opened.as_deref(), options, expect)
 }
 
+/// [`load_session`] of `bytes`, a copy of the model at `path` that the caller rewrote
+/// (e.g. [`crate::batchdim::open_batch_inside`]); errors and logs name `path`.
+pub fn load_session_rewritten(
+    path: impl AsRef<Path>,
+    bytes: &[u8],
+    options: &SessionOptions,
+    expect: &IoSpec,
+) -> Result<LoadedSession, ModelError> {
+    load(path.as_ref(), Some(bytes), options, expect)
+}
+
 /// Loads `path` (or `bytes`, a rewritten copy of it, when given).
 fn load(
     path: &Path,

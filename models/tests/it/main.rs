@@ -7,6 +7,7 @@
 mod assets;
 mod batch;
 mod binding;
+mod detect_batch;
 mod isnet;
 mod paper;
 mod provider;
