@@ -34,8 +34,8 @@
 //! With the reserved `batch = { max, wait_ms }` key the stage gets several complete frames
 //! per call: LPIPS scores all their pairs in one run (per image size) and CLIP embeds all
 //! their images in one run (each pair on its own if that run fails); a frame a model
-//! refuses (an image below LPIPS's 32×32) fails alone. The detector still runs image by
-//! image (its export fixes batch 1).
+//! refuses (an image below LPIPS's 32×32) fails alone. The detector finds the objects of
+//! every original and reconstruction in one run (`Detector::detect_batch`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -133,8 +133,8 @@ impl Stage for Run {
     }
 
     /// The frames of a batch: pixel and text metrics frame by frame, LPIPS over every pair
-    /// in one `distance_batch` and CLIP over every image in one `embed_batch`; a frame the
-    /// models refuse fails alone.
+    /// in one `distance_batch`, CLIP over every image in one `embed_batch` and the detector
+    /// over every image in one `detect_batch`; a frame the models refuse fails alone.
     fn process_batch(&mut self, inputs: Vec<Input>, outs: &mut [Outputs]) -> Vec<Result<(), StageError>> {
         let mut results: Vec<Result<(), StageError>> = (0..outs.len()).map(|_| Ok(())).collect();
         let mut frames: Vec<(usize, Joined, Pair)> = Vec::with_capacity(inputs.len());
@@ -148,11 +148,30 @@ impl Stage for Run {
         let pairs: Vec<(&RgbImage, &RgbImage)> = frames.iter().map(|(_, _, p)| (&p.o, &p.r)).collect();
         let lpips = self.lpips_batch(&pairs);
         let clip = self.clip_batch(&pairs);
-        for (((i, j, pair), lpips), clip) in frames.into_iter().zip(lpips).zip(clip) {
-            results[i] = self.finish(&j, pair, lpips, clip, &mut outs[i]);
+        let detections = self.detect_batch(&pairs);
+        for ((((i, j, pair), lpips), clip), detections) in frames.into_iter().zip(lpips).zip(clip).zip(detections) {
+            let scores = Scores {
+                lpips,
+                clip,
+                detections,
+            };
+            results[i] = self.finish(&j, pair, scores, &mut outs[i]);
         }
         results
     }
+}
+
+/// The objects found on the original and on the reconstruction of one pair.
+type PairDetections = (
+    Result<Vec<detect::Detection>, ModelError>,
+    Result<Vec<detect::Detection>, ModelError>,
+);
+
+/// What the batched models gave one frame (`None` where the model is off).
+struct Scores {
+    lpips: Option<Result<f64, ModelError>>,
+    clip: Option<Result<f64, ModelError>>,
+    detections: Option<PairDetections>,
 }
 
 impl Run {
@@ -230,17 +249,36 @@ impl Run {
         }
     }
 
-    /// The rest of frame `j`'s metrics after the models' (`lpips`, `clip`), emitted.
-    fn finish(
-        &mut self,
-        j: &Joined,
-        pair: Pair,
-        lpips: Option<Result<f64, ModelError>>,
-        clip: Option<Result<f64, ModelError>>,
-        out: &mut Outputs,
-    ) -> Result<(), StageError> {
+    /// Detections on the original and the reconstruction of every pair, all images in one
+    /// `detect_batch` run (`None` each without `detect = true`).
+    fn detect_batch(&mut self, pairs: &[(&RgbImage, &RgbImage)]) -> Vec<Option<PairDetections>> {
+        let Some((model, _)) = &mut self.detector else {
+            return pairs.iter().map(|_| None).collect();
+        };
+        let images: Vec<&RgbImage> = pairs.iter().flat_map(|(o, r)| [*o, *r]).collect();
+        let mut found = model.detect_batch(&images, DetectOptions::default()).into_iter();
+        let mut next = || {
+            found
+                .next()
+                .unwrap_or_else(|| {
+                    Err(ModelError::Invalid(
+                        "the detector returned fewer results than images".into(),
+                    ))
+                })
+                .map(|d| d.objects)
+        };
+        pairs.iter().map(|_| Some((next(), next()))).collect()
+    }
+
+    /// The rest of frame `j`'s metrics after the models' (`scores`), emitted.
+    fn finish(&mut self, j: &Joined, pair: Pair, scores: Scores, out: &mut Outputs) -> Result<(), StageError> {
         let (reference, received) = self.two_parts(j)?;
-        let Pair { orig, o, r, mut fields } = pair;
+        let Pair { orig, mut fields, .. } = pair;
+        let Scores {
+            lpips,
+            clip,
+            detections,
+        } = scores;
         if let (Some(d), Some((_, hist))) = (lpips, &self.lpips) {
             let d = d.map_err(|e| StageError::new("model", format!("frame {}: LPIPS failed: {e}", j.id)))?;
             hist.record(d);
@@ -254,7 +292,9 @@ impl Run {
             // The original's detections (from `detect`), for the sheet's boxes.
             fields.insert("objects", objects.clone());
         }
-        self.detection_f1(&o, &r, &mut fields, j.id)?;
+        if let Some(found) = detections {
+            self.detection_f1(found, &mut fields, j.id)?;
+        }
         self.text_metrics(received, &mut fields);
         let f = &received.fields;
         let bits = f.number("bits").unwrap_or(0.0) + f.number("slice_bits").unwrap_or(0.0);
@@ -432,24 +472,21 @@ fn lpips_dir(c: &EvaluateConfig, ctx: &BuildContext) -> Result<PathBuf, StageErr
 }
 
 impl Run {
-    /// `detection_f1` (and both object lists) when `detect = true`.
+    /// `detection_f1` (and both object lists) from the detections of a pair.
     fn detection_f1(
         &mut self,
-        o: &image::RgbImage,
-        r: &image::RgbImage,
+        found: PairDetections,
         fields: &mut dataflow_engine::Fields,
         id: dataflow_engine::FrameId,
     ) -> Result<(), StageError> {
-        let Some((model, hist)) = &mut self.detector else {
+        let Some((_, hist)) = &self.detector else {
             return Ok(());
         };
         let stage = &self.stage;
-        let fail = |e: dataflow_models::error::ModelError| {
-            StageError::new("model", format!("stage `{stage}`: frame {id}: detection failed: {e}"))
-        };
-        let options = DetectOptions::default();
-        let on_original = model.detect(o, options).map_err(fail)?.objects;
-        let on_reconstruction = model.detect(r, options).map_err(fail)?.objects;
+        let fail =
+            |e: ModelError| StageError::new("model", format!("stage `{stage}`: frame {id}: detection failed: {e}"));
+        let on_original = found.0.map_err(fail)?;
+        let on_reconstruction = found.1.map_err(fail)?;
         let f1 = detect::detection_f1(&on_original, &on_reconstruction);
         hist.record(f1);
         fields.insert("detection_f1", Value::Number(f1));
@@ -522,6 +559,88 @@ impl TextHistograms {
         if let Some(r) = object_recall(sent, corrected, &dataflow_models::detect::COCO_NAMES) {
             self.recall.record(r);
             fields.insert("object_recall", Value::Number(r));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use dataflow_engine::{FrameId, Image, Message, Part};
+
+    use super::*;
+
+    /// Frame `seq`: the sample photo as the reference and a reconstruction (the photo, or
+    /// a flat grey image of its size).
+    fn pair(seq: u64, name: &str, flat: bool) -> Input {
+        let path = dataflow_models::assets::asset_path(format!("samples/{name}")).unwrap();
+        let photo = image::open(&path).unwrap().to_rgb8();
+        let recon = if flat {
+            RgbImage::from_pixel(photo.width(), photo.height(), image::Rgb([128, 128, 128]))
+        } else {
+            photo.clone()
+        };
+        let msg = |img: RgbImage| Message {
+            id: FrameId { stream: 0, seq },
+            part: Part::WHOLE,
+            captured: std::time::SystemTime::now(),
+            born: std::time::Instant::now(),
+            fields: Fields::new().with("image", Value::Image(Image::from_rgb(img))),
+        };
+        Input::Joined(Joined {
+            id: FrameId { stream: 0, seq },
+            parts: vec![vec![Some(msg(photo))], vec![Some(msg(recon))]],
+        })
+    }
+
+    fn field(out: &Outputs, name: &str) -> String {
+        let text = format!("{out:?}");
+        let at = text
+            .find(&format!("\"{name}\""))
+            .unwrap_or_else(|| panic!("no `{name}` in {text}"));
+        text[at..].split(", \"").next().unwrap_or_default().to_string()
+    }
+
+    /// `detect = true` in a batch: one detector run for every image of the batch gives each
+    /// frame the `detection_f1` and object lists it gets alone; a photo against itself
+    /// scores 1, against a flat image (no objects) 0.
+    #[test]
+    fn detection_f1_of_a_batch_equals_one_frame_at_a_time() {
+        let model = match dataflow_models::assets::asset_path(detect::CENTERNET) {
+            Ok(p) if p.is_file() && dataflow_models::runtime::runtime().is_ok() => p,
+            other => {
+                assert!(!dataflow_models::assets::assets_required(), "{other:?}");
+                println!("skipped: no CenterNet or ONNX Runtime; run scripts/setup-assets");
+                return;
+            }
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut ctx = crate::testkit::context("evaluate", "evaluate", dir.path());
+        ctx.inputs = vec!["reference".into(), "received".into()];
+        let cfg: EvaluateConfig = serde_json::from_value(serde_json::json!({
+            "detect": true, "detect_model_path": model, "provider": "cpu", "intra_threads": 1
+        }))
+        .unwrap();
+        let Built::Stage(mut stage) = Evaluate::build(&cfg, &ctx).unwrap() else {
+            panic!("evaluate is a stage")
+        };
+        let frames = || {
+            vec![
+                pair(0, "motorcycle_left.png", false),
+                pair(1, "chelsea.png", true),
+                pair(2, "astronaut.png", false),
+            ]
+        };
+        let mut outs: Vec<Outputs> = (0..3).map(|_| Outputs::default()).collect();
+        let results = stage.process_batch(frames(), &mut outs);
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        assert!(field(&outs[0], "detection_f1").contains("Number(1)"), "{:?}", outs[0]);
+        assert!(field(&outs[1], "detection_f1").contains("Number(0)"), "{:?}", outs[1]);
+        for (k, frame) in frames().into_iter().enumerate() {
+            let mut alone = Outputs::default();
+            stage.process(frame, &mut alone).unwrap();
+            for name in ["detection_f1", "objects", "objects_reconstruction"] {
+                assert_eq!(field(&outs[k], name), field(&alone, name), "frame {k}: {name}");
+            }
         }
     }
 }
