@@ -1,7 +1,8 @@
 //! Bounded edges.
 //!
-//! ractor mailboxes are unbounded, so every edge is a semaphore of `mailbox`
-//! permits in front of its consumer. A producer takes a permit before it sends;
+//! A replica's inbox (a tokio unbounded channel, see the runtime's `stage_actor`) is
+//! unbounded, so every edge is a semaphore of `mailbox` permits in front of its
+//! consumer. A producer takes a permit before it sends;
 //! the permit travels with the message (a [`Delivery`]: directly on `block` and
 //! `drop_newest` edges, inside a [`Ticket`] a producer can still empty on
 //! `drop_oldest` edges) and is released when the consumer has finished with the
@@ -99,7 +100,7 @@ impl Ticket {
     }
 }
 
-/// A message admitted to an edge, as it travels in the consumer's mailbox.
+/// A message admitted to an edge, as it travels in the consumer replica's inbox.
 pub(crate) enum Delivery {
     /// `block` and `drop_newest` edges: nobody can take it back, so no ticket is needed.
     Direct(Message, Permit),

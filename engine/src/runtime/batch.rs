@@ -17,9 +17,7 @@
 
 use std::time::Instant;
 
-use ractor::ActorRef;
-
-use super::group::{route, StageMsg};
+use super::group::{route, Inbox, StageMsg};
 use super::sequencer::complete;
 use super::stage_actor::ActorState;
 use super::worker::BatchOutcome;
@@ -52,12 +50,12 @@ pub(super) struct Gathering {
     number: u64,
     /// Sends the `Flush` for the batch being gathered once `wait_ms` has passed.
     timer: Option<tokio::task::JoinHandle<()>>,
-    /// The replica's own actor, which the timer sends its `Flush` to.
-    me: ActorRef<StageMsg>,
+    /// The replica's own inbox, which the timer sends its `Flush` to.
+    me: Inbox,
 }
 
 impl Gathering {
-    pub(super) fn new(batch: Batch, me: ActorRef<StageMsg>) -> Self {
+    pub(super) fn new(batch: Batch, me: Inbox) -> Self {
         Gathering {
             batch,
             waiting: Vec::with_capacity(batch.max),
@@ -92,10 +90,10 @@ impl ActorState {
             g.first = Some(Instant::now());
             let (me, number, wait) = (g.me.clone(), g.number, g.batch.wait);
             // With `wait_ms = 0` the flush still queues behind the messages already in
-            // the mailbox, so the batch takes what was waiting.
+            // the inbox, so the batch takes what was waiting.
             g.timer = Some(tokio::spawn(async move {
                 tokio::time::sleep(wait).await;
-                let _ = me.send_message(StageMsg::Flush { batch: number });
+                let _ = me.send(StageMsg::Flush { batch: number });
             }));
         }
         if g.waiting.len() >= g.batch.max {

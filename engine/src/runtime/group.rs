@@ -1,10 +1,8 @@
 //! Groups and dispatch: all replicas of one stage as producers see them, the
-//! messages their actors handle, and routing a stage's outputs over its edges.
+//! messages their replicas handle, and routing a stage's outputs over its edges.
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, OnceLock};
-
-use ractor::ActorRef;
 
 use super::sequencer::Sequencer;
 use super::shared::RunShared;
@@ -14,7 +12,14 @@ use crate::message::{FrameId, Message, Part};
 use crate::plan::Plan;
 use crate::stage::Role;
 
-/// Messages a stage actor handles.
+/// A replica's inbox: the sending end of the one queue its stage loop reads (see
+/// `stage_actor`). Data and control share it, so a replica sees them in the order they
+/// were sent: end of stream never overtakes the data sent before it, nor a gap notice
+/// the message it stands for. Unbounded: the data in it is bounded by the permits of
+/// the edges into the stage; control messages hold no place.
+pub(super) type Inbox = tokio::sync::mpsc::UnboundedSender<StageMsg>;
+
+/// Messages a stage replica handles.
 pub(crate) enum StageMsg {
     /// A data message from input edge `input`, number `order` in the group's arrival order.
     Data {
@@ -40,12 +45,12 @@ pub(crate) enum StageMsg {
 pub(super) struct Group {
     pub(super) index: usize,
     pub(super) role: Role,
-    /// The replicas' mailboxes, set once by the spawner after every replica has
-    /// started (before any source starts). Handles only: holding or dropping them
-    /// neither keeps an actor alive nor stops it; a send to a stopped replica fails
-    /// and is ignored (its message and the permit in it are dropped).
-    pub(super) replicas: OnceLock<Vec<ActorRef<StageMsg>>>,
-    /// Serialises numbering and enqueueing, so numbers follow mailbox order (sequenced
+    /// The replicas' inboxes, set once by the spawner after every replica has
+    /// started (before any source starts). Holding or dropping them neither keeps a
+    /// replica running nor stops it; a send to a stopped replica fails and is ignored
+    /// (its message and the permit in it are dropped).
+    pub(super) replicas: OnceLock<Vec<Inbox>>,
+    /// Serialises numbering and enqueueing, so numbers follow inbox order (sequenced
     /// groups only). Held by a producer for one enqueue; never across an await.
     pub(super) dispatch_lock: Mutex<u64>,
     /// Present when replicas > 1: restores arrival order downstream. A replica holds
@@ -76,7 +81,7 @@ impl Group {
         };
         if self.sequencer.is_none() {
             // Arrival numbers only matter to a sequencer.
-            let _ = refs[replica].send_message(StageMsg::Data {
+            let _ = refs[replica].send(StageMsg::Data {
                 input,
                 order: 0,
                 delivery,
@@ -84,7 +89,7 @@ impl Group {
         } else if let Ok(mut next) = self.dispatch_lock.lock() {
             let order = *next;
             *next += 1;
-            let _ = refs[replica].send_message(StageMsg::Data { input, order, delivery });
+            let _ = refs[replica].send(StageMsg::Data { input, order, delivery });
         }
     }
 
@@ -97,7 +102,7 @@ impl Group {
             (frame.seq % refs.len().max(1) as u64) as usize
         };
         if let Some(r) = refs.get(replica) {
-            let _ = r.send_message(StageMsg::Gap { input, frame, part });
+            let _ = r.send(StageMsg::Gap { input, frame, part });
         }
     }
 
@@ -115,7 +120,7 @@ impl Group {
             for (_, consumer) in port {
                 if let Some(refs) = consumer.replicas.get() {
                     for r in refs {
-                        let _ = r.send_message(StageMsg::Eos);
+                        let _ = r.send(StageMsg::Eos);
                     }
                 }
             }

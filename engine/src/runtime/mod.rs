@@ -1,10 +1,12 @@
-//! The runtime: one ractor actor per stage replica, wired by bounded edges.
+//! The runtime: one ractor actor per source and per stage replica (a replica's actor
+//! owns its stage loop, a tokio task reading the replica's inbox), wired by bounded
+//! edges.
 //!
 //! # Layout
 //! - [`group`]: all replicas of one stage as producers see them; dispatch to a
 //!   replica; routing outputs over the edges.
 //! - [`sequencer`]: arrival order restored behind a replicated stage.
-//! - [`stage_actor`]: the actor of one transform or sink replica.
+//! - [`stage_actor`]: one transform or sink replica: its actor and its stage loop.
 //! - [`joins`]: joining stages gather the parts of a frame from every input.
 //! - [`worker`]: heavy stages on a thread of their own; panics caught.
 //! - [`batch`]: batched stages gather messages into one call of the stage.
@@ -17,7 +19,7 @@
 //! with a [`FrameId`](crate::message::FrameId) and capture time, and routes it: for
 //! every consumer edge of the output port, the edge's `admit` takes a permit (or
 //! drops, by policy) and the consumer group dispatches the ticket to one replica's
-//! mailbox. The replica's actor takes the message out of the ticket, runs the stage
+//! inbox. The replica's stage loop takes the message out of the ticket, runs the stage
 //! (inline for light stages, on the replica's worker thread for heavy ones), routes
 //! the outputs the same way and only then drops the input permit, so a frame always
 //! holds a place somewhere and the frames alive in the graph stay within the edge

@@ -13,7 +13,8 @@
 //!    then returns, dropping the source.
 //! 2. A replica that has received EOS on every input edge expires its joins, calls
 //!    [`Stage::finish`](crate::stage::Stage::finish), routes what that emitted and
-//!    stops its actor (dropping its worker's channel, which ends the worker thread).
+//!    ends its stage loop and stops its actor (the loop's state drops its worker's
+//!    channel, which ends the worker thread).
 //!    The last replica of a group to finish (`Group::finished_replicas`) sends EOS
 //!    downstream and marks the stage finished.
 //! 3. `run`'s wait ([`wait_for_end`]) sees every stage finished.
@@ -32,10 +33,11 @@
 //! Then, in every case, `run`:
 //! 1. stops the ticker and awaits it, so no `summary.json` snapshot lands later;
 //! 2. asks every actor to stop ([`stop_and_join`]) and awaits each actor's task (one
-//!    still busy after [`KILL_AFTER`] is killed);
+//!    still busy after [`KILL_AFTER`] is killed); a replica's actor ends its stage loop
+//!    before its next message (or at its current await) and awaits it;
 //! 3. joins every thread in [`RunShared::threads`] (source threads, heavy-stage
 //!    workers); a source thread blocked on a full edge is released when the consumer's
-//!    actor stops and its mailbox, with the permits it held, is dropped;
+//!    stage loop ends and its inbox, with the permits it held, is dropped;
 //! 4. writes the final `summary.json`.
 //!
 //! Nobody but the holder of the stop token signals from outside, and nobody but `run`
@@ -244,6 +246,32 @@ mod tests {
         }
     }
 
+    /// Frames the `slow_sink` kind has taken, in this test binary.
+    static SLOW_CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+    /// An inline sink taking 150 ms per frame, counting its calls in [`SLOW_CALLS`].
+    struct SlowSink;
+    struct Slow;
+    impl Stage for Slow {
+        fn process(&mut self, _: Input, _: &mut Outputs) -> Result<(), StageError> {
+            SLOW_CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(150));
+            Ok(())
+        }
+    }
+    impl StageKind for SlowSink {
+        type Config = NoKeys;
+        const NAME: &'static str = "slow_sink";
+        const ROLE: Role = Role::Sink;
+        const DOC: &'static str = "takes frames slowly";
+        fn ports(_: &NoKeys) -> Ports {
+            Ports::default()
+        }
+        fn build(_: &NoKeys, _: &BuildContext) -> Result<Built, StageError> {
+            Ok(Built::Stage(Box::new(Slow)))
+        }
+    }
+
     /// Names of this process's threads (as `/proc` shows them: 15 bytes at most).
     fn thread_names() -> Vec<String> {
         let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
@@ -346,5 +374,44 @@ mod tests {
         };
         assert_eq!(summary.fatal.as_deref(), Some("aborted by the test"));
         assert!(after.is_empty(), "threads alive after run returned: {after:?}");
+    }
+
+    /// A replica's stage loop ends with its actor: after an abort, `run` returns once
+    /// the frame in work is done, without draining the 16 frames queued in the inbox
+    /// (2.4 s of work), and no replica takes a frame afterwards.
+    #[test]
+    fn an_abort_ends_every_stage_loop_before_run_returns() {
+        let mut reg = Registry::new();
+        reg.register::<Count>().register::<SlowSink>();
+        let text =
+            "[stage.tls]\nkind = \"count\"\n[stage.tlk]\nkind = \"slow_sink\"\nmailbox = 16\ninputs = [\"tls\"]\n";
+        let src = GraphSource::from_text(Path::new("loops.toml"), text.to_string(), &[]).expect("the graph parses");
+        let plan = crate::plan::plan(&src, &reg).expect("the graph is valid");
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let mut opts = RunOptions::new(dir.path().to_path_buf());
+        opts.progress = false;
+        let stop = opts.stop.clone();
+        let rt = tokio::runtime::Runtime::new().expect("a runtime");
+        let (summary, took) = rt.block_on(async {
+            let running = tokio::spawn(async move { run(&plan, opts).await });
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let t0 = std::time::Instant::now();
+            stop.abort("aborted by the test");
+            let summary = running.await.expect("the run's task").expect("the run starts");
+            (summary, t0.elapsed())
+        });
+        let taken = SLOW_CALLS.load(std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(summary.fatal.as_deref(), Some("aborted by the test"));
+        assert!(taken > 0, "the sink took frames before the abort");
+        assert_eq!(
+            SLOW_CALLS.load(std::sync::atomic::Ordering::SeqCst),
+            taken,
+            "a replica took a frame after run returned"
+        );
+        assert!(
+            took < Duration::from_millis(1200),
+            "run took {took:?} to return after the abort: it drained the inbox"
+        );
     }
 }

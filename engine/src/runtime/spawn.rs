@@ -1,4 +1,5 @@
-//! Spawning a run: one actor per source and per replica of every other stage,
+//! Spawning a run: one actor per source and per replica of every other stage (each
+//! replica's actor starts its stage loop, reading the replica's inbox),
 //! consumers first, so no frame is sent to a stage that is not there yet.
 
 use std::sync::{Arc, Mutex};
@@ -58,6 +59,7 @@ pub(super) async fn spawn_all(
         let mut refs = Vec::new();
         let mut error = None;
         for r in 0..s.replicas {
+            let (inbox, receiver) = tokio::sync::mpsc::unbounded_channel();
             let args = ActorArgs {
                 group: group.clone(),
                 shared: shared.clone(),
@@ -69,11 +71,13 @@ pub(super) async fn spawn_all(
                 n_inputs: s.inputs.len(),
                 mailbox: s.mailbox,
                 batch: s.batch,
+                inbox: inbox.clone(),
+                receiver: Some(receiver),
             };
             match Actor::spawn(None, StageActor, args).await {
                 Ok((a, task)) => {
                     actors.push((a.get_cell(), task));
-                    refs.push(a);
+                    refs.push(inbox);
                 }
                 Err(e) => {
                     error = Some(failed(e));

@@ -1,14 +1,25 @@
-//! The actor of one transform or sink replica: takes messages from its mailbox, runs
-//! the stage, routes the outputs, restarts the stage after a panic.
+//! One transform or sink replica: its stage loop takes messages from the replica's
+//! inbox, runs the stage, routes the outputs and restarts the stage after a panic.
+//!
+//! The loop is a plain tokio task reading one tokio mpsc queue (the [`Inbox`]) that
+//! carries data and control alike, in the order they were sent. The replica's ractor
+//! actor builds the stage, starts the loop and owns it: stopping the actor (the
+//! shutdown's `stop_and_join`, or the loop itself after end of stream) ends the loop
+//! and awaits it, so nothing of the replica outlives its actor. Messages do not go
+//! through ractor's mailbox: its per-message machinery (a boxed message, a `select!`
+//! over the signal and stop ports, the handler's future moved by value) cost more
+//! than the rest of a hop (BENCHMARKS.md §20.1-20.2).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::task::JoinHandle;
 
 use super::batch::Gathering;
-use super::group::{route, Group, StageMsg};
+use super::group::{route, Group, Inbox, StageMsg};
 use super::sequencer::complete;
 use super::shared::RunShared;
 use super::worker::{build_stage, spawn_worker, Outcome, Runner};
@@ -34,13 +45,18 @@ pub(super) struct ActorArgs {
     pub(super) mailbox: usize,
     /// `batch = { max, wait_ms }`, when the stage batches.
     pub(super) batch: Option<Batch>,
+    /// The sending end of the replica's inbox (for its ticker and batch timer).
+    pub(super) inbox: Inbox,
+    /// The receiving end, which the stage loop reads; taken when the loop starts.
+    pub(super) receiver: Option<UnboundedReceiver<StageMsg>>,
 }
 
+/// The state of a replica's stage loop, owned by the loop's task.
 pub(super) struct ActorState {
     pub(super) args: ActorArgs,
     pub(super) runner: Runner,
-    /// The task that sends a joining stage its `Tick`s; aborted when the actor stops.
-    pub(super) ticker: Option<tokio::task::JoinHandle<()>>,
+    /// The task that sends a joining stage its `Tick`s; aborted when the loop ends.
+    pub(super) ticker: Option<JoinHandle<()>>,
     pub(super) eos_seen: usize,
     /// Frames a joining stage is gathering (empty for other stages).
     pub(super) joins: JoinTable<Permit>,
@@ -50,16 +66,37 @@ pub(super) struct ActorState {
     pub(super) spare: Vec<(usize, Message)>,
 }
 
+impl Drop for ActorState {
+    /// The loop ended (end of stream) or was aborted (the actor stopped): its timers go.
+    fn drop(&mut self) {
+        if let Some(t) = self.ticker.take() {
+            t.abort();
+        }
+        if let Some(g) = self.gathering.as_mut() {
+            g.stop_timer();
+        }
+    }
+}
+
+/// A replica's running stage loop, as its actor holds it.
+pub(super) struct Loop {
+    task: Option<JoinHandle<()>>,
+    /// Set when the actor stops: the loop ends before its next message. (Aborting the
+    /// task alone would not stop a loop that never waits: with messages queued, every
+    /// `recv` is ready at once.)
+    stopping: Arc<AtomicBool>,
+}
+
 impl Actor for StageActor {
-    type Msg = StageMsg;
-    type State = ActorState;
+    type Msg = ();
+    type State = Loop;
     type Arguments = ActorArgs;
 
-    async fn pre_start(&self, myself: ActorRef<StageMsg>, args: ActorArgs) -> Result<ActorState, ActorProcessingErr> {
+    async fn pre_start(&self, myself: ActorRef<()>, mut args: ActorArgs) -> Result<Loop, ActorProcessingErr> {
         let runner = if args.heavy {
             let (config, ctx) = (args.config.clone(), args.ctx.clone());
             let (tx, thread) = tokio::task::spawn_blocking(move || spawn_worker(config, ctx)).await??;
-            // `run` joins the thread once this actor has stopped and dropped `tx`.
+            // `run` joins the thread once this actor has stopped and its loop dropped `tx`.
             args.shared.keep_thread(thread);
             Runner::Worker(tx)
         } else {
@@ -67,64 +104,99 @@ impl Actor for StageActor {
         };
         let mut ticker = None;
         if let Some(timeout) = args.join {
-            let me = myself.clone();
+            let me = args.inbox.clone();
             let every = (timeout / 4).max(Duration::from_millis(10));
             ticker = Some(tokio::spawn(async move {
                 let mut iv = tokio::time::interval(every);
                 loop {
                     iv.tick().await;
-                    if me.send_message(StageMsg::Tick).is_err() {
+                    if me.send(StageMsg::Tick).is_err() {
                         break;
                     }
                 }
             }));
         }
-        Ok(ActorState {
+        let receiver = args.receiver.take().ok_or("the replica's inbox was already read")?;
+        let state = ActorState {
             runner,
             ticker,
             eos_seen: 0,
             joins: JoinTable::new(args.n_inputs, args.join.unwrap_or_default(), args.mailbox),
-            gathering: args.batch.map(|b| Gathering::new(b, myself.clone())),
+            gathering: args.batch.map(|b| Gathering::new(b, args.inbox.clone())),
             spare: Vec::new(),
             args,
+        };
+        let stopping = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(stage_loop(state, receiver, stopping.clone(), myself));
+        Ok(Loop {
+            task: Some(task),
+            stopping,
         })
     }
 
-    async fn post_stop(&self, _myself: ActorRef<StageMsg>, state: &mut ActorState) -> Result<(), ActorProcessingErr> {
-        if let Some(t) = state.ticker.take() {
-            t.abort();
-        }
-        if let Some(g) = state.gathering.as_mut() {
-            g.stop_timer();
-        }
+    async fn handle(&self, _m: ActorRef<()>, _msg: (), _s: &mut Loop) -> Result<(), ActorProcessingErr> {
         Ok(())
     }
 
-    async fn handle(
-        &self,
-        myself: ActorRef<StageMsg>,
-        msg: StageMsg,
-        state: &mut ActorState,
-    ) -> Result<(), ActorProcessingErr> {
-        // ractor moves this future a few times per message, so its size is copied each
-        // time: the rare arms are boxed, leaving the size of the data path.
-        match msg {
-            StageMsg::Data { input, order, delivery } => state.on_data(input, order, delivery).await,
-            StageMsg::Gap { input, frame, part } => Box::pin(state.on_gap(input, frame, part)).await,
-            StageMsg::Tick => Box::pin(state.expire_joins(false)).await,
-            StageMsg::Flush { batch } => Box::pin(state.on_flush(batch)).await,
-            StageMsg::Eos => Box::pin(state.on_eos(&myself)).await,
+    /// Ends the loop if it still runs (a stop or an abort of the run; after end of
+    /// stream it has returned) and awaits it, so its state (the places its messages
+    /// hold, the inbox with the messages still queued, a heavy stage's worker channel)
+    /// is dropped before the actor's task ends.
+    async fn post_stop(&self, _m: ActorRef<()>, running: &mut Loop) -> Result<(), ActorProcessingErr> {
+        running.stopping.store(true, Ordering::Release);
+        if let Some(task) = running.task.take() {
+            task.abort();
+            if let Err(e) = task.await {
+                if e.is_panic() {
+                    tracing::error!("a stage loop panicked: {}", super::worker::panic_text(e.into_panic()));
+                }
+            }
         }
         Ok(())
     }
 }
 
+/// The replica's stage loop: every message of its inbox in order, until end of stream
+/// on every input has finished the stage (then the replica's actor is stopped) or the
+/// actor is stopped (`stopping`, checked between messages, as ractor checks its stop
+/// signal between the messages of its mailbox).
+async fn stage_loop(
+    mut state: ActorState,
+    mut inbox: UnboundedReceiver<StageMsg>,
+    stopping: Arc<AtomicBool>,
+    myself: ActorRef<()>,
+) {
+    while let Some(msg) = inbox.recv().await {
+        if stopping.load(Ordering::Acquire) {
+            break;
+        }
+        // The rare arms are boxed, leaving the loop's future the size of the data path.
+        match msg {
+            StageMsg::Data { input, order, delivery } => state.on_data(input, order, delivery).await,
+            StageMsg::Gap { input, frame, part } => Box::pin(state.on_gap(input, frame, part)).await,
+            StageMsg::Tick => Box::pin(state.expire_joins(false)).await,
+            StageMsg::Flush { batch } => Box::pin(state.on_flush(batch)).await,
+            StageMsg::Eos => {
+                if Box::pin(state.on_eos()).await {
+                    break;
+                }
+            }
+        }
+    }
+    // The state (and the inbox, with anything still queued) is dropped before the
+    // actor's `post_stop` finishes awaiting this task.
+    drop(state);
+    drop(inbox);
+    myself.stop(None);
+}
+
 impl ActorState {
-    /// End of stream on one input; after the last, the stage finishes and the actor stops.
-    async fn on_eos(&mut self, myself: &ActorRef<StageMsg>) {
+    /// End of stream on one input; after the last, the stage finishes (`true`: the
+    /// loop ends and the actor stops).
+    async fn on_eos(&mut self) -> bool {
         self.eos_seen += 1;
         if self.eos_seen < self.args.group.input_edges {
-            return;
+            return false;
         }
         // End of stream (also after a stop request): the partial batch goes first.
         self.flush_batch().await;
@@ -139,7 +211,7 @@ impl ActorState {
             group.send_eos_downstream();
             shared.stage_finished();
         }
-        myself.stop(None);
+        true
     }
 
     /// A data message: taken from its delivery, run through the stage, its outputs
