@@ -166,6 +166,9 @@ async fn stage_loop(
     stopping: Arc<AtomicBool>,
     myself: ActorRef<()>,
 ) {
+    // However the loop ends (end of stream, a stop, or a panic outside the stage's own
+    // guarded call), its actor stops, as ractor stopped an actor whose handler panicked.
+    let _stop = StopOnDrop(myself);
     while let Some(msg) = inbox.recv().await {
         if stopping.load(Ordering::Acquire) {
             break;
@@ -187,7 +190,15 @@ async fn stage_loop(
     // actor's `post_stop` finishes awaiting this task.
     drop(state);
     drop(inbox);
-    myself.stop(None);
+}
+
+/// Stops the replica's actor when the stage loop ends, by returning or by unwinding.
+struct StopOnDrop(ActorRef<()>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop(None);
+    }
 }
 
 impl ActorState {
