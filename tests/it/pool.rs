@@ -165,10 +165,19 @@ fn a_pool_of_three_shares_frames_by_speed_and_the_sink_gets_each_once_in_order()
     let frames = 600;
     let g = pool_graph(dir.path(), port, frames, None, &["gpu1", "gpu2", "gpu3"], 10.0, "block");
     let out = |m: &str| dir.path().join(m);
-    let mut cam = launch(&g, "cam", false, &out("cam"), &[]);
-    let mut g1 = launch(&g, "gpu1", false, &out("gpu1"), &[]);
-    let mut g2 = launch(&g, "gpu2", false, &out("gpu2"), &[]);
-    let mut g3 = launch(&g, "gpu3", false, &out("gpu3"), &["--set", "stage.work.ms=30"]);
+    // Frames flow once all three are in (a member that joined late would get a smaller
+    // share for that reason alone).
+    let min3 = ["--set", "pools.gpus.min=3"];
+    let mut cam = launch(&g, "cam", false, &out("cam"), &min3);
+    let mut g1 = launch(&g, "gpu1", false, &out("gpu1"), &min3);
+    let mut g2 = launch(&g, "gpu2", false, &out("gpu2"), &min3);
+    let mut g3 = launch(
+        &g,
+        "gpu3",
+        false,
+        &out("gpu3"),
+        &["--set", "stage.work.ms=30", min3[0], min3[1]],
+    );
     let limit = Duration::from_secs(60);
     assert_eq!(cam.wait(limit), 0);
     for p in [&mut g1, &mut g2, &mut g3] {
@@ -199,9 +208,21 @@ fn kill_9_of_a_member_loses_nothing_and_duplicates_are_discarded() {
     let mut g1 = launch(&g, "gpu1", false, &out("gpu1"), &[]);
     let mut g2 = launch(&g, "gpu2", false, &out("gpu2"), &[]);
     let mut g3 = launch(&g, "gpu3", false, &out("gpu3"), &[]);
+    // gpu2 must be in the pool (and so hold frames) when it is killed: on a loaded
+    // machine it may join after the others have already moved many frames.
+    let t0 = Instant::now();
+    while !cam.log().contains("member `gpu2` joined pool `gpus`") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(40),
+            "gpu2 never joined:\n{}",
+            cam.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rows = sink_frames(&out("cam")).len();
     wait_rows(
         &out("cam"),
-        60,
+        (rows + 20).max(60).min(frames as usize - 10),
         Duration::from_secs(40),
         &mut [&mut cam, &mut g1, &mut g2, &mut g3],
     );
