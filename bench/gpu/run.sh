@@ -70,6 +70,17 @@ bench() {
         echo "== batch_speed --provider $p"
         timeout 100 "$bin/batch_speed" --provider "$p" "${llava[@]}" 2>&1 | tee "$OUT/batch_speed-$p.txt" || echo "batch_speed $p failed: $?"
     done
+    # BART's KV cache on the host against bound (issue 20, item 3): texts/s and host<->device
+    # bytes per decode step, both providers together.
+    echo "== bart cache on host / bound"
+    grep -h '^bart ' "$OUT/batch_speed-cuda.txt" "$OUT/batch_speed-cpu.txt" || echo "no bart lines in batch_speed's output"
+    # SD's UNet conditioning rebuilt on the host every step against bound once per run: s/image
+    # and host<->device bytes per step (issue 20, item 3).
+    for p in cuda cpu; do
+        echo "== batch_speed --sd --provider $p"
+        timeout 100 "$bin/batch_speed" --provider "$p" --llava none --sd models/fixtures/sd15_ip --sd-batch 4 \
+            --sd-steps 10 2>&1 | tee "$OUT/batch_speed-sd-$p.txt" || echo "batch_speed --sd $p failed: $?"
+    done
     for p in cuda cpu; do
         echo "== sd_batch_speed $p"
         timeout 100 "$bin/sd_batch_speed" models/fixtures/sd15_ip 2 8 10 3 1 "$p" 2>&1 | tee "$OUT/sd_batch_speed-$p.txt" || echo "sd_batch_speed $p failed: $?"

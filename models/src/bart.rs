@@ -29,6 +29,13 @@
 //! beam of each text (`bart/beam.rs`); each text gets the ids it gets alone (scores within
 //! 1e-5: `models/tests/it/batch.rs`).
 //!
+//! KV cache (issue 20, item 3): under CUDA the caches stay in GPU memory between steps
+//! ([`Bart::set_bind_cache`]): the first decoder's `present.*` (self- and cross-attention) and
+//! each step's `present.*.decoder.*` are kept there by I/O bindings, the cross-attention cache
+//! from the first run is fed to every step where it is, and beam search gathers rows there
+//! (`bart/gather.rs`); only ids, masks, logits and row indices cross. [`Bart::decode_stats`]
+//! counts the bytes per step; `models/tests/it/binding.rs` checks both ways give the same ids.
+//!
 //! Token limit: the checkpoint's `max_length` when it sets one, else sized from the input
 //! ([`Bart::token_limit`]): `n + n/2 + 10` new tokens for `n` input tokens. A spelling fix is
 //! about as long as its input in BPE tokens, so this never cuts a correction the way a fixed
@@ -38,7 +45,7 @@
 use std::path::{Path, PathBuf};
 
 use ort::session::SessionInputValue;
-use ort::value::DynValue;
+use ort::value::{DynValue, ValueType};
 use serde::Deserialize;
 
 use crate::error::ModelError;
@@ -47,6 +54,7 @@ use crate::session::{load_session, tensor_f32, tensor_i64, IoSpec, LoadedSession
 use crate::textgen::{argmax, log_softmax, read_export_json, TextTokenizer};
 
 mod beam;
+mod gather;
 
 /// Where `dataflow` looks for the export, relative to the assets folder.
 pub const ASSET_DIR: &str = "models/bart";
@@ -210,15 +218,56 @@ impl CorrectOptions {
     }
 }
 
-/// A BART export loaded into three sessions.
+/// A BART export loaded into three sessions (and the cache gather of `bart/gather.rs`).
 #[derive(Debug)]
 pub struct Bart {
     encoder: LoadedSession,
     first: LoadedSession,
     step: LoadedSession,
+    /// Gathers cache rows in the provider's memory (beam reorder, cross cache per row).
+    gather: gather::CacheGather,
     tokenizer: TextTokenizer,
     export: BartExport,
     dir: PathBuf,
+    /// Run the decoders through I/O bindings that keep `present.*` in the provider's memory.
+    bind_cache: bool,
+    /// Decoder steps and host bytes since load or the last [`Bart::take_decode_stats`].
+    stats: DecodeStats,
+}
+
+/// Decoder steps (runs after the first decoder run of a call) and the bytes they moved
+/// between the host and the provider's memory: the new tokens' ids and the encoder
+/// attention mask written in, the logits read out, and, with the cache bound
+/// ([`Bart::set_bind_cache`]), the row indices of the caches gathered on the provider (beam
+/// search); on a GPU without the cache bound, also the self-attention past and the
+/// cross-attention cache copied in and the `present.*` values copied out each step (beam
+/// search reorders them on the host). On the CPU, and with the cache bound, the caches are fed
+/// where they are. Without the KV cache (`use_cache = false`) a step re-runs the first decoder
+/// on the whole prefix: its ids, mask and encoder states in, its logits out (and on a GPU
+/// without binding its `present.*` out).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DecodeStats {
+    /// Decoder steps.
+    pub decode_steps: usize,
+    /// Bytes moved between host and provider memory by those steps.
+    pub host_bytes: u64,
+    /// Bytes of the caches those steps read and wrote (the past and the cross-attention cache
+    /// in, the `present.*` values out), wherever they were: part of
+    /// [`host_bytes`](Self::host_bytes) on a GPU with the cache not bound, else not (on the
+    /// CPU, `host_bytes + cache_bytes` is what the unbound path would count under CUDA).
+    pub cache_bytes: u64,
+}
+
+impl DecodeStats {
+    /// [`host_bytes`](Self::host_bytes) per decode step (0 without decode steps).
+    pub fn host_bytes_per_step(&self) -> u64 {
+        self.host_bytes.checked_div(self.decode_steps as u64).unwrap_or(0)
+    }
+
+    /// [`cache_bytes`](Self::cache_bytes) per decode step (0 without decode steps).
+    pub fn cache_bytes_per_step(&self) -> u64 {
+        self.cache_bytes.checked_div(self.decode_steps as u64).unwrap_or(0)
+    }
 }
 
 /// A generated sequence.
@@ -272,14 +321,50 @@ impl Bart {
         let dir = dir.as_ref();
         let export: BartExport = read_export_json(dir, EXPORT_COMMAND)?;
         let [es, fs, ss] = Self::io_specs(&export);
+        let step = load_session(dir.join("decoder_with_past_model.onnx"), options, &ss)?;
+        let gather = gather::CacheGather::new(
+            2 * export.num_layers,
+            export.num_heads,
+            export.head_dim,
+            options,
+            step.provider(),
+        )?;
         Ok(Bart {
             encoder: load_session(dir.join("encoder_model.onnx"), options, &es)?,
             first: load_session(dir.join("decoder_model.onnx"), options, &fs)?,
-            step: load_session(dir.join("decoder_with_past_model.onnx"), options, &ss)?,
+            bind_cache: step.provider() == ActiveProvider::Cuda,
+            step,
+            gather,
             tokenizer: TextTokenizer::load(&dir.join("tokenizer.json"))?,
             export,
             dir: dir.to_path_buf(),
+            stats: DecodeStats::default(),
         })
+    }
+
+    /// Whether the decoders keep the KV cache in the provider's memory between steps (I/O
+    /// bindings that leave `present.*` there and feed them back from there, the cross-attention
+    /// cache fed to every step where it is, beam search gathering rows there: `bart/gather.rs`)
+    /// rather than in host memory. On by default under CUDA, where an unbound cache crosses the
+    /// bus twice a step; off by default on the CPU, where both ways give the same ids, nothing
+    /// crosses, and the binding and gather runs cost a little time per step (BENCHMARKS.md §25).
+    pub fn set_bind_cache(&mut self, bind: bool) {
+        self.bind_cache = bind;
+    }
+
+    /// See [`set_bind_cache`](Self::set_bind_cache).
+    pub fn binds_cache(&self) -> bool {
+        self.bind_cache
+    }
+
+    /// Decoder steps and host bytes since load or the last [`take_decode_stats`](Self::take_decode_stats).
+    pub fn decode_stats(&self) -> DecodeStats {
+        self.stats
+    }
+
+    /// [`decode_stats`](Self::decode_stats), starting the count anew.
+    pub fn take_decode_stats(&mut self) -> DecodeStats {
+        std::mem::take(&mut self.stats)
     }
 
     /// What `export.json` says.
@@ -460,8 +545,9 @@ impl Bart {
                     cross = self.take_cache(&mut res, "encoder")?;
                 }
                 let past = self.take_cache(&mut res, "decoder")?;
-                self.run_step(&[next], s, past, &cross)?
+                self.run_step(&[next], &vec![1; s], s, past, &cross)?
             } else {
+                self.count_uncached_step(1, seq.len(), s);
                 self.run_first(&seq, hidden, s, 1)?
             };
         }
@@ -476,43 +562,114 @@ impl Bart {
         for _ in 0..rows {
             states.extend_from_slice(hidden);
         }
-        self.first.run(vec![
+        self.run_first_on(vec![
             (
                 "input_ids".into(),
-                tensor_i64(&[rows, t], prefix.iter().map(|&x| i64::from(x)).collect())?.into(),
+                tensor_i64(&[rows, t], prefix.iter().map(|&x| i64::from(x)).collect())?,
             ),
             (
                 "encoder_attention_mask".into(),
-                tensor_i64(&[rows, s], vec![1; rows * s])?.into(),
+                tensor_i64(&[rows, s], vec![1; rows * s])?,
             ),
-            (
-                "encoder_hidden_states".into(),
-                tensor_f32(&[rows, s, d], states)?.into(),
-            ),
+            ("encoder_hidden_states".into(), tensor_f32(&[rows, s, d], states)?),
         ])
     }
 
-    /// One step with the past: `past` (self-attention, owned, fed as is) and `cross`
-    /// (cross-attention, borrowed: the same every step).
-    fn run_step(&mut self, last: &[u32], s: usize, past: Cache, cross: &Cache) -> Result<RunOutputs, ModelError> {
+    /// The first decoder on `inputs`; with the cache bound every `present.*` stays in the
+    /// provider's memory.
+    fn run_first_on(&mut self, inputs: Vec<(String, DynValue)>) -> Result<RunOutputs, ModelError> {
+        if !self.bind_cache {
+            return self.first.run(inputs.into_iter().map(|(n, v)| (n, v.into())).collect());
+        }
+        let names = self.present_names(&["decoder", "encoder"]);
+        let keep: Vec<&str> = names.iter().map(String::as_str).collect();
+        self.first.run_bound(inputs, &keep)
+    }
+
+    /// One step with the past: the last tokens, the encoder attention mask of each row
+    /// (`[rows, s]`), `past` (self-attention, fed as is) and `cross` (cross-attention,
+    /// borrowed: fed to every step). With the cache bound the presents stay in the provider's
+    /// memory and the caches are used where they are.
+    fn run_step(
+        &mut self,
+        last: &[u32],
+        mask: &[i64],
+        s: usize,
+        past: Cache,
+        cross: &Cache,
+    ) -> Result<RunOutputs, ModelError> {
         let rows = last.len();
-        let mut inputs: Vec<(String, SessionInputValue<'_>)> = vec![
-            (
-                "input_ids".into(),
-                tensor_i64(&[rows, 1], last.iter().map(|&x| i64::from(x)).collect())?.into(),
-            ),
-            (
-                "encoder_attention_mask".into(),
-                tensor_i64(&[rows, s], vec![1; rows * s])?.into(),
-            ),
-        ];
-        for (name, value) in past {
-            inputs.push((name, value.into()));
+        let ids = tensor_i64(&[rows, 1], last.iter().map(|&x| i64::from(x)).collect())?;
+        let mask = tensor_i64(&[rows, s], mask.to_vec())?;
+        let t = cache_dims(&past)?.1;
+        let caches = self.cache_bytes(rows, t) + self.cache_bytes(rows, s) + self.cache_bytes(rows, t + 1);
+        // The ids and the mask in, the logits `[rows, 1, vocab]` out.
+        self.count_step(
+            (8 * rows + 8 * rows * s + 4 * rows * self.export.vocab_size) as u64,
+            caches,
+        );
+        let mut inputs: Vec<(String, &DynValue)> =
+            vec![("input_ids".into(), &ids), ("encoder_attention_mask".into(), &mask)];
+        inputs.extend(past.iter().chain(cross).map(|(name, value)| (name.clone(), value)));
+        if !self.bind_cache {
+            let inputs: Vec<(String, SessionInputValue<'_>)> =
+                inputs.into_iter().map(|(name, value)| (name, value.into())).collect();
+            return self.step.run(inputs);
         }
-        for (name, value) in cross {
-            inputs.push((name.clone(), value.into()));
+        let names = self.present_names(&["decoder"]);
+        let keep: Vec<&str> = names.iter().map(String::as_str).collect();
+        self.step.run_bound(inputs, &keep)
+    }
+
+    /// `cache` with rows `order` (new row `j` is row `order[j]`): with the cache bound on the
+    /// provider, where it is (`bart/gather.rs`; only the indices cross), else on the host.
+    fn gather_rows(&mut self, cache: &Cache, order: &[usize]) -> Result<Cache, ModelError> {
+        if !self.bind_cache {
+            return reorder(cache, order);
         }
-        self.step.run(inputs)
+        self.stats.host_bytes += 8 * order.len() as u64;
+        self.gather.gather(cache, order)
+    }
+
+    /// `present.{i}.{part}.{key,value}` of every layer, for each of `parts`.
+    fn present_names(&self, parts: &[&str]) -> Vec<String> {
+        let mut names = Vec::with_capacity(2 * parts.len() * self.export.num_layers);
+        for i in 0..self.export.num_layers {
+            for part in parts {
+                for kind in ["key", "value"] {
+                    names.push(format!("present.{i}.{part}.{kind}"));
+                }
+            }
+        }
+        names
+    }
+
+    /// Bytes of `rows` rows of one part (self or cross attention) of the cache over `len`
+    /// positions: f32 keys and values of every layer.
+    fn cache_bytes(&self, rows: usize, len: usize) -> u64 {
+        let e = &self.export;
+        (2 * e.num_layers * rows * e.num_heads * len * e.head_dim * 4) as u64
+    }
+
+    /// Counts a decode step ([`DecodeStats`]) that moves `other` bytes between host and
+    /// provider memory besides `caches` bytes of caches, which cross too when the cache is
+    /// not bound on a GPU.
+    fn count_step(&mut self, other: u64, caches: u64) {
+        self.stats.decode_steps += 1;
+        self.stats.cache_bytes += caches;
+        self.stats.host_bytes += other;
+        if self.step.provider() == ActiveProvider::Cuda && !self.bind_cache {
+            self.stats.host_bytes += caches;
+        }
+    }
+
+    /// Counts an uncached step: the first decoder on `rows` prefixes of `t` tokens (ids, mask
+    /// and encoder states in, logits `[rows, t, vocab]` out; its presents are the caches).
+    fn count_uncached_step(&mut self, rows: usize, t: usize, s: usize) {
+        let e = &self.export;
+        let other = 8 * rows * t + 8 * rows * s + 4 * rows * s * e.d_model + 4 * rows * t * e.vocab_size;
+        let caches = self.cache_bytes(rows, t) + self.cache_bytes(rows, s);
+        self.count_step(other as u64, caches);
     }
 
     /// The presents of `part` (`decoder` or `encoder`) of a run, renamed as the next past.
@@ -638,16 +795,13 @@ impl Bart {
         let (s, mask, hidden) = self.encode_padded(inputs)?;
         let mut seqs: Vec<Vec<u32>> = vec![vec![e.decoder_start_token_id]; b];
         let mut done: Vec<bool> = limits.iter().map(|&l| l == 0).collect();
-        let mut res = self.first.run(vec![
+        let mut res = self.run_first_on(vec![
             (
                 "input_ids".into(),
-                tensor_i64(&[b, 1], vec![i64::from(e.decoder_start_token_id); b])?.into(),
+                tensor_i64(&[b, 1], vec![i64::from(e.decoder_start_token_id); b])?,
             ),
-            (
-                "encoder_attention_mask".into(),
-                tensor_i64(&[b, s], mask.clone())?.into(),
-            ),
-            ("encoder_hidden_states".into(), tensor_f32(&[b, s, d], hidden)?.into()),
+            ("encoder_attention_mask".into(), tensor_i64(&[b, s], mask.clone())?),
+            ("encoder_hidden_states".into(), tensor_f32(&[b, s, d], hidden)?),
         ])?;
         let cross = self.take_cache(&mut res, "encoder")?;
         for k in 0.. {
@@ -673,45 +827,22 @@ impl Bart {
                 break;
             }
             let past = self.take_cache(&mut res, "decoder")?;
-            res = self.run_step_masked(&last, &mask, s, past, &cross)?;
+            res = self.run_step(&last, &mask, s, past, &cross)?;
         }
         Ok(seqs.into_iter().map(|seq| seq[1..].to_vec()).collect())
     }
-
-    /// [`run_step`](Self::run_step) with a per-row encoder attention mask.
-    fn run_step_masked(
-        &mut self,
-        last: &[u32],
-        mask: &[i64],
-        s: usize,
-        past: Cache,
-        cross: &Cache,
-    ) -> Result<RunOutputs, ModelError> {
-        let rows = last.len();
-        let mut inputs: Vec<(String, SessionInputValue<'_>)> = vec![
-            (
-                "input_ids".into(),
-                tensor_i64(&[rows, 1], last.iter().map(|&x| i64::from(x)).collect())?.into(),
-            ),
-            (
-                "encoder_attention_mask".into(),
-                tensor_i64(&[rows, s], mask.to_vec())?.into(),
-            ),
-        ];
-        for (name, value) in past {
-            inputs.push((name, value.into()));
-        }
-        for (name, value) in cross {
-            inputs.push((name.clone(), value.into()));
-        }
-        self.step.run(inputs)
-    }
 }
 
-fn rows_of(cache: &Cache) -> Result<usize, ModelError> {
-    match cache.first() {
-        Some((name, v)) => Ok(crate::session::view_f32(v, name)?.0[0]),
-        None => Ok(0),
+/// `(rows, positions)` of a cache (of its first tensor; `(0, 0)` when empty), wherever it is.
+fn cache_dims(cache: &Cache) -> Result<(usize, usize), ModelError> {
+    let Some((name, value)) = cache.first() else {
+        return Ok((0, 0));
+    };
+    match value.dtype() {
+        ValueType::Tensor { shape, .. } if shape.len() == 4 => Ok((shape[0].max(0) as usize, shape[2].max(0) as usize)),
+        other => Err(ModelError::Invalid(format!(
+            "cache tensor `{name}` is {other}, expected a tensor [rows, heads, positions, head_dim]"
+        ))),
     }
 }
 

@@ -67,6 +67,16 @@
 //! 8-bit level on the image, for kernels that sum in another order at another batch size). A
 //! request the model cannot take fails alone, and a failed shared call is re-run image by image.
 //!
+//! # The conditioning stays where the UNet runs
+//!
+//! Of the UNet's inputs only `sample` and `timestep` change between the steps of a denoising run.
+//! [`SdIpAdapter::prepare_conditioning`] groups the text rows, image-prompt tokens and λ of a run
+//! (all images of a batch, per text length) once before the first step and, with
+//! [`SdIpAdapter::set_bind_conditioning`] on (the default), places them in the UNet's provider
+//! memory: under CUDA one host→device copy per run instead of one per step (≈ 2.2 MB per step
+//! for SD 1.5 with four regional captions). The scheduler stays on the host on the latents.
+//! [`Generated::host_bytes`] counts the bytes the UNet calls move ([`UnetBytes::counted`]).
+//!
 //! Repeating a row's states k times changes nothing mathematically (softmax over k copies of
 //! each key divides each weight by k and sums k equal values), which is why the empty prompt
 //! can be repeated to any chunk count.
@@ -76,6 +86,7 @@ use std::time::{Duration, Instant};
 
 use image::imageops::{self, FilterType};
 use image::RgbImage;
+use ort::value::DynValue;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
@@ -304,6 +315,20 @@ pub struct Generated {
     /// Images whose UNet calls this image shared in [`SdIpAdapter::generate_batch`], itself
     /// included (1 when it ran alone).
     pub batched_with: usize,
+    /// What each step's UNet calls that this image took part in carry (whole calls, shared
+    /// with the images of its batch).
+    pub unet_bytes: UnetBytes,
+    /// Bytes those calls moved between host memory and the UNet's provider memory over the
+    /// denoising loop, counted as [`UnetBytes::counted`] says for the provider and
+    /// [`SdIpAdapter::set_bind_conditioning`].
+    pub host_bytes: u64,
+}
+
+impl Generated {
+    /// [`host_bytes`](Self::host_bytes) per denoising step (0 without steps).
+    pub fn host_bytes_per_step(&self) -> u64 {
+        self.host_bytes.checked_div(self.steps_run as u64).unwrap_or(0)
+    }
 }
 
 /// An SD 1.5 + IP-Adapter export: six sessions, a tokenizer, and the two unconditional inputs.
@@ -321,6 +346,8 @@ pub struct SdIpAdapter {
     zero_ip: Vec<f32>,
     /// The UNet's text length when the export fixes it (77 before `prompt_mode`), else `None`.
     fixed_text_len: Option<usize>,
+    /// Whether the denoising loop places its conditioning in the provider's memory once.
+    bind_conditioning: bool,
 }
 
 impl SdIpAdapter {
@@ -395,6 +422,7 @@ impl SdIpAdapter {
             empty_text: Vec::new(),
             zero_ip: Vec::new(),
             fixed_text_len,
+            bind_conditioning: true,
         };
         sd.empty_text = sd.encode_text("")?;
         sd.zero_ip = sd.project(&vec![0.0; sd.export.image_embed_dim])?;
@@ -409,6 +437,21 @@ impl SdIpAdapter {
     /// The provider the UNet runs on.
     pub fn provider(&self) -> ActiveProvider {
         self.unet.provider()
+    }
+
+    /// Whether a denoising run places the UNet inputs that do not change between its steps
+    /// (the text rows, the image-prompt tokens and λ) in the UNet's provider memory once, before
+    /// the first step, and feeds them from there at every step through an I/O binding; only
+    /// `sample` and `timestep` are then written and `noise_pred` read per step. Off, every step
+    /// builds them into fresh host tensors, which a CUDA UNet copies to the GPU at each call.
+    /// On by default; both ways give the same images (bit for bit on the CPU).
+    pub fn set_bind_conditioning(&mut self, bind: bool) {
+        self.bind_conditioning = bind;
+    }
+
+    /// See [`set_bind_conditioning`](Self::set_bind_conditioning).
+    pub fn binds_conditioning(&self) -> bool {
+        self.bind_conditioning
     }
 
     /// Token ids of `text` as SD's `CLIPTokenizer(padding="max_length", truncation=True)`
@@ -644,13 +687,14 @@ impl SdIpAdapter {
     /// [`Self::guided_noise`] of several images at the same timestep, latent size and λ: the
     /// rows of all images that share a text length go in one UNet call, each image's rows in
     /// the order [`Self::guided_noise`] gives them alone (the empty prompt, then its prompts).
+    /// One denoising step: [`Self::prepare_conditioning`], then [`Self::guided_noise_prepared`]
+    /// (a loop prepares once and runs every step on the prepared conditioning).
     pub fn guided_noise_batch(
         &mut self,
         frames: &[(&Conditioning, &[f32])],
         t: f32,
         hw: (usize, usize),
     ) -> Result<Vec<GuidedNoise>, ModelError> {
-        let d = self.export.cross_attention_dim.max(1);
         let Some(&(c0, s0)) = frames.first() else {
             return Ok(Vec::new());
         };
@@ -663,42 +707,164 @@ impl SdIpAdapter {
                  batch only images that share both"
             )));
         }
+        let conds: Vec<&Conditioning> = frames.iter().map(|(c, _)| *c).collect();
+        let prepared = self.prepare_conditioning(&conds, hw)?;
+        let samples: Vec<&[f32]> = frames.iter().map(|(_, s)| *s).collect();
+        self.guided_noise_prepared(&prepared, &samples, t)
+    }
+
+    /// The UNet inputs of a denoising run of the images `conds` (latent size `hw`, one λ) that
+    /// stay the same at every step, built once: per text length, the rows of every image that
+    /// has prompts of that length (its empty prompt with its shortest rows, then those prompts)
+    /// and their image-prompt tokens; with [`bind_conditioning`](Self::set_bind_conditioning)
+    /// on, placed in the UNet's provider memory (the GPU's under CUDA) once.
+    pub fn prepare_conditioning(
+        &mut self,
+        conds: &[&Conditioning],
+        hw: (usize, usize),
+    ) -> Result<PreparedConditioning, ModelError> {
+        let d = self.export.cross_attention_dim.max(1);
+        let ip_scale = conds.first().map_or(0.0, |c| c.ip_scale);
+        if let Some(k) = conds.iter().position(|c| c.ip_scale.to_bits() != ip_scale.to_bits()) {
+            return Err(ModelError::Invalid(format!(
+                "image {k} of the UNet batch has another ip_scale than image 0; batch only images \
+                 that share it"
+            )));
+        }
         // Each image's distinct text lengths (first seen first), and those of all images.
-        let lens: Vec<Vec<usize>> = frames
+        let lens: Vec<Vec<usize>> = conds
             .iter()
-            .map(|(c, _)| distinct(c.texts.iter().map(|x| x.len() / d)))
+            .map(|c| distinct(c.texts.iter().map(|x| x.len() / d)))
             .collect();
-        let all = distinct(lens.iter().flatten().copied());
-        let mut cond: Vec<Vec<Vec<f32>>> = frames.iter().map(|(c, _)| vec![Vec::new(); c.texts.len()]).collect();
-        let mut uncond = vec![Vec::new(); frames.len()];
-        let mut rows = vec![0usize; frames.len()];
-        for &len in &all {
-            let (mut text, mut ip, mut sample, mut slots) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            for (k, &(c, x)) in frames.iter().enumerate().filter(|(k, _)| lens[*k].contains(&len)) {
-                let guide = c.guidance_scale > 1.0;
-                let (zero_ip, cond_ip) = c.ip.split_at(if guide { c.ip.len() / 2 } else { 0 });
-                // The empty prompt rides with the image's shortest rows (its repeats cost attention).
-                if guide && lens[k].iter().min() == Some(&len) {
-                    let l = self.export.max_length;
-                    if len % l != 0 || c.empty_text.len() != l * d {
-                        return Err(ModelError::Invalid(format!(
-                            "text states of {len} tokens are not whole {l}-token chunks"
-                        )));
-                    }
-                    (0..len / l).for_each(|_| text.extend_from_slice(&c.empty_text));
-                    ip.extend_from_slice(zero_ip);
-                    sample.extend_from_slice(x);
-                    slots.push((k, None));
-                }
-                for i in (0..c.texts.len()).filter(|&i| c.texts[i].len() == len * d) {
-                    text.extend_from_slice(&c.texts[i]);
-                    ip.extend_from_slice(cond_ip);
-                    sample.extend_from_slice(x);
-                    slots.push((k, Some(i)));
-                }
+        let mut calls = Vec::new();
+        let mut bytes = vec![UnetBytes::default(); conds.len()];
+        for len in distinct(lens.iter().flatten().copied()) {
+            if let Some(fixed) = self.fixed_text_len.filter(|&f| f != len) {
+                return Err(ModelError::Invalid(format!(
+                    "this export's UNet takes exactly {fixed} text tokens, the prompt needs {len}: \
+                     re-export it with `{EXPORT_COMMAND}` (the text axis is dynamic since prompt_mode), \
+                     or use prompt_mode = \"truncate\""
+                )));
             }
-            let eps = self.unet_run(sample, t, hw, len, text, ip, c0.ip_scale)?;
-            for ((k, slot), e) in slots.into_iter().zip(eps.chunks(s0.len().max(1))) {
+            let CallRows { text, ip, slots } = self.call_rows(conds, &lens, len)?;
+            let call = UnetBytes::of_call(&self.export, slots.len(), len, hw);
+            for k in distinct(slots.iter().map(|&(k, _)| k)) {
+                bytes[k] = bytes[k] + call;
+            }
+            calls.push(self.prepared_call(len, slots, text, ip, ip_scale)?);
+        }
+        let frames = conds
+            .iter()
+            .zip(&lens)
+            .map(|(c, lens)| FrameGuide {
+                guidance_scale: c.guidance_scale,
+                areas: c.areas.clone(),
+                texts: c.texts.len(),
+                calls: lens.len(),
+            })
+            .collect();
+        Ok(PreparedConditioning {
+            calls,
+            frames,
+            hw,
+            ip_scale,
+            bytes,
+            bound: self.bind_conditioning,
+        })
+    }
+
+    /// The text rows, image-prompt rows and row owners `(image, None = empty prompt | Some(i)
+    /// = prompt i)` of the UNet call on text length `len`.
+    fn call_rows(&self, conds: &[&Conditioning], lens: &[Vec<usize>], len: usize) -> Result<CallRows, ModelError> {
+        let (d, l) = (self.export.cross_attention_dim.max(1), self.export.max_length);
+        let (mut text, mut ip, mut slots) = (Vec::new(), Vec::new(), Vec::new());
+        for (k, c) in conds.iter().enumerate().filter(|(k, _)| lens[*k].contains(&len)) {
+            let guide = c.guidance_scale > 1.0;
+            let (zero_ip, cond_ip) = c.ip.split_at(if guide { c.ip.len() / 2 } else { 0 });
+            // The empty prompt rides with the image's shortest rows (its repeats cost attention).
+            if guide && lens[k].iter().min() == Some(&len) {
+                if !len.is_multiple_of(l) || c.empty_text.len() != l * d {
+                    return Err(ModelError::Invalid(format!(
+                        "text states of {len} tokens are not whole {l}-token chunks"
+                    )));
+                }
+                (0..len / l).for_each(|_| text.extend_from_slice(&c.empty_text));
+                ip.extend_from_slice(zero_ip);
+                slots.push((k, None));
+            }
+            for i in (0..c.texts.len()).filter(|&i| c.texts[i].len() == len * d) {
+                text.extend_from_slice(&c.texts[i]);
+                ip.extend_from_slice(cond_ip);
+                slots.push((k, Some(i)));
+            }
+        }
+        Ok(CallRows { text, ip, slots })
+    }
+
+    /// One prepared UNet call: its rows kept on the host, or (bound) their tensors and λ in
+    /// the provider's memory.
+    fn prepared_call(
+        &self,
+        len: usize,
+        slots: Vec<Slot>,
+        text: Vec<f32>,
+        ip: Vec<f32>,
+        ip_scale: f32,
+    ) -> Result<PreparedCall, ModelError> {
+        if !self.bind_conditioning {
+            return Ok(PreparedCall {
+                len,
+                slots,
+                inputs: CallInputs::Host { text, ip },
+            });
+        }
+        let (rows, d, n) = (slots.len(), self.export.cross_attention_dim, self.export.num_ip_tokens);
+        let place = |name: &str, shape: &[usize], data: Vec<f32>| -> Result<(String, DynValue), ModelError> {
+            Ok((name.to_string(), self.unet.to_provider(tensor_f32(shape, data)?)?))
+        };
+        let values = vec![
+            place("encoder_hidden_states", &[rows, len, d], text)?,
+            place("ip_tokens", &[rows, n, d], ip)?,
+            place("ip_scale", &[1], vec![ip_scale])?,
+        ];
+        Ok(PreparedCall {
+            len,
+            slots,
+            inputs: CallInputs::Bound(values),
+        })
+    }
+
+    /// One denoising step of the images of `p` on their latents `samples` (`4 × h × w` each,
+    /// already scaled for the scheduler, in the order they were prepared) at timestep `t`:
+    /// one UNet call per text length, writing only `sample` and `timestep` and reading
+    /// `noise_pred`; each image's prompts guided and blended as [`Self::guided_noise`] does.
+    pub fn guided_noise_prepared(
+        &mut self,
+        p: &PreparedConditioning,
+        samples: &[&[f32]],
+        t: f32,
+    ) -> Result<Vec<GuidedNoise>, ModelError> {
+        let (h, w) = p.hw;
+        let n = self.export.latent_channels * h * w;
+        if samples.len() != p.frames.len() || samples.iter().any(|s| s.len() != n) {
+            return Err(ModelError::Invalid(format!(
+                "the UNet step got latents of {:?} values for {} prepared images of {n} values each \
+                 ({} channels × {h} × {w}): prepare the conditioning for the images and size denoised",
+                samples.iter().map(|s| s.len()).collect::<Vec<_>>(),
+                p.frames.len(),
+                self.export.latent_channels
+            )));
+        }
+        let mut cond: Vec<Vec<Vec<f32>>> = p.frames.iter().map(|f| vec![Vec::new(); f.texts]).collect();
+        let mut uncond = vec![Vec::new(); samples.len()];
+        let mut rows = vec![0usize; samples.len()];
+        for call in &p.calls {
+            let mut sample = Vec::with_capacity(call.slots.len() * n);
+            for &(k, _) in &call.slots {
+                sample.extend_from_slice(samples[k]);
+            }
+            let eps = self.unet_call(call, sample, t, p.hw, p.ip_scale)?;
+            for (&(k, slot), e) in call.slots.iter().zip(eps.chunks(n.max(1))) {
                 rows[k] += 1;
                 match slot {
                     None => uncond[k] = e.to_vec(),
@@ -706,30 +872,28 @@ impl SdIpAdapter {
                 }
             }
         }
-        Ok(frames
+        Ok(p.frames
             .iter()
             .zip(cond)
             .zip(uncond)
-            .enumerate()
-            .map(|(k, (((c, _), cond), uncond))| GuidedNoise {
-                eps: guide_and_blend(c, cond, &uncond, hw),
-                unet_calls: lens[k].len(),
-                unet_evals: rows[k],
+            .zip(rows)
+            .map(|(((f, cond), uncond), rows)| GuidedNoise {
+                eps: guide_and_blend(f.guidance_scale, &f.areas, cond, &uncond, p.hw),
+                unet_calls: f.calls,
+                unet_evals: rows,
             })
             .collect())
     }
 
-    /// One UNet run on `text.len() / (len · D)` rows of text length `len`, `sample` holding
-    /// each row's latents (`4 × h × w`) one after the other.
-    #[allow(clippy::too_many_arguments)]
-    fn unet_run(
+    /// One UNet run of a prepared call, `sample` holding each row's latents (`4 × h × w`) one
+    /// after the other. Unbound, the text and image-prompt rows go in as fresh host tensors
+    /// (copied to the GPU by this run under CUDA); bound, as the values placed once.
+    fn unet_call(
         &mut self,
+        call: &PreparedCall,
         sample: Vec<f32>,
         t: f32,
         (h, w): (usize, usize),
-        len: usize,
-        text: Vec<f32>,
-        ip: Vec<f32>,
         ip_scale: f32,
     ) -> Result<Vec<f32>, ModelError> {
         let (d, n, ch) = (
@@ -737,28 +901,32 @@ impl SdIpAdapter {
             self.export.num_ip_tokens,
             self.export.latent_channels,
         );
-        if let Some(fixed) = self.fixed_text_len.filter(|&f| f != len) {
-            return Err(ModelError::Invalid(format!(
-                "this export's UNet takes exactly {fixed} text tokens, the prompt needs {len}: \
-                 re-export it with `{EXPORT_COMMAND}` (the text axis is dynamic since prompt_mode), \
-                 or use prompt_mode = \"truncate\""
-            )));
-        }
-        let rows = text.len() / (len * d).max(1);
-        let out = self.unet.run(vec![
-            ("sample".into(), tensor_f32(&[rows, ch, h, w], sample)?.into()),
-            ("timestep".into(), tensor_f32(&[1], vec![t])?.into()),
-            (
-                "encoder_hidden_states".into(),
-                tensor_f32(&[rows, len, d], text)?.into(),
-            ),
-            ("ip_tokens".into(), tensor_f32(&[rows, n, d], ip)?.into()),
-            ("ip_scale".into(), tensor_f32(&[1], vec![ip_scale])?.into()),
-        ])?;
+        let rows = call.slots.len();
+        let sample = tensor_f32(&[rows, ch, h, w], sample)?;
+        let timestep = tensor_f32(&[1], vec![t])?;
+        let out = match &call.inputs {
+            CallInputs::Host { text, ip } => self.unet.run(vec![
+                ("sample".into(), sample.into()),
+                ("timestep".into(), timestep.into()),
+                (
+                    "encoder_hidden_states".into(),
+                    tensor_f32(&[rows, call.len, d], text.clone())?.into(),
+                ),
+                ("ip_tokens".into(), tensor_f32(&[rows, n, d], ip.clone())?.into()),
+                ("ip_scale".into(), tensor_f32(&[1], vec![ip_scale])?.into()),
+            ])?,
+            CallInputs::Bound(fixed) => {
+                let mut inputs: Vec<(String, &DynValue)> =
+                    vec![("sample".into(), &sample), ("timestep".into(), &timestep)];
+                inputs.extend(fixed.iter().map(|(name, value)| (name.clone(), value)));
+                self.unet.run_bound(inputs, &[])?
+            }
+        };
         Ok(out.f32("noise_pred")?.1.to_vec())
     }
 
-    /// Runs scheduler steps `first..` from `latents`, drawing Euler's noise from `rng`.
+    /// Runs scheduler steps `first..` from `latents`, drawing Euler's noise from `rng`; the
+    /// conditioning is prepared once ([`Self::prepare_conditioning`]) for all steps.
     pub fn denoise(
         &mut self,
         c: &Conditioning,
@@ -768,9 +936,17 @@ impl SdIpAdapter {
         hw: (usize, usize),
         rng: &mut ChaCha8Rng,
     ) -> Result<Vec<f32>, ModelError> {
+        if first >= sched.timesteps().len() {
+            return Ok(latents);
+        }
+        let prepared = self.prepare_conditioning(&[c], hw)?;
         for i in first..sched.timesteps().len() {
             let x = sched.scale_model_input(i, &latents);
-            let eps = self.guided_noise(c, &x, sched.timesteps()[i] as f32, hw)?;
+            let eps = self
+                .guided_noise_prepared(&prepared, &[&x], sched.timesteps()[i] as f32)?
+                .pop()
+                .map(|g| g.eps)
+                .unwrap_or_default();
             let noise = match sched.kind() {
                 SchedulerKind::Ddim => Vec::new(),
                 SchedulerKind::EulerAncestral => normal(rng, latents.len()),
@@ -888,6 +1064,8 @@ impl SdIpAdapter {
                     unet_evals: j.unet_evals,
                     tokens_dropped: j.c.tokens_dropped,
                     batched_with: j.batched_with,
+                    unet_bytes: j.unet_bytes,
+                    host_bytes: j.host_bytes,
                 })
             })
             .collect()
@@ -948,6 +1126,8 @@ impl SdIpAdapter {
             unet_calls: 0,
             unet_evals: 0,
             batched_with: 1,
+            unet_bytes: UnetBytes::default(),
+            host_bytes: 0,
         })
     }
 
@@ -975,6 +1155,7 @@ impl SdIpAdapter {
                 let mut out = Vec::with_capacity(group.len());
                 for ((k, mut j), (latents, rng)) in group.into_iter().zip(saved) {
                     (j.latents, j.rng, j.unet_calls, j.unet_evals) = (latents, rng, 0, 0);
+                    (j.unet_bytes, j.host_bytes) = (UnetBytes::default(), 0);
                     out.extend(self.run_group(vec![(k, j)]));
                 }
                 out
@@ -982,21 +1163,26 @@ impl SdIpAdapter {
         }
     }
 
-    /// Runs the scheduler steps of a group of images that share their UNet calls.
+    /// Runs the scheduler steps of a group of images that share their UNet calls, on their
+    /// conditioning prepared once for all steps.
     fn denoise_jobs(&mut self, group: &mut [(usize, Job)]) -> Result<(), ModelError> {
         let Some((_, j0)) = group.first() else {
             return Ok(());
         };
         let (first, hw, kind) = (j0.first, j0.hw, j0.sched.kind());
         let timesteps = j0.sched.timesteps().to_vec();
+        if first >= timesteps.len() {
+            return Ok(());
+        }
+        let conds: Vec<&Conditioning> = group.iter().map(|(_, j)| &j.c).collect();
+        let prepared = self.prepare_conditioning(&conds, hw)?;
         for (i, &t) in timesteps.iter().enumerate().skip(first) {
             let xs: Vec<Vec<f32>> = group
                 .iter()
                 .map(|(_, j)| j.sched.scale_model_input(i, &j.latents))
                 .collect();
-            let frames: Vec<(&Conditioning, &[f32])> =
-                group.iter().zip(&xs).map(|((_, j), x)| (&j.c, x.as_slice())).collect();
-            let guided = self.guided_noise_batch(&frames, t as f32, hw)?;
+            let samples: Vec<&[f32]> = xs.iter().map(Vec::as_slice).collect();
+            let guided = self.guided_noise_prepared(&prepared, &samples, t as f32)?;
             for ((_, j), g) in group.iter_mut().zip(guided) {
                 let noise = match kind {
                     SchedulerKind::Ddim => Vec::new(),
@@ -1006,6 +1192,11 @@ impl SdIpAdapter {
                 j.unet_calls += g.unet_calls;
                 j.unet_evals += g.unet_evals;
             }
+        }
+        let (steps, provider) = (timesteps.len() - first, self.unet.provider());
+        for (k, (_, j)) in group.iter_mut().enumerate() {
+            j.unet_bytes = prepared.bytes(k);
+            j.host_bytes = j.unet_bytes.counted(steps, provider, prepared.is_bound());
         }
         Ok(())
     }
@@ -1040,6 +1231,8 @@ struct Job {
     unet_calls: usize,
     unet_evals: usize,
     batched_with: usize,
+    unet_bytes: UnetBytes,
+    host_bytes: u64,
 }
 
 impl Job {
@@ -1066,11 +1259,145 @@ pub struct GuidedNoise {
     pub unet_evals: usize,
 }
 
+/// The UNet inputs of a denoising run that do not change between its steps
+/// ([`SdIpAdapter::prepare_conditioning`]): per text length, the rows of every image and, with
+/// [`SdIpAdapter::set_bind_conditioning`] on, their values in the UNet's provider memory.
+#[derive(Debug)]
+pub struct PreparedConditioning {
+    calls: Vec<PreparedCall>,
+    frames: Vec<FrameGuide>,
+    hw: (usize, usize),
+    ip_scale: f32,
+    /// Per image: what each step's calls it takes part in carry.
+    bytes: Vec<UnetBytes>,
+    bound: bool,
+}
+
+impl PreparedConditioning {
+    /// Images prepared.
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Whether no image was prepared.
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// UNet calls per step (one per distinct text length).
+    pub fn calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// What each step's UNet calls that image `k` takes part in carry (whole calls).
+    pub fn bytes(&self, k: usize) -> UnetBytes {
+        self.bytes.get(k).copied().unwrap_or_default()
+    }
+
+    /// Whether the conditioning was placed in the provider's memory (bound).
+    pub fn is_bound(&self) -> bool {
+        self.bound
+    }
+}
+
+/// What [`guide_and_blend`] needs of an image's [`Conditioning`] at every step.
+#[derive(Debug)]
+struct FrameGuide {
+    guidance_scale: f32,
+    areas: Vec<Area>,
+    /// Prompts (`Conditioning::texts`).
+    texts: usize,
+    /// UNet calls the image takes part in per step.
+    calls: usize,
+}
+
+/// One UNet call of every step: text length, row owners `(image, None = empty prompt |
+/// Some(i) = prompt i)` and the inputs that stay the same.
+#[derive(Debug)]
+struct PreparedCall {
+    len: usize,
+    slots: Vec<Slot>,
+    inputs: CallInputs,
+}
+
+/// The owner of a UNet row: `(image, None)` for its empty prompt, `(image, Some(i))` for its
+/// prompt `i`.
+type Slot = (usize, Option<usize>);
+
+/// The rows of one UNet call as [`SdIpAdapter::prepare_conditioning`] gathers them.
+struct CallRows {
+    text: Vec<f32>,
+    ip: Vec<f32>,
+    slots: Vec<Slot>,
+}
+
+/// The text and image-prompt rows of a prepared call.
+#[derive(Debug)]
+enum CallInputs {
+    /// On the host, made into fresh tensors at every step (the unbound path).
+    Host { text: Vec<f32>, ip: Vec<f32> },
+    /// `encoder_hidden_states`, `ip_tokens` and `ip_scale`, in the provider's memory.
+    Bound(Vec<(String, DynValue)>),
+}
+
+/// Bytes the UNet calls of one denoising step move between host memory and the UNet's
+/// provider memory, by what they carry (every tensor is f32).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UnetBytes {
+    /// New at every step: `sample` and `timestep` written in, `noise_pred` read out.
+    pub step: u64,
+    /// The same at every step of a run: `encoder_hidden_states`, `ip_tokens`, `ip_scale`.
+    pub conditioning: u64,
+}
+
+impl UnetBytes {
+    /// One UNet call on `rows` batch rows of `len` text tokens, latents `h × w`, with the widths
+    /// of export `e`: `sample` and `noise_pred` `rows × C × h × w` each and `timestep` one value;
+    /// `encoder_hidden_states` `rows × len × D`, `ip_tokens` `rows × N × D` and `ip_scale` one.
+    pub fn of_call(e: &SdExport, rows: usize, len: usize, (h, w): (usize, usize)) -> Self {
+        let latents = rows * e.latent_channels * h * w;
+        let conditioning = rows * (len + e.num_ip_tokens) * e.cross_attention_dim;
+        UnetBytes {
+            step: 4 * (2 * latents + 1) as u64,
+            conditioning: 4 * (conditioning + 1) as u64,
+        }
+    }
+
+    /// The bytes a denoising run of `steps` steps counts ([`Generated::host_bytes`]), LLaVA's
+    /// convention (`Generation::host_bytes`): the per-step part at every step; the
+    /// conditioning at every step on CUDA without binding (fresh host tensors that each call
+    /// copies to the GPU), and once otherwise: bound, it is copied to the GPU once before the
+    /// first step; on the CPU, whose provider memory is host memory, it is written once and no
+    /// bus is crossed at any step, bound or not (as LLaVA does not count its KV cache there).
+    pub fn counted(self, steps: usize, provider: ActiveProvider, bound: bool) -> u64 {
+        if steps == 0 {
+            return 0;
+        }
+        let steps = steps as u64;
+        let conditioning_copies = if provider == ActiveProvider::Cuda && !bound {
+            steps
+        } else {
+            1
+        };
+        self.step * steps + self.conditioning * conditioning_copies
+    }
+}
+
+impl std::ops::Add for UnetBytes {
+    type Output = UnetBytes;
+
+    fn add(self, o: UnetBytes) -> UnetBytes {
+        UnetBytes {
+            step: self.step + o.step,
+            conditioning: self.conditioning + o.conditioning,
+        }
+    }
+}
+
 /// Classifier-free guidance `ε_u + g (ε_c − ε_u)` of each prompt's prediction (when g > 1),
 /// then the predictions blended by their areas.
-fn guide_and_blend(c: &Conditioning, mut cond: Vec<Vec<f32>>, uncond: &[f32], hw: (usize, usize)) -> Vec<f32> {
-    if c.guidance_scale > 1.0 {
-        let g = c.guidance_scale;
+fn guide_and_blend(g: f32, areas: &[Area], mut cond: Vec<Vec<f32>>, uncond: &[f32], hw: (usize, usize)) -> Vec<f32> {
+    if g > 1.0 {
         for e in &mut cond {
             e.iter_mut().zip(uncond).for_each(|(c, &u)| *c = u + g * (*c - u));
         }
@@ -1078,7 +1405,7 @@ fn guide_and_blend(c: &Conditioning, mut cond: Vec<Vec<f32>>, uncond: &[f32], hw
     if cond.len() == 1 {
         return cond.pop().unwrap_or_default();
     }
-    blend(&cond, &c.areas, hw)
+    blend(&cond, areas, hw)
 }
 
 /// The distinct values of `it`, first seen first.

@@ -13,7 +13,7 @@ use ort::ep;
 use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::builder::SessionBuilder;
 use ort::session::{Session, SessionInputValue};
-use ort::value::{DynValue, Tensor, TensorElementType, TensorRef, ValueType};
+use ort::value::{DynTensorValueType, DynValue, Tensor, TensorElementType, TensorRef, ValueType};
 
 use crate::error::ModelError;
 use crate::provider::{ActiveProvider, Provider, SessionOptions};
@@ -335,9 +335,12 @@ impl LoadedSession {
     /// input that an earlier run kept on the device is used without a copy. On the CPU the
     /// provider's memory is host memory and nothing is copied either way. An output kept on
     /// a GPU cannot be read on the host ([`RunOutputs::f32`] fails for it); feed it to a run.
-    pub fn run_bound(
+    ///
+    /// `inputs` may be owned or borrowed (`(String, &DynValue)`: a value fed to many runs,
+    /// such as a cross-attention cache, stays the caller's).
+    pub fn run_bound<V: std::borrow::Borrow<DynValue>>(
         &mut self,
-        inputs: Vec<(String, DynValue)>,
+        inputs: Vec<(String, V)>,
         keep_on_device: &[&str],
     ) -> Result<RunOutputs, ModelError> {
         let model = self.path.display().to_string();
@@ -362,7 +365,7 @@ impl LoadedSession {
             .map_err(|e| ModelError::ort(ctx("creating an I/O binding"), e))?;
         for (name, value) in &inputs {
             binding
-                .bind_input(name.as_str(), value)
+                .bind_input(name.as_str(), value.borrow())
                 .map_err(|e| ModelError::ort(ctx(&format!("binding input `{name}`")), e))?;
         }
         for out in &self.outputs {
@@ -383,6 +386,33 @@ impl LoadedSession {
             .map(|(name, value)| (name.to_string(), Some(value)))
             .collect();
         Ok(RunOutputs { model, values })
+    }
+
+    /// `value`, a host tensor, placed in the provider's memory once, for an input that stays
+    /// the same over many [`run_bound`](Self::run_bound) calls (SD's text conditioning over
+    /// the denoising steps, fed borrowed): under CUDA one host→device copy, after which
+    /// binding it copies nothing; on the CPU, whose provider memory is host memory, `value`
+    /// as it is.
+    pub fn to_provider(&self, value: DynValue) -> Result<DynValue, ModelError> {
+        match self.provider {
+            ActiveProvider::Cpu => Ok(value),
+            ActiveProvider::Cuda => {
+                let what = || {
+                    format!(
+                        "copying an input of {} to CUDA device {}",
+                        self.path.display(),
+                        self.device_id
+                    )
+                };
+                let tensor = value
+                    .downcast::<DynTensorValueType>()
+                    .map_err(|e| ModelError::ort(what(), e))?;
+                let on_device = tensor
+                    .to(AllocationDevice::CUDA, self.device_id as i32)
+                    .map_err(|e| ModelError::ort(what(), e))?;
+                Ok(on_device.into_dyn())
+            }
+        }
     }
 
     /// Runs the model on `f32` inputs `(name, shape, data)` and copies out the named `f32`
@@ -568,6 +598,21 @@ fn commit(
     cuda: bool,
 ) -> Result<Session, ModelError> {
     let model = path.display().to_string();
+    let mut builder = session_builder(rt, &model, options, cuda)?;
+    match bytes {
+        Some(bytes) => builder.commit_from_memory(bytes),
+        None => builder.commit_from_file(path),
+    }
+    .map_err(|e| ModelError::ort(format!("loading model {model}"), e))
+}
+
+/// A session builder with `options` (threads; with `cuda`, the CUDA provider on the device).
+fn session_builder(
+    rt: &Runtime,
+    model: &str,
+    options: &SessionOptions,
+    cuda: bool,
+) -> Result<SessionBuilder, ModelError> {
     let ctx = |what: &str| format!("{what} for {model}");
     let mut builder: SessionBuilder =
         Session::builder(rt.environment()).map_err(|e| ModelError::ort(ctx("creating a session"), e))?;
@@ -585,11 +630,7 @@ fn commit(
             .with_execution_providers([cuda_ep.build().error_on_failure()])
             .map_err(|e| ModelError::ort(ctx("registering the CUDA execution provider"), e))?;
     }
-    match bytes {
-        Some(bytes) => builder.commit_from_memory(bytes),
-        None => builder.commit_from_file(path),
-    }
-    .map_err(|e| ModelError::ort(format!("loading model {model}"), e))
+    Ok(builder)
 }
 
 fn describe(outlets: &[ort::value::Outlet]) -> Vec<TensorSpec> {
@@ -612,6 +653,30 @@ fn describe(outlets: &[ort::value::Outlet]) -> Vec<TensorSpec> {
             },
         })
         .collect()
+}
+
+/// A session for a graph built in code with ort's model editor (`ort::editor`), on `provider`
+/// (that of the model it serves, already loaded: no fallback of its own); `name` stands for
+/// the file in errors and logs. Its inputs and outputs are the graph's.
+pub(crate) fn load_editor_model(
+    name: &str,
+    model: ort::editor::Model,
+    options: &SessionOptions,
+    provider: ActiveProvider,
+) -> Result<LoadedSession, ModelError> {
+    let builder = session_builder(runtime()?, name, options, provider == ActiveProvider::Cuda)?;
+    let session = model
+        .into_session(&builder)
+        .map_err(|e| ModelError::ort(format!("creating the session of {name}"), e))?;
+    Ok(LoadedSession {
+        inputs: describe(session.inputs()),
+        outputs: describe(session.outputs()),
+        session,
+        path: PathBuf::from(name),
+        provider,
+        fallback: None,
+        device_id: options.device_id,
+    })
 }
 
 #[cfg(test)]

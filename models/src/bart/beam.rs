@@ -12,9 +12,10 @@
 //! mask of 0 on the padding, every row carrying its text's mask; the self-attention cache
 //! gathered by each new beam's parent row; the cross-attention cache (one row per text from the
 //! first step) expanded to the rows of the texts still running. A text that stops leaves the
-//! batch, so its rows stop costing decoder time.
+//! batch, so its rows stop costing decoder time. Both gathers run where the caches are: on
+//! the host, or, with the cache bound, on the provider (`bart/gather.rs`).
 
-use super::{reorder, Bart, Cache, CorrectOptions, EarlyStopping, Generated};
+use super::{cache_dims, Bart, Cache, CorrectOptions, EarlyStopping, Generated};
 use crate::error::ModelError;
 use crate::session::{tensor_f32, tensor_i64};
 
@@ -188,13 +189,15 @@ impl Bart {
                 if k == 0 {
                     cross_one = self.take_cache(&mut res, "encoder")?;
                 }
-                if cross.is_empty() || super::rows_of(&cross)? != last.len() {
-                    cross = reorder(&cross_one, &vec![0; last.len()])?;
+                if cross.is_empty() || cache_dims(&cross)?.0 != last.len() {
+                    cross = self.gather_rows(&cross_one, &vec![0; last.len()])?;
                 }
-                let past = reorder(&self.take_cache(&mut res, "decoder")?, &order)?;
-                self.run_step(&last, s, past, &cross)?
+                let past = self.take_cache(&mut res, "decoder")?;
+                let past = self.gather_rows(&past, &order)?;
+                self.run_step(&last, &vec![1; last.len() * s], s, past, &cross)?
             } else {
                 let flat: Vec<u32> = beams.running.iter().flat_map(|b| b.0.iter().copied()).collect();
+                self.count_uncached_step(last.len(), flat.len() / last.len(), s);
                 self.run_first(&flat, hidden, s, last.len())?
             };
         }
@@ -216,16 +219,13 @@ impl Bart {
             .iter()
             .map(|&l| Beams::new(e.decoder_start_token_id, o.beams, l))
             .collect();
-        let mut res = self.first.run(vec![
+        let mut res = self.run_first_on(vec![
             (
                 "input_ids".into(),
-                tensor_i64(&[b, 1], vec![i64::from(e.decoder_start_token_id); b])?.into(),
+                tensor_i64(&[b, 1], vec![i64::from(e.decoder_start_token_id); b])?,
             ),
-            (
-                "encoder_attention_mask".into(),
-                tensor_i64(&[b, s], mask.clone())?.into(),
-            ),
-            ("encoder_hidden_states".into(), tensor_f32(&[b, s, d], hidden)?.into()),
+            ("encoder_attention_mask".into(), tensor_i64(&[b, s], mask.clone())?),
+            ("encoder_hidden_states".into(), tensor_f32(&[b, s, d], hidden)?),
         ])?;
         let cross_one = self.take_cache(&mut res, "encoder")?;
         // The text of each row of the last decoder call, and the cross cache built for them.
@@ -262,11 +262,12 @@ impl Bart {
                 row_mask.extend_from_slice(&mask[ti * s..(ti + 1) * s]);
             }
             if cross_rows != row_text {
-                cross = reorder(&cross_one, &row_text)?;
+                cross = self.gather_rows(&cross_one, &row_text)?;
                 cross_rows.clone_from(&row_text);
             }
-            let past = reorder(&self.take_cache(&mut res, "decoder")?, &order)?;
-            res = self.run_step_masked(&last, &row_mask, s, past, &cross)?;
+            let past = self.take_cache(&mut res, "decoder")?;
+            let past = self.gather_rows(&past, &order)?;
+            res = self.run_step(&last, &row_mask, s, past, &cross)?;
         }
         Ok(texts.into_iter().map(|t| t.best(o)).collect())
     }
