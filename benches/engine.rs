@@ -15,6 +15,12 @@
 //!   running flat out (so mostly queueing: 9 edges × 4 places in flight); "paced" is
 //!   with the source limited to `BENCH_PACED_RATE` msg/s (default 2000), i.e. an
 //!   empty pipeline, which is the cost of one hop itself.
+//! - Places: the engine's `mailbox = 4` bounds the messages *alive* on an edge (queued,
+//!   in work, or waiting for room downstream: a place is freed once the consumer has sent
+//!   its outputs on), while `channel(4)` bounds only the queue; each tokio task holds one
+//!   more message in hand while its `send` waits, so the tokio chain keeps 5 messages
+//!   alive per hop. The rows "5 places" give the engine (and the bare ractor chain) 5
+//!   places per edge: the same number alive, like for like (BENCHMARKS.md §20.3).
 //! - Sharing: the sink checks every payload's pointer against the first one.
 //!
 //! Environment: `BENCH_REPS`, `BENCH_SMALL_MSGS` (default 100000), `BENCH_LARGE_MSGS`
@@ -139,8 +145,9 @@ fn sample(mut ages: Vec<u64>, n: usize, elapsed: Duration) -> Sample {
     }
 }
 
-fn engine_graph(payload: usize, frames: usize, rate: Option<f64>) -> String {
-    let mut g = String::from("[graph]\nname = \"bench-engine\"\n\n[defaults]\nmailbox = 4\nwhen_full = \"block\"\n\n");
+fn engine_graph(payload: usize, frames: usize, rate: Option<f64>, places: usize) -> String {
+    let mut g =
+        format!("[graph]\nname = \"bench-engine\"\n\n[defaults]\nmailbox = {places}\nwhen_full = \"block\"\n\n");
     g.push_str(&format!(
         "[stage.source]\nkind = \"synthetic\"\npayload_bytes = {payload}\nframes = {frames}\n"
     ));
@@ -160,11 +167,15 @@ fn engine_graph(payload: usize, frames: usize, rate: Option<f64>) -> String {
     g
 }
 
-async fn run_engine(payload: usize, n: usize, rate: Option<f64>, out: &Path) -> Sample {
+async fn run_engine(payload: usize, n: usize, rate: Option<f64>, places: usize, out: &Path) -> Sample {
     let mut registry = dataflow_actors::registry();
     registry.register::<LatencySink>();
-    let src = GraphSource::from_text(Path::new("bench-engine.toml"), engine_graph(payload, n, rate), &[])
-        .unwrap_or_else(|d| panic!("{d}"));
+    let src = GraphSource::from_text(
+        Path::new("bench-engine.toml"),
+        engine_graph(payload, n, rate, places),
+        &[],
+    )
+    .unwrap_or_else(|d| panic!("{d}"));
     let plan = dataflow_engine::plan(&src, &registry).unwrap_or_else(|d| panic!("{d}"));
     let mut opts = RunOptions::new(out.to_path_buf());
     opts.progress = false;
@@ -329,15 +340,15 @@ impl ractor::Actor for BareSink {
     }
 }
 
-async fn run_ractor(payload: usize, n: usize, rate: Option<f64>) -> Sample {
+async fn run_ractor(payload: usize, n: usize, rate: Option<f64>, places: usize) -> Sample {
     use ractor::Actor;
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let (sink, sink_h) = Actor::spawn(None, BareSink, (n, done_tx)).await.unwrap();
     let mut cells = vec![(sink.get_cell(), sink_h)];
     let mut next = sink;
-    let mut next_sem = Arc::new(tokio::sync::Semaphore::new(4));
+    let mut next_sem = Arc::new(tokio::sync::Semaphore::new(places));
     for _ in 0..STAGES {
-        let sem = Arc::new(tokio::sync::Semaphore::new(4));
+        let sem = Arc::new(tokio::sync::Semaphore::new(places));
         let (a, h) = Actor::spawn(None, BareFwd, BareFwdArgs { next, next_sem })
             .await
             .unwrap();
@@ -418,15 +429,17 @@ impl Row {
     }
 
     /// One run of each chain (in the order engine, tokio, bare ractor), as `BENCH_ONLY` allows.
-    async fn rep(&mut self, only: &str, payload: usize, n: usize, rate: Option<f64>, out: &Path) {
+    /// `places`: the engine's mailbox and the bare ractor chain's permits per edge (the
+    /// tokio chain is always `channel(4)`).
+    async fn rep(&mut self, only: &str, payload: usize, n: usize, rate: Option<f64>, places: usize, out: &Path) {
         if only.is_empty() || only == "engine" {
-            self.engine.push(run_engine(payload, n, rate, out).await);
+            self.engine.push(run_engine(payload, n, rate, places, out).await);
         }
         if only.is_empty() || only == "tokio" {
             self.tokio.push(run_tokio(payload, n, rate).await);
         }
         if only.is_empty() || only == "ractor" {
-            self.ractor.push(run_ractor(payload, n, rate).await);
+            self.ractor.push(run_ractor(payload, n, rate, places).await);
         }
     }
 
@@ -478,24 +491,31 @@ fn main() {
     let load_at_start: Vec<&str> = load.split_whitespace().take(3).collect();
 
     let mut rows = Vec::new();
-    let cases: [(String, usize, usize, Option<f64>); 3] = [
-        ("1 KiB, saturated".into(), KIB, small_n, None),
-        ("6 MiB, saturated".into(), 6 * MIB, large_n, None),
+    // The last two rows give the engine and the ractor chain 5 places per edge: as many
+    // messages alive per hop as the tokio chain holds (4 in its channel, 1 in the hand of
+    // the task awaiting its `send`), where a place of the engine's holds its message
+    // until the consumer has sent its outputs on.
+    let cases: [(String, usize, usize, Option<f64>, usize); 5] = [
+        ("1 KiB, saturated".into(), KIB, small_n, None, 4),
+        ("6 MiB, saturated".into(), 6 * MIB, large_n, None, 4),
         (
             format!("1 KiB, paced {paced_rate:.0}/s"),
             KIB,
             paced_n,
             Some(paced_rate),
+            4,
         ),
+        ("1 KiB, sat., 5 places".into(), KIB, small_n, None, 5),
+        ("6 MiB, sat., 5 places".into(), 6 * MIB, large_n, None, 5),
     ];
     rt.block_on(async {
         // One warm-up of each, unmeasured (page faults, thread start-up).
-        Row::new("warm-up").rep(&only, KIB, 10_000, None, &out).await;
-        for (label, payload, n, rate) in &cases {
+        Row::new("warm-up").rep(&only, KIB, 10_000, None, 4, &out).await;
+        for (label, payload, n, rate, places) in &cases {
             let reps = if rate.is_some() { reps.min(3) } else { reps };
             let mut row = Row::new(label);
             for _ in 0..reps {
-                row.rep(&only, *payload, *n, *rate, &out).await;
+                row.rep(&only, *payload, *n, *rate, *places, &out).await;
             }
             rows.push(row);
         }
@@ -513,13 +533,15 @@ fn main() {
                     }
                 })
             };
-            let mut row = Row::new("1 KiB, sat., + Prometheus");
-            for _ in 0..reps {
-                row.rep(&only, KIB, small_n, None, &out).await;
+            for (label, places) in [("1 KiB, sat., + Prometheus", 4), ("1 KiB, 5 places, + Prom.", 5)] {
+                let mut row = Row::new(label);
+                for _ in 0..reps {
+                    row.rep(&only, KIB, small_n, None, places, &out).await;
+                }
+                rows.push(row);
             }
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             let _ = upkeep.join();
-            rows.push(row);
         }
     });
     let _ = std::fs::remove_dir_all(&out);
@@ -528,8 +550,9 @@ fn main() {
 
     println!();
     println!(
-        "engine: synthetic -> {STAGES} x passthrough -> sink ({HOPS} hops), mailbox 4, block | \
-         tokio: {HOPS} x mpsc::channel(4) | ractor: bare chain, {STAGES} actors + sink, 4-permit semaphore per edge"
+        "engine: synthetic -> {STAGES} x passthrough -> sink ({HOPS} hops), mailbox 4 (\"5 places\": 5), block | \
+         tokio: {HOPS} x mpsc::channel(4), 5 messages alive per hop | ractor: bare chain, {STAGES} actors + sink, \
+         4-permit (5) semaphore per edge"
     );
     println!(
         "{workers} tokio workers; median of {reps} runs ({small_n} msgs at 1 KiB, {large_n} at 6 MiB; paced: \

@@ -100,6 +100,16 @@ impl Ticket {
     }
 }
 
+/// What [`Edge::try_admit`] did with a message.
+pub(crate) enum Admit {
+    /// Admitted: the message in its place.
+    Sent(Delivery),
+    /// Dropped by the edge's policy (counted).
+    Dropped,
+    /// No free place, and the policy says wait: the message, given back.
+    Full(Message),
+}
+
 /// A message admitted to an edge, as it travels in the consumer replica's inbox.
 pub(crate) enum Delivery {
     /// `block` and `drop_newest` edges: nobody can take it back, so no ticket is needed.
@@ -111,6 +121,7 @@ pub(crate) enum Delivery {
 impl Delivery {
     /// The message and its place, or (`Err`) the frame and part of a message a
     /// `drop_oldest` producer discarded on the way.
+    #[inline]
     pub fn take(self) -> Result<(Message, Permit), (FrameId, Part)> {
         match self {
             Delivery::Direct(m, p) => Ok((m, p)),
@@ -161,6 +172,7 @@ impl Edge {
     }
 
     /// A place whose semaphore permit was just taken (and forgotten).
+    #[inline]
     fn wrap(self: &Arc<Self>) -> Permit {
         Permit {
             edge: self.clone(),
@@ -168,31 +180,48 @@ impl Edge {
         }
     }
 
-    /// Admits `msg` according to the edge's policy; `None` when it was dropped.
-    /// `release` (a forwarded message's callback) travels with the place it takes.
-    pub async fn admit(self: &Arc<Self>, msg: Message, release: Option<&Arc<OnRelease>>) -> Option<Delivery> {
-        let mut permit = match self.sem.try_acquire() {
+    /// Admits `msg` according to the edge's policy, without waiting: [`Admit::Full`]
+    /// gives the message back when no place is free and the policy says wait (`block`,
+    /// or `drop_oldest` with every place in work); [`admit_waiting`](Self::admit_waiting)
+    /// then waits for one. `release` (a forwarded message's callback) travels with the
+    /// place it takes. The runtime's hot path builds no future for a hop that need not wait.
+    #[inline]
+    pub fn try_admit(self: &Arc<Self>, msg: Message, release: Option<&Arc<OnRelease>>) -> Admit {
+        let permit = match self.sem.try_acquire() {
             Ok(p) => {
                 p.forget();
                 self.wrap()
             }
             Err(_) => match self.policy {
-                WhenFull::Block => self.wait(msg.id).await?,
+                WhenFull::Block => return Admit::Full(msg),
                 WhenFull::DropNewest => {
                     self.count_drop();
-                    return None;
+                    return Admit::Dropped;
                 }
                 WhenFull::DropOldest => match self.steal_oldest() {
                     Some(p) => p,
                     // Every place is in work, none queued: wait like `block`.
-                    None => self.wait(msg.id).await?,
+                    None => return Admit::Full(msg),
                 },
             },
         };
+        Admit::Sent(self.deliver(msg, permit, release))
+    }
+
+    /// Admits a message [`try_admit`](Self::try_admit) found no place for, once a place
+    /// is free; `None` when the edge closed meanwhile.
+    pub async fn admit_waiting(self: &Arc<Self>, msg: Message, release: Option<&Arc<OnRelease>>) -> Option<Delivery> {
+        let permit = self.wait(msg.id).await?;
+        Some(self.deliver(msg, permit, release))
+    }
+
+    /// `msg` in the place `permit` holds: directly, or in a ticket on `drop_oldest` edges.
+    #[inline]
+    fn deliver(&self, msg: Message, mut permit: Permit, release: Option<&Arc<OnRelease>>) -> Delivery {
         permit.release = release.cloned();
         self.depth.set(self.depth() as f64);
         if self.policy != WhenFull::DropOldest {
-            return Some(Delivery::Direct(msg, permit));
+            return Delivery::Direct(msg, permit);
         }
         let ticket = Arc::new(Ticket {
             frame: (msg.id, msg.part),
@@ -202,7 +231,7 @@ impl Edge {
             q.retain(|w| w.strong_count() > 0);
             q.push_back(Arc::downgrade(&ticket));
         }
-        Some(Delivery::Queued(ticket))
+        Delivery::Queued(ticket)
     }
 
     async fn wait(self: &Arc<Self>, frame: FrameId) -> Option<Permit> {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use super::sequencer::Sequencer;
 use super::shared::RunShared;
 use super::stats::StageStats;
-use crate::edge::{Delivery, Edge, OnRelease};
+use crate::edge::{Admit, Delivery, Edge, OnRelease};
 use crate::message::{FrameId, Message, Part};
 use crate::plan::Plan;
 use crate::stage::Role;
@@ -70,6 +70,7 @@ pub(super) struct Group {
 }
 
 impl Group {
+    #[inline]
     pub(super) fn dispatch(&self, input: usize, delivery: Delivery, part: Part, seq: u64) {
         let Some(refs) = self.replicas.get() else { return };
         let replica = if refs.len() == 1 {
@@ -141,25 +142,112 @@ pub(super) async fn route_released(
     mut outputs: Vec<(usize, Message)>,
     release: Option<Arc<OnRelease>>,
 ) -> Vec<(usize, Message)> {
-    let stats = &shared.stats[group.index];
-    for (port, msg) in outputs.drain(..) {
-        stats.on_sent(1);
-        let Some(edges) = group.outputs.get(port) else { continue };
-        let last = edges.len().saturating_sub(1);
-        let mut msg = Some(msg);
-        for (k, (edge, consumer)) in edges.iter().enumerate() {
-            let m = if k == last { msg.take() } else { msg.clone() };
-            let Some(m) = m else { continue };
-            let (part, id) = (m.part, m.id);
-            match edge.admit(m, release.as_ref()).await {
-                Some(delivery) => consumer.dispatch(edge.input, delivery, part, id.seq),
-                // Dropped by policy (counted by the edge): tell the consumer, so joins
-                // downstream stop waiting for it.
-                None => consumer.gap(edge.input, id, part),
-            }
-        }
+    if let Some(stuck) = route_now(group, shared, &mut outputs, release.as_ref()) {
+        route_stuck(group, shared, stuck, release).await;
     }
     outputs
+}
+
+/// Where [`route_now`] stopped: the message for edge `edge` of output port `port` must
+/// wait for a place; `rest` is the output's message for the port's edges after it
+/// (`None` when `edge` is the last) and `later` the outputs not yet started.
+pub(super) struct Stuck {
+    port: usize,
+    edge: usize,
+    msg: Message,
+    rest: Option<Message>,
+    later: Vec<(usize, Message)>,
+}
+
+/// Sends `outputs` on, in order, as far as the edges have room without waiting (the hot
+/// path: no future is built for a hop that need not wait). Empties the list; `Some`
+/// when a message must wait for a place, to be finished by [`route_stuck`].
+pub(super) fn route_now(
+    group: &Group,
+    shared: &RunShared,
+    outputs: &mut Vec<(usize, Message)>,
+    release: Option<&Arc<OnRelease>>,
+) -> Option<Stuck> {
+    let stats = &shared.stats[group.index];
+    let mut it = outputs.drain(..);
+    while let Some((port, msg)) = it.next() {
+        stats.on_sent(1);
+        if let Some((edge, msg, rest)) = send_now(group, port, 0, Some(msg), release) {
+            return Some(Stuck {
+                port,
+                edge,
+                msg,
+                rest,
+                later: it.collect(),
+            });
+        }
+    }
+    None
+}
+
+/// Finishes what [`route_now`] started: waits for the stuck message's place, then sends
+/// the rest, waiting wherever an edge is full.
+pub(super) async fn route_stuck(group: &Group, shared: &RunShared, stuck: Stuck, release: Option<Arc<OnRelease>>) {
+    let stats = &shared.stats[group.index];
+    let Stuck {
+        mut port,
+        mut edge,
+        mut msg,
+        mut rest,
+        later,
+    } = stuck;
+    let mut later = later.into_iter();
+    loop {
+        let Some((e, consumer)) = group.outputs.get(port).and_then(|edges| edges.get(edge)) else {
+            return;
+        };
+        let (part, id) = (msg.part, msg.id);
+        match e.admit_waiting(msg, release.as_ref()).await {
+            Some(delivery) => consumer.dispatch(e.input, delivery, part, id.seq),
+            // The edge closed while we waited: as dropped, tell the consumer.
+            None => consumer.gap(e.input, id, part),
+        }
+        // This output's edges after the stuck one, then the later outputs, until one
+        // must wait again.
+        let mut next = send_now(group, port, edge + 1, rest.take(), release.as_ref()).map(|s| (port, s));
+        let (p, (k, m, r)) = loop {
+            if let Some(stuck) = next {
+                break stuck;
+            }
+            let Some((p, m)) = later.next() else { return };
+            stats.on_sent(1);
+            next = send_now(group, p, 0, Some(m), release.as_ref()).map(|s| (p, s));
+        };
+        (port, edge, msg, rest) = (p, k, m, r);
+    }
+}
+
+/// Sends `msg` over the edges of output port `port` from edge `first` on, a copy per
+/// edge (the message itself to the last), without waiting: dispatched when admitted, a
+/// gap notice when dropped by policy (counted by the edge; joins downstream stop
+/// waiting for it). Gives back the first edge that has no place and would have the
+/// producer wait, with the message for it and the one for the edges after it.
+#[inline]
+fn send_now(
+    group: &Group,
+    port: usize,
+    first: usize,
+    mut msg: Option<Message>,
+    release: Option<&Arc<OnRelease>>,
+) -> Option<(usize, Message, Option<Message>)> {
+    let edges = group.outputs.get(port)?;
+    let last = edges.len().saturating_sub(1);
+    for (k, (edge, consumer)) in edges.iter().enumerate().skip(first) {
+        let m = if k == last { msg.take() } else { msg.clone() };
+        let Some(m) = m else { continue };
+        let (part, id) = (m.part, m.id);
+        match edge.try_admit(m, release) {
+            Admit::Sent(delivery) => consumer.dispatch(edge.input, delivery, part, id.seq),
+            Admit::Dropped => consumer.gap(edge.input, id, part),
+            Admit::Full(m) => return Some((k, m, msg)),
+        }
+    }
+    None
 }
 
 /// Groups of every stage and every edge, built consumers first, so producers can hold

@@ -17,8 +17,9 @@
 //! # How a frame moves
 //! A source thread asks its [`Source`](crate::stage::Source) for a frame, stamps it
 //! with a [`FrameId`](crate::message::FrameId) and capture time, and routes it: for
-//! every consumer edge of the output port, the edge's `admit` takes a permit (or
-//! drops, by policy) and the consumer group dispatches the ticket to one replica's
+//! every consumer edge of the output port, the edge takes a permit (or drops, by
+//! policy, or has the producer wait for a place under `block`) and the consumer group
+//! dispatches the ticket to one replica's
 //! inbox. The replica's stage loop takes the message out of the ticket, runs the stage
 //! (inline for light stages, on the replica's worker thread for heavy ones), routes
 //! the outputs the same way and only then drops the input permit, so a frame always

@@ -247,7 +247,9 @@ pub(super) struct SinkFrames {
     pub(super) count: u64,
     /// The most recent frame ids, oldest first, and the same as a set.
     pub(super) order: std::collections::VecDeque<FrameId>,
-    pub(super) seen: std::collections::HashSet<FrameId>,
+    /// Hashed with foldhash: SipHash's DoS resistance buys nothing for ids the engine
+    /// numbers itself, and cost a fortieth of a hop (BENCHMARKS.md §20.3).
+    pub(super) seen: std::collections::HashSet<FrameId, foldhash::fast::RandomState>,
 }
 
 impl SinkFrames {

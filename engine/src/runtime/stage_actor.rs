@@ -19,13 +19,13 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinHandle;
 
 use super::batch::Gathering;
-use super::group::{route, Group, Inbox, StageMsg};
+use super::group::{route, route_now, route_stuck, Group, Inbox, StageMsg};
 use super::sequencer::complete;
 use super::shared::RunShared;
-use super::worker::{build_stage, spawn_worker, Outcome, Runner};
+use super::worker::{build_stage, run_guarded_into, spawn_worker, Outcome, Runner};
 use crate::edge::{Delivery, Permit};
 use crate::join::JoinTable;
-use crate::message::Message;
+use crate::message::{FrameId, Message};
 use crate::plan::{Batch, Restart};
 use crate::registry::Configured;
 use crate::stage::{BuildContext, Input, Role, StageError};
@@ -256,36 +256,97 @@ impl ActorState {
             return;
         }
         let (frame, part) = (msg.id, msg.part);
-        let outs = self.run_input(Some(Input::Message { input, msg })).await;
+        let input = Some(Input::Message { input, msg });
+        // An inline stage runs right here, with no future built around the call.
+        let outs = match self.call_inline(input) {
+            Ok((outcome, dt)) => match self.settle(Some(frame), dt, outcome) {
+                Ok(outs) => Some(outs),
+                Err(None) => None,
+                Err(Some((on, text))) => {
+                    Box::pin(self.after_panic(&on, &text)).await;
+                    None
+                }
+            },
+            Err(input) => self.run_input(input).await,
+        };
         let (group, shared) = (&self.args.group, &self.args.shared);
-        if outs.is_none() {
+        let Some(mut outs) = outs else {
             // Failed: joins downstream need not wait for this frame.
             group.gap_downstream(frame, part);
+            self.spare = complete(group, shared, order, Vec::new(), Some(permit)).await;
+            return;
+        };
+        if group.sequencer.is_some() {
+            self.spare = complete(group, shared, order, outs, Some(permit)).await;
+            return;
         }
-        self.spare = complete(group, shared, order, outs.unwrap_or_default(), Some(permit)).await;
+        // Unsequenced (sequencer::complete without its future): the outputs go on, waiting
+        // only where an edge is full, then the input's place is freed.
+        if let Some(stuck) = route_now(group, shared, &mut outs, None) {
+            route_stuck(group, shared, stuck, None).await;
+        }
+        drop(permit);
+        self.spare = outs;
     }
 
+    /// Runs the stage on `input` (`None`: end of stream) in the replica's way: in place,
+    /// or on its worker thread for a heavy stage; its time and outcome recorded. `None`
+    /// when it failed or panicked (counted and reported; the stage rebuilt after a panic).
     pub(super) async fn run_input(&mut self, input: Option<Input>) -> Option<Vec<(usize, Message)>> {
         let frame = input.as_ref().map(|i| i.frame());
+        let (outcome, dt) = match self.call_inline(input) {
+            Ok(done) => done,
+            Err(input) => {
+                let t0 = Instant::now();
+                let outcome = self.runner.exec(input, std::mem::take(&mut self.spare)).await;
+                (outcome, t0.elapsed())
+            }
+        };
+        match self.settle(frame, dt, outcome) {
+            Ok(outs) => Some(outs),
+            Err(None) => None,
+            Err(Some((on, text))) => {
+                self.after_panic(&on, &text).await;
+                None
+            }
+        }
+    }
+
+    /// An inline stage's call on `input`, panics caught, and its duration; `Err` gives
+    /// the input back when the stage runs on a worker thread.
+    fn call_inline(&mut self, input: Option<Input>) -> Result<(Outcome, Duration), Option<Input>> {
+        let Runner::Inline(stage) = &mut self.runner else {
+            return Err(input);
+        };
         let t0 = Instant::now();
-        let outcome = self.runner.exec(input, std::mem::take(&mut self.spare)).await;
-        let dt = t0.elapsed();
+        let outcome = run_guarded_into(stage.as_mut(), input, std::mem::take(&mut self.spare));
+        Ok((outcome, t0.elapsed()))
+    }
+
+    /// Records a call's time and outcome: its outputs, or `Err` after a failure (`None`)
+    /// or a panic (what it panicked on and the panic's text), reported either way.
+    #[allow(clippy::type_complexity)]
+    fn settle(
+        &mut self,
+        frame: Option<FrameId>,
+        dt: Duration,
+        outcome: Outcome,
+    ) -> Result<Vec<(usize, Message)>, Option<(String, String)>> {
         // Borrowed, not cloned: an `Arc` clone per message is a contended atomic.
         let stats = &self.args.shared.stats[self.args.group.index];
         stats.busy_ns.fetch_add(dt.as_nanos() as u64, Ordering::Relaxed);
         stats.m_processing.record(dt.as_secs_f64());
         match outcome {
-            Outcome::Ok(out) => Some(out.items),
+            Outcome::Ok(out) => Ok(out.items),
             Outcome::Err(e) => {
                 self.args.shared.record_error(self.args.group.index, frame, &e);
-                None
+                Err(None)
             }
             Outcome::Panicked(text) => {
                 let frame_s = frame.map(|f| f.to_string()).unwrap_or_else(|| "end of stream".into());
                 let err = StageError::new("panic", format!("stage panicked on frame {frame_s}: {text}"));
                 self.args.shared.record_error(self.args.group.index, frame, &err);
-                self.after_panic(&format!("frame {frame_s}"), &text).await;
-                None
+                Err(Some((format!("frame {frame_s}"), text)))
             }
         }
     }
