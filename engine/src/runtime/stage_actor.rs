@@ -192,6 +192,18 @@ async fn stage_loop(
     drop(inbox);
 }
 
+/// A stage call, once [`ActorState::settle`] has recorded it.
+enum Settled {
+    Outputs(Vec<(usize, Message)>),
+    /// Failed (counted and reported).
+    Failed,
+    /// Panicked `on` a frame (or end of stream) with `text`: the caller rebuilds the stage.
+    Panicked {
+        on: String,
+        text: String,
+    },
+}
+
 /// Stops the replica's actor when the stage loop ends, by returning or by unwinding.
 struct StopOnDrop(ActorRef<()>);
 
@@ -260,9 +272,9 @@ impl ActorState {
         // An inline stage runs right here, with no future built around the call.
         let outs = match self.call_inline(input) {
             Ok((outcome, dt)) => match self.settle(Some(frame), dt, outcome) {
-                Ok(outs) => Some(outs),
-                Err(None) => None,
-                Err(Some((on, text))) => {
+                Settled::Outputs(outs) => Some(outs),
+                Settled::Failed => None,
+                Settled::Panicked { on, text } => {
                     Box::pin(self.after_panic(&on, &text)).await;
                     None
                 }
@@ -294,26 +306,21 @@ impl ActorState {
     /// when it failed or panicked (counted and reported; the stage rebuilt after a panic).
     pub(super) async fn run_input(&mut self, input: Option<Input>) -> Option<Vec<(usize, Message)>> {
         let frame = input.as_ref().map(|i| i.frame());
-        let (outcome, dt) = match self.call_inline(input) {
-            Ok(done) => done,
-            Err(input) => {
-                let t0 = Instant::now();
-                let outcome = self.runner.exec(input, std::mem::take(&mut self.spare)).await;
-                (outcome, t0.elapsed())
-            }
-        };
-        match self.settle(frame, dt, outcome) {
-            Ok(outs) => Some(outs),
-            Err(None) => None,
-            Err(Some((on, text))) => {
+        let t0 = Instant::now();
+        let outcome = self.runner.exec(input, std::mem::take(&mut self.spare)).await;
+        match self.settle(frame, t0.elapsed(), outcome) {
+            Settled::Outputs(outs) => Some(outs),
+            Settled::Failed => None,
+            Settled::Panicked { on, text } => {
                 self.after_panic(&on, &text).await;
                 None
             }
         }
     }
 
-    /// An inline stage's call on `input`, panics caught, and its duration; `Err` gives
-    /// the input back when the stage runs on a worker thread.
+    /// An inline stage's call on `input`, panics caught, and its duration: the data
+    /// path's [`run_input`](Self::run_input) without a future; `Err` gives the input back
+    /// when the stage runs on a worker thread.
     fn call_inline(&mut self, input: Option<Input>) -> Result<(Outcome, Duration), Option<Input>> {
         let Runner::Inline(stage) = &mut self.runner else {
             return Err(input);
@@ -323,30 +330,26 @@ impl ActorState {
         Ok((outcome, t0.elapsed()))
     }
 
-    /// Records a call's time and outcome: its outputs, or `Err` after a failure (`None`)
-    /// or a panic (what it panicked on and the panic's text), reported either way.
-    #[allow(clippy::type_complexity)]
-    fn settle(
-        &mut self,
-        frame: Option<FrameId>,
-        dt: Duration,
-        outcome: Outcome,
-    ) -> Result<Vec<(usize, Message)>, Option<(String, String)>> {
+    /// Records a call's time and outcome (a failure or a panic counted and reported).
+    fn settle(&mut self, frame: Option<FrameId>, dt: Duration, outcome: Outcome) -> Settled {
         // Borrowed, not cloned: an `Arc` clone per message is a contended atomic.
         let stats = &self.args.shared.stats[self.args.group.index];
         stats.busy_ns.fetch_add(dt.as_nanos() as u64, Ordering::Relaxed);
         stats.m_processing.record(dt.as_secs_f64());
         match outcome {
-            Outcome::Ok(out) => Ok(out.items),
+            Outcome::Ok(out) => Settled::Outputs(out.items),
             Outcome::Err(e) => {
                 self.args.shared.record_error(self.args.group.index, frame, &e);
-                Err(None)
+                Settled::Failed
             }
             Outcome::Panicked(text) => {
                 let frame_s = frame.map(|f| f.to_string()).unwrap_or_else(|| "end of stream".into());
                 let err = StageError::new("panic", format!("stage panicked on frame {frame_s}: {text}"));
                 self.args.shared.record_error(self.args.group.index, frame, &err);
-                Err(Some((format!("frame {frame_s}"), text)))
+                Settled::Panicked {
+                    on: format!("frame {frame_s}"),
+                    text,
+                }
             }
         }
     }
