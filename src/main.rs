@@ -441,6 +441,14 @@ fn run_command(registry: &Registry, args: RunArgs) -> Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
+    // Metrics before any socket of the links: a peer refused by this machine's TLS
+    // endpoint is counted (link_watch.rs) from the moment the endpoint listens.
+    let listen = metrics
+        .or_else(|| plan.metrics_listen.clone())
+        .unwrap_or_else(|| dataflow_monitoring::DEFAULT_LISTEN.to_string());
+    if !start_metrics(&listen) {
+        return Ok(ExitCode::from(1));
+    }
     let stop = dataflow_engine::StopFlag::default();
     let (plan, bridges) = match &machine {
         None => {
@@ -490,12 +498,6 @@ fn run_command(registry: &Registry, args: RunArgs) -> Result<ExitCode> {
     });
     if let Err(d) = dataflow_engine::plan::check_resources(&plan, &out_dir) {
         eprintln!("{d}");
-        return Ok(ExitCode::from(1));
-    }
-    let listen = metrics
-        .or_else(|| plan.metrics_listen.clone())
-        .unwrap_or_else(|| dataflow_monitoring::DEFAULT_LISTEN.to_string());
-    if !start_metrics(&listen) {
         return Ok(ExitCode::from(1));
     }
     let mut opts = RunOptions::new(out_dir.clone());
