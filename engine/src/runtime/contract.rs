@@ -153,53 +153,11 @@ mod tests {
     use serde::Deserialize;
 
     use crate::graph::GraphSource;
-    use crate::message::{FieldType, Fields, Value};
+    use crate::message::{FieldType, Value};
     use crate::registry::Registry;
+    use crate::runtime::test_kinds::{Count, Sink};
     use crate::runtime::{run, RunOptions};
-    use crate::stage::{
-        BuildContext, Built, Input, OutPort, Outputs, Ports, Role, Source, SourceItem, Stage, StageError, StageKind,
-        StopFlag,
-    };
-
-    #[derive(Deserialize, JsonSchema)]
-    #[serde(deny_unknown_fields)]
-    struct CountConfig {
-        /// Also sends field `x`, which the port does not declare.
-        #[serde(default)]
-        extra: bool,
-    }
-
-    /// Three frames with a number `n`.
-    struct Count;
-    struct Counting(u64, bool);
-    impl Source for Counting {
-        fn next(&mut self, _: &StopFlag) -> SourceItem {
-            if self.0 == 3 {
-                return SourceItem::End;
-            }
-            self.0 += 1;
-            let mut f = Fields::new().with("n", Value::Number(self.0 as f64));
-            if self.1 {
-                f.insert("x", Value::Number(0.0));
-            }
-            SourceItem::Frame(f)
-        }
-    }
-    impl StageKind for Count {
-        type Config = CountConfig;
-        const NAME: &'static str = "count";
-        const ROLE: Role = Role::Source;
-        const DOC: &'static str = "three numbers";
-        fn ports(_: &CountConfig) -> Ports {
-            Ports {
-                outputs: vec![OutPort::new("out").with("n", FieldType::Number)],
-                ..Ports::default()
-            }
-        }
-        fn build(c: &CountConfig, _: &BuildContext) -> Result<Built, StageError> {
-            Ok(Built::Source(Box::new(Counting(0, c.extra))))
-        }
-    }
+    use crate::stage::{BuildContext, Built, Input, OutPort, Outputs, Ports, Role, Stage, StageError, StageKind};
 
     #[derive(Deserialize, JsonSchema)]
     #[serde(deny_unknown_fields)]
@@ -253,38 +211,13 @@ mod tests {
         }
     }
 
-    /// Takes every frame.
-    struct Sink;
-    struct Taking;
-    impl Stage for Taking {
-        fn process(&mut self, _: Input, _: &mut Outputs) -> Result<(), StageError> {
-            Ok(())
-        }
-    }
-    impl StageKind for Sink {
-        type Config = NoKeys;
-        const NAME: &'static str = "sink";
-        const ROLE: Role = Role::Sink;
-        const DOC: &'static str = "takes frames";
-        fn ports(_: &NoKeys) -> Ports {
-            Ports::default()
-        }
-        fn build(_: &NoKeys, _: &BuildContext) -> Result<Built, StageError> {
-            Ok(Built::Stage(Box::new(Taking)))
-        }
-    }
-
-    #[derive(Deserialize, JsonSchema)]
-    #[serde(deny_unknown_fields)]
-    struct NoKeys {}
-
     /// Runs `count (source keys) -> leaky (leaky keys) -> sink`, restart = "never":
     /// the run's fatal error, if any, and the frames that reached the sink.
     fn run_graph(source_keys: &str, leaky_keys: &str) -> (Option<String>, u64) {
         let mut reg = Registry::new();
         reg.register::<Count>().register::<Leaky>().register::<Sink>();
         let text = format!(
-            "[stage.src]\nkind = \"count\"\n{source_keys}\n[stage.add]\nkind = \"leaky\"\nrestart = \"never\"\ninputs = [\"src\"]\n{leaky_keys}\n[stage.out]\nkind = \"sink\"\ninputs = [\"add\"]\n"
+            "[stage.src]\nkind = \"count\"\nframes = 3\n{source_keys}\n[stage.add]\nkind = \"leaky\"\nrestart = \"never\"\ninputs = [\"src\"]\n{leaky_keys}\n[stage.out]\nkind = \"sink\"\ninputs = [\"add\"]\n"
         );
         let src = GraphSource::from_text(Path::new("contract.toml"), text, &[]).expect("the graph parses");
         let plan = crate::plan::plan(&src, &reg).expect("the graph is valid");

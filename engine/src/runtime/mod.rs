@@ -40,6 +40,8 @@ mod spawn;
 mod stage_actor;
 mod stats;
 mod summary;
+#[cfg(test)]
+mod test_kinds;
 mod worker;
 
 use std::path::PathBuf;

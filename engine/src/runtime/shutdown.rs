@@ -150,70 +150,14 @@ mod tests {
     use std::path::Path;
     use std::time::Duration;
 
-    use schemars::JsonSchema;
-    use serde::Deserialize;
-
     use crate::graph::GraphSource;
-    use crate::message::{FieldType, Fields, Value};
     use crate::registry::Registry;
+    use crate::runtime::test_kinds::{Count, NoKeys, Passing, Sink};
     use crate::runtime::{run, RunOptions};
-    use crate::stage::{
-        BuildContext, Built, Input, OutPort, Outputs, Ports, Role, Source, SourceItem, Stage, StageError, StageKind,
-        StopFlag,
-    };
-
-    #[derive(Deserialize, JsonSchema)]
-    #[serde(deny_unknown_fields)]
-    struct CountConfig {
-        /// Frames to produce; endless when absent.
-        #[serde(default)]
-        frames: Option<u64>,
-    }
-
-    /// `frames` frames with a number, 2 ms apart; endless without `frames`.
-    struct Count;
-    struct Counting(u64, Option<u64>);
-    impl Source for Counting {
-        fn next(&mut self, stop: &StopFlag) -> SourceItem {
-            if stop.is_set() || self.1.is_some_and(|n| self.0 >= n) {
-                return SourceItem::End;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-            self.0 += 1;
-            SourceItem::Frame(Fields::new().with("n", Value::Number(self.0 as f64)))
-        }
-    }
-    impl StageKind for Count {
-        type Config = CountConfig;
-        const NAME: &'static str = "count";
-        const ROLE: Role = Role::Source;
-        const DOC: &'static str = "numbers";
-        fn ports(_: &CountConfig) -> Ports {
-            Ports {
-                outputs: vec![OutPort::new("out").with("n", FieldType::Number)],
-                ..Ports::default()
-            }
-        }
-        fn build(c: &CountConfig, _: &BuildContext) -> Result<Built, StageError> {
-            Ok(Built::Source(Box::new(Counting(0, c.frames))))
-        }
-    }
-
-    #[derive(Deserialize, JsonSchema)]
-    #[serde(deny_unknown_fields)]
-    struct NoKeys {}
+    use crate::stage::{BuildContext, Built, Input, OutPort, Outputs, Ports, Role, Stage, StageError, StageKind};
 
     /// A heavy pass-through (its own worker thread per replica).
     struct Heavy;
-    struct Passing;
-    impl Stage for Passing {
-        fn process(&mut self, input: Input, out: &mut Outputs) -> Result<(), StageError> {
-            if let Some(m) = input.message() {
-                out.emit(m.clone());
-            }
-            Ok(())
-        }
-    }
     impl StageKind for Heavy {
         type Config = NoKeys;
         const NAME: &'static str = "heavy";
@@ -225,21 +169,6 @@ mod tests {
                 heavy: true,
                 ..Ports::default()
             }
-        }
-        fn build(_: &NoKeys, _: &BuildContext) -> Result<Built, StageError> {
-            Ok(Built::Stage(Box::new(Passing)))
-        }
-    }
-
-    /// Takes every frame.
-    struct Sink;
-    impl StageKind for Sink {
-        type Config = NoKeys;
-        const NAME: &'static str = "sink";
-        const ROLE: Role = Role::Sink;
-        const DOC: &'static str = "takes frames";
-        fn ports(_: &NoKeys) -> Ports {
-            Ports::default()
         }
         fn build(_: &NoKeys, _: &BuildContext) -> Result<Built, StageError> {
             Ok(Built::Stage(Box::new(Passing)))
@@ -295,7 +224,7 @@ mod tests {
         reg.register::<Count>().register::<Heavy>().register::<Sink>();
         let frames = frames.map(|n| format!("frames = {n}")).unwrap_or_default();
         let text = format!(
-            "[stage.{tag}s]\nkind = \"count\"\n{frames}\n[stage.{tag}h]\nkind = \"heavy\"\nreplicas = 2\ninputs = [\"{tag}s\"]\n[stage.{tag}k]\nkind = \"sink\"\ninputs = [\"{tag}h\"]\n"
+            "[stage.{tag}s]\nkind = \"count\"\npace_ms = 2\n{frames}\n[stage.{tag}h]\nkind = \"heavy\"\nreplicas = 2\ninputs = [\"{tag}s\"]\n[stage.{tag}k]\nkind = \"sink\"\ninputs = [\"{tag}h\"]\n"
         );
         let src = GraphSource::from_text(Path::new("lifecycle.toml"), text, &[]).expect("the graph parses");
         let plan = crate::plan::plan(&src, &reg).expect("the graph is valid");
@@ -354,7 +283,7 @@ mod tests {
             // Abort instead of stop: the reason becomes the run's error.
             let tag = "tqa";
             let text = format!(
-                "[stage.{tag}s]\nkind = \"count\"\n[stage.{tag}h]\nkind = \"heavy\"\ninputs = [\"{tag}s\"]\n[stage.{tag}k]\nkind = \"sink\"\ninputs = [\"{tag}h\"]\n"
+                "[stage.{tag}s]\nkind = \"count\"\npace_ms = 2\n[stage.{tag}h]\nkind = \"heavy\"\ninputs = [\"{tag}s\"]\n[stage.{tag}k]\nkind = \"sink\"\ninputs = [\"{tag}h\"]\n"
             );
             let src = GraphSource::from_text(Path::new("abort.toml"), text, &[]).expect("the graph parses");
             let plan = crate::plan::plan(&src, &reg).expect("the graph is valid");
@@ -384,7 +313,7 @@ mod tests {
         let mut reg = Registry::new();
         reg.register::<Count>().register::<SlowSink>();
         let text =
-            "[stage.tls]\nkind = \"count\"\n[stage.tlk]\nkind = \"slow_sink\"\nmailbox = 16\ninputs = [\"tls\"]\n";
+            "[stage.tls]\nkind = \"count\"\npace_ms = 2\n[stage.tlk]\nkind = \"slow_sink\"\nmailbox = 16\ninputs = [\"tls\"]\n";
         let src = GraphSource::from_text(Path::new("loops.toml"), text.to_string(), &[]).expect("the graph parses");
         let plan = crate::plan::plan(&src, &reg).expect("the graph is valid");
         let dir = tempfile::tempdir().expect("a temporary folder");
