@@ -1385,3 +1385,59 @@ fn python_worker_hung_or_dead_during_a_batch_fails_every_frame_of_it() {
     let seen = probe("py_exit_batch").seen.lock().unwrap().clone();
     assert!(seen.iter().all(|f| !(4..8).contains(f)), "{seen:?}");
 }
+
+/// A stage whose `process_batch` returns a fresh frame for the first input (it belongs to
+/// no input: the engine would drop it) and the others changed.
+const ORPHAN: &str = r#"
+from dataflow_stage import Stage, Frame
+
+class Orphan(Stage):
+    def process_batch(self, frames):
+        out = [Frame("9:9", {"text": "made up"})]
+        for f in frames[1:]:
+            f.fields["text"] = f"seen {f.id}"
+            out.append(f)
+        return out
+"#;
+
+#[test]
+fn python_selftest_feeds_a_batch_and_names_the_input_of_each_output() {
+    let py = python();
+    let selftest = |script: &str, extra: &[&str]| {
+        let out = Command::new(&py)
+            .current_dir(root())
+            .env("PYTHONPATH", root().join("python"))
+            .args(["-m", "dataflow_stage", "selftest", script])
+            .args(extra)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let (code, text) = selftest("stages/colour_histogram.py", &["--batch", "3"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("3 frame(s) in, 3 frame(s) out"), "{text}");
+    for k in 0..3 {
+        assert!(
+            text.contains(&format!("frame 0:{k} port (first), belongs to input 0:{k}")),
+            "{text}"
+        );
+    }
+    // Each frame's image differs, so the captions do: the batch is three frames, not one thrice.
+    let captions: std::collections::BTreeSet<&str> =
+        text.lines().filter(|l| l.trim_start().starts_with("text:")).collect();
+    assert_eq!(captions.len(), 3, "{text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let orphan = script(dir.path(), "orphan.py", ORPHAN);
+    let (code, text) = selftest(&orphan, &["Orphan", "--batch", "2"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("2 frame(s) in, 2 frame(s) out"), "{text}");
+    assert!(text.contains("frame 9:9 port (first), belongs to NO INPUT"), "{text}");
+    assert!(text.contains("frame 0:1 port (first), belongs to input 0:1"), "{text}");
+    assert!(text.contains("1 output frame(s) belong to no input"), "{text}");
+}
