@@ -468,6 +468,25 @@ impl Row {
     }
 }
 
+/// The table's header and one line per row.
+fn print_table(rows: &[Row]) {
+    println!(
+        "| {:<26} | {:>9} | {:>9} | {:>5} | {:>9} | {:>5} | {:>13} | {:>13} | {:>13} |",
+        "case", "engine/s", "tokio/s", "e/t", "ractor/s", "e/r", "engine hop µs", "tokio hop µs", "ractor hop µs"
+    );
+    println!(
+        "| {:<26} | {:>9} | {:>9} | {:>5} | {:>9} | {:>5} | {:>13} | {:>13} | {:>13} |",
+        "", "", "", "", "", "", "p50 / p99", "p50 / p99", "p50 / p99"
+    );
+    println!(
+        "|{:-<28}|{:->11}|{:->11}|{:->7}|{:->11}|{:->7}|{:->15}|{:->15}|{:->15}|",
+        "", "", "", "", "", "", "", "", ""
+    );
+    for r in rows {
+        r.print();
+    }
+}
+
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
@@ -559,21 +578,7 @@ fn main() {
          min(reps, 3) x {paced_n}); load average at start {load_at_start:?}, at end {load_at_end:?}"
     );
     println!();
-    println!(
-        "| {:<26} | {:>9} | {:>9} | {:>5} | {:>9} | {:>5} | {:>13} | {:>13} | {:>13} |",
-        "case", "engine/s", "tokio/s", "e/t", "ractor/s", "e/r", "engine hop µs", "tokio hop µs", "ractor hop µs"
-    );
-    println!(
-        "| {:<26} | {:>9} | {:>9} | {:>5} | {:>9} | {:>5} | {:>13} | {:>13} | {:>13} |",
-        "", "", "", "", "", "", "p50 / p99", "p50 / p99", "p50 / p99"
-    );
-    println!(
-        "|{:-<28}|{:->11}|{:->11}|{:->7}|{:->11}|{:->7}|{:->15}|{:->15}|{:->15}|",
-        "", "", "", "", "", "", "", "", ""
-    );
-    for r in &rows {
-        r.print();
-    }
+    print_table(&rows);
     println!();
     println!("payloads: every message at every sink pointed at the source's buffer (0 copies), 1 KiB and 6 MiB");
 }
