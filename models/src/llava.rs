@@ -120,7 +120,7 @@ pub struct Caption {
 }
 
 /// The captions of one call and where the time went.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Generation {
     /// One caption per image, in order.
     pub captions: Vec<Caption>,
@@ -312,25 +312,9 @@ impl Llava {
         seeds: &[u64],
     ) -> Result<Generation, ModelError> {
         let b = images.len();
-        if seeds.len() != b {
-            return Err(ModelError::Invalid(format!("{b} images but {} seeds", seeds.len())));
-        }
+        check_batch(images, seeds)?;
         if b == 0 {
-            return Ok(Generation {
-                captions: Vec::new(),
-                prefill: Duration::ZERO,
-                decode: Duration::ZERO,
-                decode_steps: 0,
-                host_bytes: 0,
-                kv_bytes: 0,
-            });
-        }
-        if let Some(img) = images.iter().find(|i| i.width() == 0 || i.height() == 0) {
-            return Err(ModelError::Invalid(format!(
-                "cannot caption an empty image ({}x{})",
-                img.width(),
-                img.height()
-            )));
+            return Ok(Generation::default());
         }
         let e = self.export.clone();
         let started = Instant::now();
@@ -411,30 +395,29 @@ impl Llava {
                 step_embeds = new;
                 step_len = 1;
             } else {
-                let mut grown = Vec::with_capacity(b * total * hidden);
-                for row in 0..b {
-                    grown.extend_from_slice(&all_embeds[row * (total - 1) * hidden..(row + 1) * (total - 1) * hidden]);
-                    grown.extend_from_slice(&new[row * hidden..(row + 1) * hidden]);
-                }
-                all_embeds = grown;
+                all_embeds = append_rows(&all_embeds, &new, b, hidden);
             }
         }
         let decode = decode_started.map(|t| t.elapsed()).unwrap_or_default();
-        let captions = generated
-            .into_iter()
-            .map(|ids| {
-                let text = self.tokenizer.decode(&ids)?.trim().to_string();
-                Ok(Caption { ids, text })
-            })
-            .collect::<Result<Vec<_>, ModelError>>()?;
         Ok(Generation {
-            captions,
+            captions: self.captions(generated)?,
             prefill,
             decode,
             decode_steps: steps,
             host_bytes,
             kv_bytes,
         })
+    }
+
+    /// The decoded text of each row's ids.
+    fn captions(&self, generated: Vec<Vec<u32>>) -> Result<Vec<Caption>, ModelError> {
+        generated
+            .into_iter()
+            .map(|ids| {
+                let text = self.tokenizer.decode(&ids)?.trim().to_string();
+                Ok(Caption { ids, text })
+            })
+            .collect()
     }
 
     /// Bytes a decode step moves between host and device: written in, the embeddings, mask
@@ -647,6 +630,37 @@ pub fn resize_bicubic_antialiased(img: &RgbImage, width: u32, height: u32) -> Rg
 
 /// A decoder step's inputs but the cache: embeddings `[b, seq_len, hidden]`, a mask of ones
 /// over `total` positions, and positions `past_len..total` for each row.
+/// One seed per image, and no empty image.
+fn check_batch(images: &[&RgbImage], seeds: &[u64]) -> Result<(), ModelError> {
+    if seeds.len() != images.len() {
+        return Err(ModelError::Invalid(format!(
+            "{} images but {} seeds",
+            images.len(),
+            seeds.len()
+        )));
+    }
+    match images.iter().find(|i| i.width() == 0 || i.height() == 0) {
+        Some(img) => Err(ModelError::Invalid(format!(
+            "cannot caption an empty image ({}x{})",
+            img.width(),
+            img.height()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// `b` rows of embeddings `[b, t, hidden]` (row-major) with row `r` of `new` (`[b, hidden]`)
+/// appended to row `r`: `[b, t + 1, hidden]`.
+fn append_rows(all: &[f32], new: &[f32], b: usize, hidden: usize) -> Vec<f32> {
+    let t = all.len() / (b * hidden).max(1);
+    let mut grown = Vec::with_capacity(all.len() + new.len());
+    for row in 0..b {
+        grown.extend_from_slice(&all[row * t * hidden..(row + 1) * t * hidden]);
+        grown.extend_from_slice(&new[row * hidden..(row + 1) * hidden]);
+    }
+    grown
+}
+
 fn step_inputs(
     b: usize,
     hidden: usize,
