@@ -329,12 +329,13 @@ impl Llava {
         let mut all_embeds = if options.use_cache { Vec::new() } else { embeds.clone() };
         let mut step_embeds = embeds;
         let mut step_len = s;
-        let mut total = s;
         let mut prefill = Duration::ZERO;
         let mut decode_started = None;
         let mut steps = 0;
         let (mut host_bytes, mut kv_bytes) = (0u64, 0u64);
         for step in 0..options.max_new_tokens {
+            // The sequence's length so far: the prompt and one token per earlier step.
+            let total = s + step;
             let (seq_embeds, seq_len, past_len) = if options.use_cache {
                 (std::mem::take(&mut step_embeds), step_len, total - step_len)
             } else {
@@ -390,7 +391,6 @@ impl Llava {
             let new = self.embed_ids(&next, b, 1)?;
             // The new token's ids in, its embeddings out.
             host_bytes += (8 * b + 4 * b * hidden) as u64;
-            total += 1;
             if options.use_cache {
                 step_embeds = new;
                 step_len = 1;
