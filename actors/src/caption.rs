@@ -99,6 +99,9 @@ struct LlavaRun {
     options: GenerateOptions,
     seed: u64,
     inference: metrics::Histogram,
+    /// `dataflow_model_host_bytes_total` and `dataflow_model_steps_total` of this model.
+    host_bytes: metrics::Counter,
+    steps: metrics::Counter,
 }
 
 impl LlavaRun {
@@ -167,6 +170,8 @@ impl Stage for LlavaRun {
                 return results;
             }
         };
+        self.host_bytes.increment(gen.host_bytes);
+        self.steps.increment(gen.decode_steps as u64);
         // Each tile's share of the batch's model time.
         let share = (gen.prefill + gen.decode).as_secs_f64() / members.len() as f64;
         let mut captions = gen.captions.into_iter();
@@ -255,8 +260,13 @@ impl StageKind for Caption {
                 }
                 let dir = llava_dir(c, ctx)?;
                 let model = Llava::load(&dir, &c.session).map_err(|e| StageError::new("model", e.to_string()))?;
-                let inference = metrics::histogram!(names::MODEL_INFERENCE_SECONDS,
-                    names::LABEL_MODEL => "llava", names::LABEL_PROVIDER => model.provider().as_str());
+                let labels = [
+                    (names::LABEL_MODEL, "llava"),
+                    (names::LABEL_PROVIDER, model.provider().as_str()),
+                ];
+                let inference = metrics::histogram!(names::MODEL_INFERENCE_SECONDS, &labels);
+                let host_bytes = metrics::counter!(names::MODEL_HOST_BYTES, &labels);
+                let steps = metrics::counter!(names::MODEL_STEPS, &labels);
                 tracing::info!(stage = %ctx.stage, replica = ctx.replica, model = %dir.display(), provider = %model.provider(), "captioner loaded");
                 Ok(Built::Stage(Box::new(LlavaRun {
                     model,
@@ -269,6 +279,8 @@ impl StageKind for Caption {
                     },
                     seed: ctx.seed,
                     inference,
+                    host_bytes,
+                    steps,
                 })))
             }
         }

@@ -29,6 +29,7 @@ use dataflow_models::bart::{self, Bart, CorrectOptions};
 use dataflow_models::noisy_channel::{NoisyChannel, NoisyChannelOptions};
 use dataflow_models::provider::SessionOptions;
 use dataflow_models::symspell::Corrector;
+use dataflow_monitoring::names;
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer};
 
@@ -130,9 +131,35 @@ pub struct Correct;
 
 enum Fixer {
     Symspell(Box<Corrector>),
-    Bart(Box<Bart>, CorrectOptions),
+    Bart(Box<Bart>, CorrectOptions, StepCounters),
     NoisyChannel(Box<NoisyChannel>),
     None,
+}
+
+/// `dataflow_model_host_bytes_total` and `dataflow_model_steps_total` of a BART stage.
+struct StepCounters {
+    host_bytes: metrics::Counter,
+    steps: metrics::Counter,
+}
+
+impl StepCounters {
+    fn new(bart: &Bart) -> Self {
+        let labels = [
+            (names::LABEL_MODEL, "bart"),
+            (names::LABEL_PROVIDER, bart.provider().as_str()),
+        ];
+        StepCounters {
+            host_bytes: metrics::counter!(names::MODEL_HOST_BYTES, &labels),
+            steps: metrics::counter!(names::MODEL_STEPS, &labels),
+        }
+    }
+
+    /// Adds the decode steps and host bytes of `bart` since the last call.
+    fn record(&self, bart: &mut Bart) {
+        let stats = bart.take_decode_stats();
+        self.host_bytes.increment(stats.host_bytes);
+        self.steps.increment(stats.decode_steps as u64);
+    }
 }
 
 struct Run {
@@ -146,9 +173,11 @@ impl Run {
         match &mut self.corrector {
             Fixer::Symspell(c) => Ok(c.correct(t)),
             Fixer::NoisyChannel(c) => Ok(c.correct(t, ber)),
-            Fixer::Bart(b, options) => b
-                .correct(t, options)
-                .map_err(|e| StageError::new("model", format!("BART correction failed: {e}"))),
+            Fixer::Bart(b, options, counters) => {
+                let fixed = b.correct(t, options);
+                counters.record(b);
+                fixed.map_err(|e| StageError::new("model", format!("BART correction failed: {e}")))
+            }
             Fixer::None => Ok(t.to_string()),
         }
     }
@@ -184,7 +213,7 @@ impl Stage for Run {
     /// row per running beam of each text, each text stopping on its own; the other correctors
     /// go frame by frame. A frame without text, or whose text BART fails on, fails alone.
     fn process_batch(&mut self, inputs: Vec<Input>, outs: &mut [Outputs]) -> Vec<Result<(), StageError>> {
-        let Fixer::Bart(bart, options) = &mut self.corrector else {
+        let Fixer::Bart(bart, options, counters) = &mut self.corrector else {
             return inputs
                 .into_iter()
                 .zip(outs.iter_mut())
@@ -219,6 +248,7 @@ impl Stage for Run {
         }
         let refs: Vec<&str> = flat.iter().map(String::as_str).collect();
         let fixed = bart.correct_batch(&refs, options);
+        counters.record(bart);
         inputs
             .iter()
             .zip(frames)
@@ -332,7 +362,8 @@ fn build_bart(c: &BartKeys, ctx: &BuildContext) -> Result<Fixer, StageError> {
         options.size_from_input = false;
     }
     tracing::info!(stage = %ctx.stage, model = %dir.display(), provider = %model.provider(), beams = options.beams, no_repeat_ngram_size = options.no_repeat_ngram_size, early_stopping = ?options.early_stopping, forced_eos = options.forced_eos, "BART corrector loaded");
-    Ok(Fixer::Bart(Box::new(model), options))
+    let counters = StepCounters::new(&model);
+    Ok(Fixer::Bart(Box::new(model), options, counters))
 }
 
 impl StageKind for Correct {
@@ -483,5 +514,58 @@ mod batch_tests {
             assert_eq!(alone.len(), 1);
             assert_eq!(format!("{alone:?}"), format!("{:?}", outs[k]), "frame {k}");
         }
+    }
+
+    /// The stage adds to `dataflow_model_host_bytes_total` and `dataflow_model_steps_total`
+    /// (model `bart`, provider `cpu`) exactly the decode steps and host bytes BART reports
+    /// for the same texts, batched and one at a time.
+    #[test]
+    fn a_bart_stage_counts_the_host_bytes_and_steps_bart_reports() {
+        if let Err(e) = dataflow_models::runtime::runtime() {
+            assert!(!dataflow_models::assets::assets_required(), "{e}");
+            println!("skipped: {e}");
+            return;
+        }
+        let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/fixtures/bart");
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::testkit::context("correct", "correct", dir.path());
+        let cfg: CorrectConfig = serde_json::from_value(serde_json::json!({
+            "model": "bart", "model_dir": fixture, "beams": 2, "max_new_tokens": 6,
+            "provider": "cpu", "intra_threads": 1
+        }))
+        .unwrap();
+        let (batch, alone) = (["teh cat", "a dgo on the grass"], "the huose is red");
+        let recorder = dataflow_monitoring::local_recorder().unwrap();
+        metrics::with_local_recorder(&recorder, || {
+            let Built::Stage(mut stage) = Correct::build(&cfg, &ctx).unwrap() else {
+                panic!("correct is a stage")
+            };
+            let texts: Arc<[Option<String>]> = Arc::from(batch.map(|t| Some(t.to_string())).to_vec());
+            let mut outs = vec![Outputs::default()];
+            let frames = vec![input(0, Fields::new().with("texts", Value::Texts(texts)))];
+            assert!(stage.process_batch(frames, &mut outs).iter().all(Result::is_ok));
+            let one = input(1, Fields::new().with("text", Value::Text(Arc::from(alone))));
+            stage.process(one, &mut Outputs::default()).unwrap();
+        });
+        let samples = dataflow_monitoring::top::parse_exposition(&recorder.handle().render()).unwrap();
+        let counted = |name: &str| {
+            samples
+                .iter()
+                .find(|x| x.name == name && x.label("model") == Some("bart") && x.label("provider") == Some("cpu"))
+                .map(|x| x.value)
+        };
+        // The same texts through a BART of its own, with the stage's options.
+        let CorrectConfig::Bart(keys) = &cfg else {
+            unreachable!()
+        };
+        let mut bart = Bart::load(&fixture, &keys.session).unwrap();
+        let mut options = bart.default_options();
+        (options.beams, options.max_new_tokens, options.size_from_input) = (2, 6, false);
+        assert!(bart.correct_batch(&batch, &options).iter().all(Result::is_ok));
+        bart.correct(alone, &options).unwrap();
+        let reported = bart.take_decode_stats();
+        assert!(reported.decode_steps > 0 && reported.host_bytes > 0, "{reported:?}");
+        assert_eq!(counted(names::MODEL_STEPS), Some(reported.decode_steps as f64));
+        assert_eq!(counted(names::MODEL_HOST_BYTES), Some(reported.host_bytes as f64));
     }
 }

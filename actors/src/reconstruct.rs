@@ -46,6 +46,7 @@ use dataflow_models::composite;
 use dataflow_models::provider::SessionOptions;
 use dataflow_models::schedulers::SchedulerKind;
 use dataflow_models::sd::{self, GenerateOptions, GenerateRequest, Generated, PromptMode, SdIpAdapter};
+use dataflow_monitoring::names;
 use image::imageops::{self, FilterType};
 use image::{RgbImage, RgbaImage};
 use rand::RngCore;
@@ -204,6 +205,24 @@ struct Diffusion {
     fixed_seed: Option<u64>,
     graph_seed: u64,
     stage: String,
+    /// `dataflow_model_host_bytes_total` and `dataflow_model_steps_total` (UNet calls).
+    host_bytes: metrics::Counter,
+    unet_calls: metrics::Counter,
+}
+
+/// The host bytes and UNet calls of one [`SdIpAdapter::generate_batch`], each call once: the
+/// images of a group share its calls and each reports the group's whole calls, so `k` images
+/// with the same figures and `batched_with = n` count `k / n` times those figures.
+fn unet_totals<'a>(generated: impl Iterator<Item = &'a Generated>) -> (u64, u64) {
+    let mut same: std::collections::BTreeMap<(u64, usize, usize), u64> = std::collections::BTreeMap::new();
+    for g in generated {
+        *same
+            .entry((g.host_bytes, g.unet_calls, g.batched_with.max(1)))
+            .or_default() += 1;
+    }
+    same.into_iter().fold((0, 0), |(bytes, calls), ((b, c, n), k)| {
+        (bytes + b * k / n as u64, calls + c as u64 * k / n as u64)
+    })
 }
 
 struct Run {
@@ -309,6 +328,9 @@ impl Diffusion {
             })
             .collect();
         let generated = self.model.generate_batch(&requests);
+        let (bytes, calls) = unet_totals(generated.iter().filter_map(|g| g.as_ref().ok()));
+        self.host_bytes.increment(bytes);
+        self.unet_calls.increment(calls);
         frames
             .iter()
             .zip(generated)
@@ -466,6 +488,10 @@ impl StageKind for Reconstruct {
                 let model = SdIpAdapter::load(&dir, &c.session).map_err(|e| StageError::new("model", e.to_string()))?;
                 let size = c.generate_size.unwrap_or(model.export().size);
                 tracing::info!(stage = %ctx.stage, model = %dir.display(), provider = %model.provider(), steps = c.steps, "SD + IP-Adapter loaded");
+                let labels = [
+                    (names::LABEL_MODEL, "sd_ip_adapter"),
+                    (names::LABEL_PROVIDER, model.provider().as_str()),
+                ];
                 Some(Diffusion {
                     model: Box::new(model),
                     options: GenerateOptions {
@@ -482,6 +508,8 @@ impl StageKind for Reconstruct {
                     fixed_seed: c.seed,
                     graph_seed: ctx.seed,
                     stage: ctx.stage.clone(),
+                    host_bytes: metrics::counter!(names::MODEL_HOST_BYTES, &labels),
+                    unet_calls: metrics::counter!(names::MODEL_STEPS, &labels),
                 })
             }
         };
@@ -538,6 +566,38 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    /// A generated image with these UNet figures (the rest does not matter here).
+    fn generated(host_bytes: u64, unet_calls: usize, batched_with: usize) -> Generated {
+        Generated {
+            image: RgbImage::new(1, 1),
+            steps_run: unet_calls,
+            unet_time: Duration::ZERO,
+            total_time: Duration::ZERO,
+            unet_calls,
+            unet_evals: unet_calls,
+            tokens_dropped: 0,
+            batched_with,
+            unet_bytes: sd::UnetBytes::default(),
+            host_bytes,
+        }
+    }
+
+    /// A group of three sharing 7 calls of 1001 bytes counts them once; an image alone with
+    /// the same figures counts its own; a group of two with one image failed counts half.
+    #[test]
+    fn shared_unet_calls_are_counted_once() {
+        let batch = [
+            generated(1001, 7, 3),
+            generated(1001, 7, 3),
+            generated(1001, 7, 3),
+            generated(1001, 7, 1),
+        ];
+        assert_eq!(unet_totals(batch.iter()), (2002, 14));
+        let half = [generated(1000, 8, 2)];
+        assert_eq!(unet_totals(half.iter()), (500, 4));
+        assert_eq!(unet_totals(std::iter::empty()), (0, 0));
+    }
 
     fn sd_keys(size: [u32; 2]) -> SdIpAdapterKeys {
         match sd_config(size) {

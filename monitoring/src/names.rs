@@ -52,6 +52,13 @@ pub const LINK_REFUSED: &str = "dataflow_link_refused_total";
 pub const PIPELINE_LATENCY_SECONDS: &str = "dataflow_pipeline_latency_seconds";
 /// Time of one model inference. Labels: `model`, `provider`.
 pub const MODEL_INFERENCE_SECONDS: &str = "dataflow_model_inference_seconds";
+/// Bytes the model's iterative steps (LLaVA's and BART's decode steps, SD's UNet calls)
+/// moved between host memory and the provider's memory, as the model counts them (on the
+/// CPU, data left where the next step reads it is not counted). Labels: `model`, `provider`.
+pub const MODEL_HOST_BYTES: &str = "dataflow_model_host_bytes_total";
+/// The steps [`MODEL_HOST_BYTES`] counts: decode steps after the prefill (LLaVA, BART) or
+/// UNet calls (SD); bytes per step is `rate(host_bytes) / rate(steps)`. Labels: `model`, `provider`.
+pub const MODEL_STEPS: &str = "dataflow_model_steps_total";
 /// Time a `python` stage spent handing one frame to its worker process and reading the
 /// result back, less the worker's own `process` time. Labels: `stage`.
 pub const PYTHON_IPC_SECONDS: &str = "dataflow_python_ipc_seconds";
@@ -148,7 +155,7 @@ use MetricKind::{Counter, Gauge, Histogram};
 /// [`crate::describe_all`] registers these; [`ALL`] is the list of their names.
 pub const METRICS: &[MetricSpec] = &METRIC_TABLE;
 
-const METRIC_TABLE: [MetricSpec; 38] = [
+const METRIC_TABLE: [MetricSpec; 40] = [
     spec(
         STAGE_MESSAGES_RECEIVED,
         Counter,
@@ -328,6 +335,20 @@ const METRIC_TABLE: [MetricSpec; 38] = [
         Some(metrics::Unit::Seconds),
         &[LABEL_MODEL, LABEL_PROVIDER],
         "Time of one model inference.",
+    ),
+    spec(
+        MODEL_HOST_BYTES,
+        Counter,
+        Some(metrics::Unit::Bytes),
+        &[LABEL_MODEL, LABEL_PROVIDER],
+        "Bytes the model's decode steps (LLaVA, BART) or UNet calls (SD) moved between host and provider memory.",
+    ),
+    spec(
+        MODEL_STEPS,
+        Counter,
+        Some(metrics::Unit::Count),
+        &[LABEL_MODEL, LABEL_PROVIDER],
+        "Decode steps (LLaVA, BART) or UNet calls (SD) the model ran; host bytes per step = rate(host_bytes) / rate(steps).",
     ),
     spec(
         PYTHON_IPC_SECONDS,

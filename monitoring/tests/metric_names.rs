@@ -161,6 +161,10 @@ fn dashboard_has_the_promised_panels() {
     assert!(has(
         "sum by (model, provider, le) (rate(dataflow_model_inference_seconds_bucket"
     ));
+    // Issue 20: host↔provider bytes per model step.
+    assert!(has(
+        "sum by (model, provider) (rate(dataflow_model_host_bytes_total[1m])) / sum by (model, provider) (rate(dataflow_model_steps_total[1m]))"
+    ));
     assert!(has("rate(dataflow_channel_bit_errors_total") && has("rate(dataflow_channel_bits_total"));
     assert!(has("dataflow_channel_snr_db"));
     for q in ["psnr_db", "ssim", "lpips", "bleu", "cosine"] {

@@ -191,3 +191,66 @@ inputs = ["slow"]
         .map(|x| x.value);
     assert_eq!(sent, Some(20.0));
 }
+
+/// Issue 20: the model stages count the bytes their decode steps move between host and
+/// provider memory. LLaVA captions and BART corrects the tiny fixtures in a real run, and
+/// both add to `dataflow_model_host_bytes_total` and `dataflow_model_steps_total` under their
+/// model and provider (the amounts against the model's own report: `correct.rs`' tests).
+#[test]
+fn model_stages_count_host_bytes_and_steps() {
+    if let Err(e) = dataflow_models::runtime::runtime() {
+        assert!(!dataflow_models::assets::assets_required(), "{e}");
+        println!("skipped: {e}");
+        return;
+    }
+    let handle = dataflow_monitoring::install_recorder().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = crate::support::root().join("models/fixtures");
+    let graph = format!(
+        r#"
+[stage.src]
+kind = "synthetic"
+frames = 2
+[stage.caption]
+kind = "caption"
+inputs = ["src"]
+model = "llava"
+model_dir = "{llava}"
+max_new_tokens = 4
+provider = "cpu"
+intra_threads = 1
+[stage.correct]
+kind = "correct"
+inputs = ["caption"]
+model = "bart"
+model_dir = "{bart}"
+beams = 1
+max_new_tokens = 6
+provider = "cpu"
+intra_threads = 1
+[stage.sink]
+kind = "null_sink"
+inputs = ["correct"]
+"#,
+        llava = fixtures.join("llava").display(),
+        bart = fixtures.join("bart").display(),
+    );
+    let s = crate::support::run_text(&graph, dir.path());
+    assert_eq!((s.frames_in, s.failed), (2, 0), "{s:?}");
+    let samples = dataflow_monitoring::top::parse_exposition(&handle.render()).unwrap();
+    let counted = |name: &str, model: &str| {
+        samples
+            .iter()
+            .find(|x| x.name == name && x.label("model") == Some(model) && x.label("provider") == Some("cpu"))
+            .map(|x| x.value)
+            .unwrap_or_else(|| panic!("no {name}{{model=\"{model}\",provider=\"cpu\"}}"))
+    };
+    for model in ["llava", "bart"] {
+        let steps = counted("dataflow_model_steps_total", model);
+        let bytes = counted("dataflow_model_host_bytes_total", model);
+        // Each caption and correction runs decode steps (the tiny models never stop early),
+        // and every step moves at least its new token's id in and its logits out.
+        assert!(steps >= 2.0, "{model}: {steps} steps");
+        assert!(bytes >= 8.0 * steps, "{model}: {bytes} bytes in {steps} steps");
+    }
+}
