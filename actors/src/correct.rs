@@ -424,23 +424,30 @@ mod batch_tests {
     use crate::testkit::input;
     use dataflow_engine::Fields;
 
+    /// The tiny BART fixture's folder and a `correct` config for it (`beams` beams, 6 new
+    /// tokens, CPU); `None`, the test skipped, without ONNX Runtime.
+    fn bart_config(beams: usize) -> Option<(std::path::PathBuf, CorrectConfig)> {
+        if let Err(e) = dataflow_models::runtime::runtime() {
+            assert!(!dataflow_models::assets::assets_required(), "{e}");
+            println!("skipped: {e}");
+            return None;
+        }
+        let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/fixtures/bart");
+        let cfg = serde_json::from_value(serde_json::json!({
+            "model": "bart", "model_dir": fixture, "beams": beams, "max_new_tokens": 6,
+            "provider": "cpu", "intra_threads": 1
+        }))
+        .unwrap();
+        Some((fixture, cfg))
+    }
+
     /// BART (greedy) over a batch of three frames, one with neither `text` nor `texts`: that
     /// one fails alone as an `input` error, the others are emitted.
     #[test]
     fn a_bart_batch_with_a_frame_without_text_fails_that_frame_only() {
-        if let Err(e) = dataflow_models::runtime::runtime() {
-            assert!(!dataflow_models::assets::assets_required(), "{e}");
-            println!("skipped: {e}");
-            return;
-        }
-        let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/fixtures/bart");
+        let Some((_, cfg)) = bart_config(1) else { return };
         let dir = tempfile::tempdir().unwrap();
         let ctx = crate::testkit::context("correct", "correct", dir.path());
-        let cfg: CorrectConfig = serde_json::from_value(serde_json::json!({
-            "model": "bart", "model_dir": fixture, "beams": 1, "max_new_tokens": 6,
-            "provider": "cpu", "intra_threads": 1
-        }))
-        .unwrap();
         let Built::Stage(mut stage) = Correct::build(&cfg, &ctx).unwrap() else {
             panic!("correct is a stage")
         };
@@ -521,19 +528,9 @@ mod batch_tests {
     /// for the same texts, batched and one at a time.
     #[test]
     fn a_bart_stage_counts_the_host_bytes_and_steps_bart_reports() {
-        if let Err(e) = dataflow_models::runtime::runtime() {
-            assert!(!dataflow_models::assets::assets_required(), "{e}");
-            println!("skipped: {e}");
-            return;
-        }
-        let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/fixtures/bart");
+        let Some((fixture, cfg)) = bart_config(2) else { return };
         let dir = tempfile::tempdir().unwrap();
         let ctx = crate::testkit::context("correct", "correct", dir.path());
-        let cfg: CorrectConfig = serde_json::from_value(serde_json::json!({
-            "model": "bart", "model_dir": fixture, "beams": 2, "max_new_tokens": 6,
-            "provider": "cpu", "intra_threads": 1
-        }))
-        .unwrap();
         let (batch, alone) = (["teh cat", "a dgo on the grass"], "the huose is red");
         let recorder = dataflow_monitoring::local_recorder().unwrap();
         metrics::with_local_recorder(&recorder, || {
