@@ -136,8 +136,10 @@ enum Fixer {
     None,
 }
 
-/// `dataflow_model_host_bytes_total` and `dataflow_model_steps_total` of a BART stage.
+/// `dataflow_model_inference_seconds`, `dataflow_model_host_bytes_total` and
+/// `dataflow_model_steps_total` of a BART stage.
 struct StepCounters {
+    inference: metrics::Histogram,
     host_bytes: metrics::Counter,
     steps: metrics::Counter,
 }
@@ -149,13 +151,19 @@ impl StepCounters {
             (names::LABEL_PROVIDER, bart.provider().as_str()),
         ];
         StepCounters {
+            inference: metrics::histogram!(names::MODEL_INFERENCE_SECONDS, &labels),
             host_bytes: metrics::counter!(names::MODEL_HOST_BYTES, &labels),
             steps: metrics::counter!(names::MODEL_STEPS, &labels),
         }
     }
 
-    /// Adds the decode steps and host bytes of `bart` since the last call.
-    fn record(&self, bart: &mut Bart) {
+    /// Records a call of `took` on `texts` texts (each text's share of it) and adds the
+    /// decode steps and host bytes of `bart` since the last call.
+    fn record(&self, bart: &mut Bart, took: std::time::Duration, texts: usize) {
+        let share = took.as_secs_f64() / texts.max(1) as f64;
+        for _ in 0..texts {
+            self.inference.record(share);
+        }
         let stats = bart.take_decode_stats();
         self.host_bytes.increment(stats.host_bytes);
         self.steps.increment(stats.decode_steps as u64);
@@ -174,8 +182,9 @@ impl Run {
             Fixer::Symspell(c) => Ok(c.correct(t)),
             Fixer::NoisyChannel(c) => Ok(c.correct(t, ber)),
             Fixer::Bart(b, options, counters) => {
+                let t0 = std::time::Instant::now();
                 let fixed = b.correct(t, options);
-                counters.record(b);
+                counters.record(b, t0.elapsed(), 1);
                 fixed.map_err(|e| StageError::new("model", format!("BART correction failed: {e}")))
             }
             Fixer::None => Ok(t.to_string()),
@@ -247,8 +256,9 @@ impl Stage for Run {
             });
         }
         let refs: Vec<&str> = flat.iter().map(String::as_str).collect();
+        let t0 = std::time::Instant::now();
         let fixed = bart.correct_batch(&refs, options);
-        counters.record(bart);
+        counters.record(bart, t0.elapsed(), refs.len());
         inputs
             .iter()
             .zip(frames)
@@ -564,5 +574,8 @@ mod batch_tests {
         assert!(reported.decode_steps > 0 && reported.host_bytes > 0, "{reported:?}");
         assert_eq!(counted(names::MODEL_STEPS), Some(reported.decode_steps as f64));
         assert_eq!(counted(names::MODEL_HOST_BYTES), Some(reported.host_bytes as f64));
+        // One inference observed per text: two in the batch, one alone.
+        let observed = format!("{}_count", names::MODEL_INFERENCE_SECONDS);
+        assert_eq!(counted(&observed), Some(3.0));
     }
 }

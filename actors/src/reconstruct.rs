@@ -205,7 +205,9 @@ struct Diffusion {
     fixed_seed: Option<u64>,
     graph_seed: u64,
     stage: String,
+    /// `dataflow_model_inference_seconds` (each frame's share of a generate call),
     /// `dataflow_model_host_bytes_total` and `dataflow_model_steps_total` (UNet calls).
+    inference: metrics::Histogram,
     host_bytes: metrics::Counter,
     unet_calls: metrics::Counter,
 }
@@ -327,7 +329,10 @@ impl Diffusion {
                 options: &p.options,
             })
             .collect();
+        let t0 = std::time::Instant::now();
         let generated = self.model.generate_batch(&requests);
+        let share = t0.elapsed().as_secs_f64() / requests.len().max(1) as f64;
+        requests.iter().for_each(|_| self.inference.record(share));
         let (bytes, calls) = unet_totals(generated.iter().filter_map(|g| g.as_ref().ok()));
         self.host_bytes.increment(bytes);
         self.unet_calls.increment(calls);
@@ -508,6 +513,7 @@ impl StageKind for Reconstruct {
                     fixed_seed: c.seed,
                     graph_seed: ctx.seed,
                     stage: ctx.stage.clone(),
+                    inference: metrics::histogram!(names::MODEL_INFERENCE_SECONDS, &labels),
                     host_bytes: metrics::counter!(names::MODEL_HOST_BYTES, &labels),
                     unet_calls: metrics::counter!(names::MODEL_STEPS, &labels),
                 })
